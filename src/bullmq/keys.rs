@@ -1,0 +1,63 @@
+//! BullMQ key names of one queue (`<prefix>:<queue>:<suffix>`) and of our run ledger.
+//!
+//! Guarantees: every key built here shares the queue's hash slot when the prefix or the
+//! queue name carries a `{hash tag}`, as BullMQ requires on Redis Cluster.
+
+/// The key names of one BullMQ queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueKeys {
+    base: String,
+}
+
+impl QueueKeys {
+    /// Keys of queue `name` under `prefix` (BullMQ's default prefix is `bull`).
+    pub fn new(prefix: &str, name: &str) -> Self {
+        Self {
+            base: format!("{prefix}:{name}:"),
+        }
+    }
+
+    /// `P:Q:` — the base that job keys are built from.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `P:Q:<suffix>`, e.g. `wait`, `meta`, `failed`.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.base)
+    }
+
+    /// The job hash `P:Q:<id>`.
+    pub fn job(&self, id: &str) -> String {
+        self.key(id)
+    }
+
+    /// The exactly-once ledger of `run_key`. It lives under the queue's base so it shares the
+    /// queue's hash slot, and under `jobretry:` so no BullMQ job id (which cannot contain ':'
+    /// when BullMQ generates it) collides with it.
+    pub fn ledger(&self, run_key: &str) -> String {
+        self.key(&format!("jobretry:ledger:{run_key}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_bullmq_key_names() {
+        let k = QueueKeys::new("bull", "payments");
+        assert_eq!(k.base(), "bull:payments:");
+        assert_eq!(k.key("wait"), "bull:payments:wait");
+        assert_eq!(k.job("1042"), "bull:payments:1042");
+        assert_eq!(k.ledger("ns/a"), "bull:payments:jobretry:ledger:ns/a");
+    }
+
+    #[test]
+    fn hash_tagged_prefix_keeps_every_key_in_the_tag() {
+        let k = QueueKeys::new("{bull}", "q");
+        for key in [k.key("meta"), k.job("7"), k.ledger("x/y")] {
+            assert!(key.starts_with("{bull}:q:"), "{key}");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+--[[
+  jobretry-operator: retry a batch of finished BullMQ jobs, exactly as BullMQ's Job.retry()
+  (the reprocessJob script) would retry each of them, in one atomic call.
+
+  Our own script, written from the behaviour documented in the project's design notes.
+
+  KEYS (all in the queue's hash slot):
+    1  P:Q:              job key base (job keys are P:Q:<id>)
+    2  P:Q:events        stream
+    3  P:Q:<state>       zset, "failed" or "completed"
+    4  P:Q:wait          list
+    5  P:Q:paused        list (BullMQ 5 puts retried jobs of a paused queue here)
+    6  P:Q:meta          hash
+    7  P:Q:active        list
+    8  P:Q:marker        zset
+    9  P:Q:prioritized   zset
+    10 P:Q:pc            string (priority counter)
+    11 ledger            hash: job id -> "1@<owner>" for every job this run key retried
+
+  ARGV:
+    1  state              "failed" | "completed"
+    2  family             "5" | "6" | "6p" (priority-aware, BullMQ >= 6.3.16) | "agree"
+                          ("agree": version unknown; retry only jobs that every family
+                          treats the same, skip the others)
+    3  features           letters: m = add marker, x = MAXLEN events + meta default,
+                          c = global concurrency check, p = update flow parent
+    4  resetAttemptsMade  "1" | "0"
+    5  resetAttemptsStarted "1" | "0"
+    6  dryRun             "1" | "0"
+    7  owner              ledger owner tag ("" = no ledger)
+    8  ledger TTL in ms
+    9… job ids
+
+  Returns one string per id, in order:
+    "1"   retried              "-1"  job hash missing      "-3"  not in the state set
+    "W"   would be retried (dry run)
+    "L<v>" already in the ledger with value <v>; nothing done
+    "S<msg>" skipped: the families disagree and the version is unknown; nothing done
+    "E<msg>" refused for this job (a key of the wrong type...); nothing done
+  A whole-batch error reply "JOBRETRY <msg>" means a queue key has the wrong type; nothing
+  was written.
+
+  Guarantee: every read and type check happens before the first write, so a refused job
+  or batch is never half-retried.
+]]
+local base, stateKey = KEYS[1], KEYS[3]
+local state, family, features = ARGV[1], ARGV[2], ARGV[3]
+local resetAtm, resetAts, dryRun = ARGV[4] == "1", ARGV[5] == "1", ARGV[6] == "1"
+local owner, ttl = ARGV[7], tonumber(ARGV[8])
+local hasMarker = string.find(features, "m", 1, true) ~= nil
+local hasMaxLen = string.find(features, "x", 1, true) ~= nil
+local hasConcurrency = string.find(features, "c", 1, true) ~= nil
+local hasParent = string.find(features, "p", 1, true) ~= nil
+
+local function keyType(key)
+  return redis.call("TYPE", key)["ok"]
+end
+
+-- 1. Queue keys must be absent or of BullMQ's type.
+local expected = { {2, "stream"}, {3, "zset"}, {4, "list"}, {5, "list"}, {6, "hash"},
+  {7, "list"}, {8, "zset"}, {9, "zset"}, {10, "string"}, {11, "hash"} }
+for _, e in ipairs(expected) do
+  local t = keyType(KEYS[e[1]])
+  if t ~= "none" and t ~= e[2] then
+    return redis.error_reply("JOBRETRY key " .. KEYS[e[1]] .. " is a " .. t .. ", expected a " .. e[2])
+  end
+end
+
+-- 2. Queue-wide facts, read once: paused / maxed, max events length.
+local meta = redis.call("HMGET", KEYS[6], "paused", "concurrency", "opts.maxLenEvents")
+local paused = meta[1] ~= false
+local pausedOrMaxed = paused
+if not pausedOrMaxed and hasConcurrency and meta[2] then
+  pausedOrMaxed = redis.call("LLEN", KEYS[7]) >= tonumber(meta[2])
+end
+
+local ids = {}
+for i = 9, #ARGV do ids[#ids + 1] = ARGV[i] end
+local n = #ids
+local results = {}
+if n == 0 then return results end
+
+-- Runs `cmd key <items>` in chunks that fit Lua's stack; concatenates the replies.
+local function chunked(cmd, key, list)
+  local out = {}
+  for i = 1, #list, 5000 do
+    local part = redis.call(cmd, key, unpack(list, i, math.min(i + 4999, #list)))
+    if type(part) == "table" then
+      for _, v in ipairs(part) do out[#out + 1] = v end
+    end
+  end
+  return out
+end
+
+local ledger = {}
+if owner ~= "" then ledger = chunked("HMGET", KEYS[11], ids) end
+local scores = chunked("ZMSCORE", stateKey, ids)
+
+local function isLifo(opts)
+  if not opts or not string.find(opts, '"lifo"', 1, true) then return false end
+  local ok, decoded = pcall(cjson.decode, opts)
+  if not ok or type(decoded) ~= "table" then return false end
+  local v = decoded["lifo"]
+  return v ~= nil and v ~= false and v ~= 0 and v ~= "" and v ~= cjson.null
+end
+
+local parentTypes = { {":unsuccessful", "zset"}, {":failed", "hash"}, {":processed", "hash"},
+  {":dependencies", "set"} }
+
+-- Checks a flow parent's records; returns the parent key to update, false, or an error text.
+local function checkParent(parentKey)
+  if not parentKey or not hasParent then return false end
+  local ok, exists = pcall(redis.call, "EXISTS", parentKey)
+  if not ok then
+    return nil, "parent " .. parentKey .. " cannot be reached from the queue's hash slot: " ..
+      tostring(exists and exists.err or exists)
+  end
+  if exists == 0 then return false end
+  for _, p in ipairs(parentTypes) do
+    local t = keyType(parentKey .. p[1])
+    if t ~= "none" and t ~= p[2] then
+      return nil, "parent key " .. parentKey .. p[1] .. " is a " .. t .. ", expected a " .. p[2]
+    end
+  end
+  return parentKey
+end
+
+-- 3. Plan every job; nothing is written yet.
+local seen, plan = {}, {}
+for i, id in ipairs(ids) do
+  local r
+  if ledger[i] then
+    r = "L" .. ledger[i]
+  elseif seen[id] then
+    r = "-3"
+  else
+    seen[id] = true
+    local jobKey = base .. id
+    local ok, f = pcall(redis.call, "HMGET", jobKey, "priority", "parentKey", "opts", "timestamp", "name")
+    if not ok then
+      r = "E" .. "job key " .. jobKey .. " is not a hash"
+    elseif not (f[1] or f[2] or f[3] or f[4] or f[5]) and redis.call("EXISTS", jobKey) == 0 then
+      r = "-1"
+    elseif not scores[i] then
+      r = "-3"
+    else
+      local prio = tonumber(f[1]) or 0
+      local parent, perr = checkParent(f[2])
+      if perr then
+        r = "E" .. perr
+      elseif family == "agree" and paused then
+        r = "S" .. "the queue is paused and its BullMQ version is unknown: BullMQ 5 and 6 put retried jobs of a paused queue on different lists; set spec.queue.bullmqVersion"
+      elseif family == "agree" and prio > 0 then
+        r = "S" .. "the job has a priority and the queue's BullMQ version is unknown: BullMQ >= 6.3.16 retries it to prioritized, older versions to wait; set spec.queue.bullmqVersion"
+      elseif dryRun then
+        r = "W"
+      else
+        r = "1"
+        plan[#plan + 1] = { id = id, key = jobKey, prio = prio, lifo = isLifo(f[3]), parent = parent }
+      end
+    end
+  end
+  results[i] = r
+end
+
+if #plan == 0 then return results end
+
+-- 4. Writes, in an order whose end state equals one reprocessJob call per job.
+local planIds, fifo, lifo, prioritized = {}, {}, {}, {}
+local resetFields = { "finishedOn", "processedOn", state == "failed" and "failedReason" or "returnvalue" }
+if resetAtm then resetFields[#resetFields + 1] = "atm" end
+if resetAts then resetFields[#resetFields + 1] = "ats" end
+for _, j in ipairs(plan) do
+  planIds[#planIds + 1] = j.id
+  if family == "6p" and j.prio > 0 then
+    prioritized[#prioritized + 1] = j
+  elseif j.lifo then
+    lifo[#lifo + 1] = j.id
+  else
+    fifo[#fifo + 1] = j.id
+  end
+end
+chunked("ZREM", stateKey, planIds)
+for _, j in ipairs(plan) do redis.call("HDEL", j.key, unpack(resetFields)) end
+
+local target = KEYS[4]
+if family == "5" and paused then target = KEYS[5] end
+if #fifo > 0 then chunked("LPUSH", target, fifo) end
+if #lifo > 0 then chunked("RPUSH", target, lifo) end
+if #prioritized > 0 then
+  local last = redis.call("INCRBY", KEYS[10], #prioritized)
+  local first = last - #prioritized + 1
+  for k, j in ipairs(prioritized) do
+    redis.call("ZADD", KEYS[9], j.prio * 0x100000000 + (first + k - 1) % 0x100000000, j.id)
+  end
+end
+if hasMarker and not pausedOrMaxed then redis.call("ZADD", KEYS[8], 0, "0") end
+
+for _, j in ipairs(plan) do
+  if j.parent then
+    local deps = j.parent .. ":dependencies"
+    if state == "failed" then
+      if redis.call("ZREM", j.parent .. ":unsuccessful", j.key) == 1 or
+         redis.call("HDEL", j.parent .. ":failed", j.key) == 1 then
+        redis.call("SADD", deps, j.key)
+      end
+    elseif redis.call("HDEL", j.parent .. ":processed", j.key) == 1 then
+      redis.call("SADD", deps, j.key)
+    end
+  end
+end
+
+local maxLen = meta[3]
+if hasMaxLen and not maxLen then
+  maxLen = 10000
+  redis.call("HSET", KEYS[6], "opts.maxLenEvents", maxLen)
+end
+for _, j in ipairs(plan) do
+  if hasMaxLen then
+    redis.call("XADD", KEYS[2], "MAXLEN", "~", maxLen, "*", "event", "waiting", "jobId", j.id, "prev", state)
+  else
+    redis.call("XADD", KEYS[2], "*", "event", "waiting", "jobId", j.id, "prev", state)
+  end
+end
+
+if owner ~= "" then
+  local entry = "1@" .. owner
+  local fields = {}
+  for _, id in ipairs(planIds) do
+    fields[#fields + 1] = id
+    fields[#fields + 1] = entry
+    if #fields >= 5000 then
+      redis.call("HSET", KEYS[11], unpack(fields))
+      fields = {}
+    end
+  end
+  if #fields > 0 then redis.call("HSET", KEYS[11], unpack(fields)) end
+  redis.call("PEXPIRE", KEYS[11], ttl)
+end
+return results

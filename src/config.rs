@@ -1,0 +1,50 @@
+//! Operator settings, from command-line flags or environment variables.
+
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Settings of the jobretry-operator process.
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "jobretry-operator",
+    version,
+    about = "Retries BullMQ jobs declared by JobRetry objects"
+)]
+pub struct Config {
+    /// How long the exactly-once ledger of a run key is kept in Redis after its last write.
+    #[arg(long, env = "JOBRETRY_LEDGER_RETENTION_SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub ledger_retention_seconds: u64,
+    /// Jobs per script call (one atomic Redis call); bounds how long Redis is busy at once.
+    #[arg(long, env = "JOBRETRY_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=5000))]
+    pub batch_size: u64,
+    /// Runs with at most this many jobs keep a status row for every job; larger runs keep only
+    /// the rows of jobs that were not retried, up to this many.
+    #[arg(long, env = "JOBRETRY_STATUS_ROW_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=5000))]
+    pub status_row_limit: u64,
+    /// Longest stretch of batches between two status writes (and progress updates), in ms.
+    #[arg(long, env = "JOBRETRY_STATUS_INTERVAL_MS", default_value_t = 1000)]
+    pub status_interval_ms: u64,
+    /// Only reconcile JobRetry objects in this namespace (default: all namespaces).
+    #[arg(long, env = "JOBRETRY_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "JOBRETRY_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl Config {
+    pub fn ledger_retention(&self) -> Duration {
+        Duration::from_secs(self.ledger_retention_seconds)
+    }
+
+    pub fn status_interval(&self) -> Duration {
+        Duration::from_millis(self.status_interval_ms)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["jobretry-operator"])
+    }
+}

@@ -1,0 +1,118 @@
+//! The JobRetry controller: `run()` wires the watch, `reconcile` drives one object a step,
+//! `error_policy` decides how soon to retry.
+//!
+//! A reconcile reads as a short pipeline (see `reconcile.rs`): load → plan → execute → record.
+
+mod load;
+pub mod plan;
+mod reconcile;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Recorder, Reporter},
+        watcher,
+    },
+};
+use tracing::{info, warn};
+
+use crate::{bullmq::RetryEngine, config::Config, crd::JobRetry, error::Error};
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub engine: RetryEngine,
+    pub config: Config,
+    pub recorder: Recorder,
+    /// Per object (uid): consecutive transient failures, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// Per object (uid): earliest time of its next batch (rate limit).
+    not_before: Mutex<HashMap<String, Instant>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config) -> Self {
+        let reporter = Reporter {
+            controller: "jobretry-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            engine: RetryEngine::default(),
+            config,
+            failures: Mutex::default(),
+            not_before: Mutex::default(),
+        }
+    }
+
+    /// Records one more transient failure of `uid`; returns the delay before the next try
+    /// (1 s doubling up to 60 s).
+    fn backoff(&self, uid: &str) -> Duration {
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(uid.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(6)).min(Duration::from_secs(60))
+    }
+
+    fn reset_backoff(&self, uid: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+
+    fn wait_for_rate_limit(&self, uid: &str) -> Option<Duration> {
+        let map = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(uid)
+            .and_then(|t| t.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+
+    fn set_not_before(&self, uid: &str, at: Option<Instant>) {
+        let mut map = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
+        match at {
+            Some(t) => map.insert(uid.to_string(), t),
+            None => map.remove(uid),
+        };
+    }
+}
+
+/// Retries transient errors with backoff; permanent ones wait for the object to change.
+fn error_policy(obj: Arc<JobRetry>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(name = %obj.name_any(), namespace = ?obj.namespace(), category = err.category(), error = %err, "reconcile failed");
+    if err.is_transient() {
+        Action::requeue(ctx.backoff(&obj.uid().unwrap_or_default()))
+    } else {
+        Action::await_change()
+    }
+}
+
+/// Runs the controller until the process is asked to stop.
+pub async fn run(client: Client, config: Config) {
+    let api: Api<JobRetry> = match &config.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let ctx = Arc::new(Context::new(client, config));
+    info!("starting jobretry-operator controller");
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile outcome");
+            }
+        })
+        .await;
+    info!("controller stopped");
+}

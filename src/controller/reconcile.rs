@@ -1,0 +1,327 @@
+//! One reconcile of one JobRetry, as a pipeline: load → plan → execute → record.
+//!
+//! Each reconcile works for at most one status interval, then writes status and requeues, so
+//! progress is visible while a run goes on and a suspend or delete stops it between batches.
+//! Guarantees: a JobRetry in a terminal phase is never executed again; the status cursor is
+//! read from a fresh GET, never from a possibly stale cache.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, Resource, ResourceExt,
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+    },
+};
+use tracing::{info, warn};
+
+use super::{Context, load, plan};
+use crate::{
+    bullmq::{BatchRequest, QueueKeys, QueueVersion, RedisConn, RedisTarget, engine::EngineError},
+    crd::{JobRetry, JobRetryStatus, phase, reason},
+    error::Error,
+    status::{self, Stage},
+};
+
+/// How long to wait before looking at an unusable Secret again.
+const STALLED_RECHECK: Duration = Duration::from_secs(10);
+
+/// Reconciles one JobRetry.
+pub async fn reconcile(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = obj
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let api: Api<JobRetry> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(obj) = api.get_opt(&obj.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let uid = obj.uid().ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let finished = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(phase::is_terminal);
+    if obj.metadata.deletion_timestamp.is_some() || finished {
+        return Ok(Action::await_change());
+    }
+    if let Some(wait) = ctx.wait_for_rate_limit(&uid) {
+        return Ok(Action::requeue(wait));
+    }
+    let mut run = Run {
+        status: obj.status.clone().unwrap_or_default(),
+        obj,
+        api,
+        ns,
+        uid,
+        ctx,
+    };
+    let (stage_action, stage) = run.step().await?;
+    run.record(&stage).await?;
+    Ok(stage_action)
+}
+
+/// The state of one reconcile of one object.
+struct Run {
+    obj: JobRetry,
+    status: JobRetryStatus,
+    api: Api<JobRetry>,
+    ns: String,
+    uid: String,
+    ctx: Arc<Context>,
+}
+
+/// A stage whose messages are owned (they may come from Redis or the API).
+enum Outcome {
+    Running,
+    Waiting(&'static str, String, Duration),
+    Stalled(&'static str, String),
+    Suspended,
+    Done,
+    Failed(&'static str, String),
+}
+
+impl Run {
+    /// Load and plan, then execute as many batches as one status interval allows.
+    async fn step(&mut self) -> Result<(Action, Outcome), Error> {
+        let spec = self.obj.spec.clone();
+        if spec.suspend {
+            return Ok((Action::await_change(), Outcome::Suspended));
+        }
+        let ids = match plan::target_ids(&spec) {
+            Ok(ids) => ids.to_vec(),
+            Err(m) => {
+                return Ok((
+                    Action::await_change(),
+                    Outcome::Failed(reason::SELECTOR_UNSUPPORTED, m),
+                ));
+            }
+        };
+        let run_key = plan::run_key(&spec, &self.ns, &self.obj.name_any());
+        self.status.matched = Some(ids.len() as u64);
+        self.status.run_key = Some(run_key.clone());
+        let target = match load::redis_target(&self.ctx.client, &self.ns, &spec.connection).await {
+            Ok(t) => t,
+            Err(load::LoadError::Invalid(m)) => {
+                return Ok((
+                    Action::requeue(STALLED_RECHECK),
+                    Outcome::Stalled(reason::SECRET_INVALID, m),
+                ));
+            }
+            Err(load::LoadError::Kube(e)) => return Err(e.into()),
+        };
+        let mut conn = match target.connect().await {
+            Ok(c) => c,
+            Err(m) => return Ok(self.waiting(m)),
+        };
+        let keys = QueueKeys::new(&spec.queue.prefix, &spec.queue.name);
+        let version = match self.detect_version(&mut conn, &keys, &target).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(m)) => {
+                return Ok((
+                    Action::await_change(),
+                    Outcome::Failed(reason::INCOMPATIBLE_QUEUE, m),
+                ));
+            }
+            Err(m) => return Ok(self.waiting(m)),
+        };
+        self.status.bullmq_version = Some(version.describe());
+        let req = BatchRequest {
+            state: spec.state,
+            version,
+            reset_attempts_made: spec.reset_attempts_made,
+            reset_attempts_started: spec.reset_attempts_started,
+            dry_run: spec.dry_run,
+            ledger: Some((keys.ledger(&run_key), self.owner_tag())),
+            ledger_ttl: self.ctx.config.ledger_retention(),
+        };
+        self.execute(&mut conn, &keys, &target, &req, &ids).await
+    }
+
+    /// Probes the queue: `Err` is transient (Redis), `Ok(Err)` permanent (incompatible).
+    async fn detect_version(
+        &self,
+        conn: &mut RedisConn,
+        keys: &QueueKeys,
+        target: &RedisTarget,
+    ) -> Result<Result<QueueVersion, String>, String> {
+        let spec = &self.obj.spec;
+        let probe = self
+            .ctx
+            .engine
+            .probe(conn, keys, spec.state)
+            .await
+            .map_err(|e| target.redact(&e.to_string()))?;
+        if !probe.exists {
+            return Ok(Err(format!(
+                "queue {:?} with prefix {:?} not found in Redis (neither {} nor {} exists); check spec.queue.name and spec.queue.prefix",
+                spec.queue.name,
+                spec.queue.prefix,
+                keys.key("meta"),
+                keys.key(spec.state.as_str()),
+            )));
+        }
+        Ok(QueueVersion::resolve(
+            spec.queue.bullmq_version.as_deref(),
+            probe.meta_version.as_deref(),
+        ))
+    }
+
+    /// Runs batches until the run is done, the status interval is used up, the rate limit
+    /// asks for a pause, or the object was suspended or deleted meanwhile.
+    async fn execute(
+        &mut self,
+        conn: &mut RedisConn,
+        keys: &QueueKeys,
+        target: &RedisTarget,
+        req: &BatchRequest,
+        ids: &[String],
+    ) -> Result<(Action, Outcome), Error> {
+        let cfg = &self.ctx.config;
+        let rate = self
+            .obj
+            .spec
+            .rate_limit
+            .as_ref()
+            .map_or(0, |r| r.jobs_per_second);
+        let size = plan::batch_size(cfg.batch_size, rate);
+        let deadline = Instant::now() + cfg.status_interval();
+        let tag = self.owner_tag();
+        if self.status.start_time.is_none() {
+            self.status.start_time = Some(Time(Timestamp::now()));
+        }
+        loop {
+            let batch = plan::next_batch(ids, self.status.processed.unwrap_or(0), size);
+            if batch.is_empty() {
+                self.ctx.set_not_before(&self.uid, None);
+                return Ok((Action::await_change(), Outcome::Done));
+            }
+            let started = Instant::now();
+            let outcomes = match self.ctx.engine.retry_batch(conn, keys, req, batch).await {
+                Ok(o) => o,
+                Err(EngineError::IncompatibleQueue(m)) => {
+                    return Ok((
+                        Action::await_change(),
+                        Outcome::Failed(reason::INCOMPATIBLE_QUEUE, m),
+                    ));
+                }
+                Err(e) => return Ok(self.waiting(target.redact(&e.to_string()))),
+            };
+            self.ctx.reset_backoff(&self.uid);
+            let rows = batch
+                .iter()
+                .zip(&outcomes)
+                .map(|(id, o)| status::job_row(id, o, &tag))
+                .collect();
+            status::add_rows(&mut self.status, rows, cfg.status_row_limit as usize);
+            if rate > 0 {
+                let pause = Duration::from_secs_f64(batch.len() as f64 / f64::from(rate));
+                self.ctx.set_not_before(&self.uid, Some(started + pause));
+                return Ok((Action::requeue(pause), Outcome::Running));
+            }
+            if Instant::now() >= deadline || self.stopped_meanwhile().await? {
+                return Ok((Action::requeue(Duration::from_millis(10)), Outcome::Running));
+            }
+        }
+    }
+
+    /// Whether the object was suspended or deleted since this reconcile began.
+    async fn stopped_meanwhile(&self) -> Result<bool, Error> {
+        let fresh = self.api.get_opt(&self.obj.name_any()).await?;
+        Ok(fresh.is_none_or(|o| o.spec.suspend || o.metadata.deletion_timestamp.is_some()))
+    }
+
+    fn waiting(&self, message: String) -> (Action, Outcome) {
+        let delay = self.ctx.backoff(&self.uid);
+        (
+            Action::requeue(delay),
+            Outcome::Waiting(reason::REDIS_UNAVAILABLE, message, delay),
+        )
+    }
+
+    /// The tag this object writes into the ledger (a prefix of its uid).
+    fn owner_tag(&self) -> String {
+        self.uid.chars().filter(|c| *c != '-').take(16).collect()
+    }
+
+    /// Writes the status for `outcome` and publishes an event when the phase changes.
+    async fn record(&mut self, outcome: &Outcome) -> Result<(), Error> {
+        let stage = match outcome {
+            Outcome::Running => Stage::Running,
+            Outcome::Waiting(r, m, _) => Stage::Waiting {
+                reason: r,
+                message: m,
+            },
+            Outcome::Stalled(r, m) => Stage::Stalled {
+                reason: r,
+                message: m,
+            },
+            Outcome::Suspended => Stage::Suspended,
+            Outcome::Done => Stage::Done,
+            Outcome::Failed(r, m) => Stage::Failed {
+                reason: r,
+                message: m,
+            },
+        };
+        let before = self.obj.status.as_ref().and_then(|s| s.phase.clone());
+        status::apply_stage(
+            &mut self.status,
+            &stage,
+            self.obj.metadata.generation,
+            Timestamp::now(),
+        );
+        status::write(&self.api, &self.obj, &self.status).await?;
+        if before != self.status.phase {
+            self.publish(outcome).await;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, outcome: &Outcome) {
+        let s = &self.status;
+        let (type_, reason, note) = match outcome {
+            Outcome::Running => (
+                EventType::Normal,
+                "Started",
+                format!("retrying {} jobs", s.matched.unwrap_or(0)),
+            ),
+            Outcome::Done => (
+                EventType::Normal,
+                "Completed",
+                format!(
+                    "{} of {} jobs retried, {} not",
+                    s.retried.unwrap_or(0),
+                    s.matched.unwrap_or(0),
+                    s.failed.unwrap_or(0)
+                ),
+            ),
+            Outcome::Suspended => (EventType::Normal, "Suspended", "run suspended".to_string()),
+            Outcome::Failed(r, m) | Outcome::Stalled(r, m) => (EventType::Warning, *r, m.clone()),
+            Outcome::Waiting(r, m, d) => (
+                EventType::Warning,
+                *r,
+                format!("{m}; retrying in {}s", d.as_secs()),
+            ),
+        };
+        info!(name = %self.obj.name_any(), namespace = %self.ns, phase = ?s.phase, %reason, "{note}");
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Retry".into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&event, &self.obj.object_ref(&()))
+            .await
+        {
+            warn!(error = %e, "cannot publish event");
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The `JobRetry` API (`jobretry.io/v1alpha1`): spec and status types, the CEL and OpenAPI rules
+//! that make the API server refuse bad manifests, printer columns, and the constants for
+//! phases, results, condition types and reasons.
+//!
+//! Takes nothing from the rest of the crate; `crdgen`, the controller, the tests and the Helm
+//! chart all lean on it. Guarantees: every rule of the API contract that a schema can express
+//! is expressed here, so `kubectl apply` refuses an invalid manifest with a readable message.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Upper bound of `spec.jobIds` and of `spec.selector.maxJobs`.
+pub const MAX_JOB_IDS: usize = 10_000;
+
+/// Spec fields that may change after creation: only `suspend`. Every other field is listed
+/// here and covered by the immutability rule built by [`immutability_rule`].
+const IMMUTABLE_FIELDS: &[&str] = &[
+    "queue",
+    "connection",
+    "state",
+    "jobIds",
+    "selector",
+    "resetAttemptsMade",
+    "resetAttemptsStarted",
+    "dryRun",
+    "rateLimit",
+    "runKey",
+];
+
+/// Builds the CEL transition rule that keeps every spec field but `suspend` unchanged:
+/// a field may be neither added, removed nor changed.
+pub fn immutability_rule() -> String {
+    IMMUTABLE_FIELDS
+        .iter()
+        .map(|f| format!("(has(self.{f}) ? (has(oldSelf.{f}) && self.{f} == oldSelf.{f}) : !has(oldSelf.{f}))"))
+        .collect::<Vec<_>>()
+        .join(" && ")
+}
+
+/// A request to retry finished BullMQ jobs of one queue, once.
+///
+/// Like a Kubernetes Job, a JobRetry is a one-shot request: its spec cannot change after
+/// creation (except `suspend`); to run again, create a new object.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "jobretry.io",
+    version = "v1alpha1",
+    kind = "JobRetry",
+    plural = "jobretries",
+    shortname = "jr",
+    category = "bullmq",
+    namespaced,
+    status = "JobRetryStatus",
+    doc = "Retries finished BullMQ jobs of one queue in Redis, exactly as BullMQ's Job.retry() would, once per run key.",
+    printcolumn = r#"{"name":"QUEUE","type":"string","jsonPath":".spec.queue.name"}"#,
+    printcolumn = r#"{"name":"STATE","type":"string","jsonPath":".spec.state"}"#,
+    printcolumn = r#"{"name":"PHASE","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"MATCHED","type":"integer","jsonPath":".status.matched"}"#,
+    printcolumn = r#"{"name":"RETRIED","type":"integer","jsonPath":".status.retried"}"#,
+    printcolumn = r#"{"name":"FAILED","type":"integer","jsonPath":".status.failed"}"#,
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    cel,
+    validation = Rule::new("has(self.jobIds) != has(self.selector)").message("exactly one of spec.jobIds and spec.selector must be set"),
+    validation = Rule::new(immutability_rule()).message("spec is immutable after creation except spec.suspend; to retry again, create a new JobRetry")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRetrySpec {
+    /// The BullMQ queue whose jobs are retried.
+    pub queue: QueueRef,
+    /// How to reach the Redis that holds the queue.
+    pub connection: Connection,
+    /// The BullMQ state the jobs are retried from: `failed` (default) or `completed`.
+    #[serde(default)]
+    pub state: SourceState,
+    /// Explicit job ids to retry, in order (at most 10,000, no duplicates).
+    /// Exactly one of `jobIds` and `selector` must be set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 10000), inner(length(min = 1, max = 256)), extend("x-kubernetes-list-type" = "set"))]
+    pub job_ids: Option<Vec<String>>,
+    /// A server-side filter over the source state's set.
+    /// Exactly one of `jobIds` and `selector` must be set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Selector>,
+    /// Reset the job's attempts-made counter, as BullMQ's `resetAttemptsMade` retry option does.
+    #[serde(default)]
+    pub reset_attempts_made: bool,
+    /// Reset the job's attempts-started counter, as BullMQ's `resetAttemptsStarted` retry option does.
+    #[serde(default)]
+    pub reset_attempts_started: bool,
+    /// Plan and report what would be retried; change nothing in Redis.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Pace of the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Pause (true) or resume (false) the run. Stops between batches, never halfway through a job.
+    /// The only field that may change after creation.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Identity of the run for exactly-once retries; default "<namespace>/<name>". Every job is
+    /// retried at most once per run key, even across re-created objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub run_key: Option<String>,
+}
+
+/// A BullMQ queue.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(cel)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueRef {
+    /// The BullMQ queue name; must not contain ':'.
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new("!self.contains(':')").message("queue.name must not contain ':' (BullMQ queue names cannot contain colons)"))]
+    pub name: String,
+    /// The BullMQ key prefix; default "bull". Use a hash tag such as "{bull}" on Redis Cluster.
+    #[serde(default = "default_prefix")]
+    #[schemars(length(min = 1, max = 256))]
+    pub prefix: String,
+    /// The BullMQ version the queue's workers run, e.g. "5.81.5"; overrides the version the
+    /// queue records in its meta hash. Empty means: detect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub bullmq_version: Option<String>,
+}
+
+fn default_prefix() -> String {
+    "bull".to_string()
+}
+
+/// How to connect to Redis.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    cel,
+    validation = Rule::new("(has(self.mode) && self.mode == 'sentinel') == (has(self.sentinelMasterName) && self.sentinelMasterName != '')").message("sentinelMasterName must be set when mode is sentinel, and only then")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Connection {
+    /// The Secret, in the JobRetry's namespace, holding the Redis URL
+    /// (redis:// or rediss:// for TLS; user:password@ supported).
+    pub secret_ref: SecretKeyRef,
+    /// Redis deployment kind: standalone (default), cluster or sentinel.
+    #[serde(default)]
+    pub mode: ConnectionMode,
+    /// The Sentinel master group name; required when mode is sentinel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub sentinel_master_name: Option<String>,
+}
+
+/// A key of a Secret in the JobRetry's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret whose value is the Redis URL; default "url".
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "url".to_string()
+}
+
+/// Redis deployment kind.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum ConnectionMode {
+    /// A single Redis server (or a primary behind a stable address).
+    #[default]
+    Standalone,
+    /// Redis Cluster; the queue prefix should be a hash tag such as "{bull}".
+    Cluster,
+    /// Redis Sentinel; the URL names a sentinel, `sentinelMasterName` the master group.
+    Sentinel,
+}
+
+/// The BullMQ state jobs are retried from.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum SourceState {
+    /// The queue's `failed` set.
+    #[default]
+    Failed,
+    /// The queue's `completed` set.
+    Completed,
+}
+
+impl SourceState {
+    /// The BullMQ key suffix and event `prev` value of this state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceState::Failed => "failed",
+            SourceState::Completed => "completed",
+        }
+    }
+}
+
+/// A server-side filter over the jobs of the source state.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    cel,
+    validation = Rule::new("!has(self.finishedAfter) || !has(self.finishedBefore) || self.finishedAfter < self.finishedBefore").message("selector.finishedAfter must be before selector.finishedBefore")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Selector {
+    /// Glob patterns (`*`, `?`) on the job name; a job matches if any pattern matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 256)))]
+    pub names: Option<Vec<String>>,
+    /// Only jobs whose failedReason contains this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub failed_reason_contains: Option<String>,
+    /// Only jobs that finished at or after this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_after: Option<Time>,
+    /// Only jobs that finished before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_before: Option<Time>,
+    /// Hard cap on the number of matched jobs (default 10000).
+    #[serde(default = "default_max_jobs")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_jobs: u32,
+}
+
+fn default_max_jobs() -> u32 {
+    MAX_JOB_IDS as u32
+}
+
+/// Pace of a run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Maximum jobs retried per second; 0 means unlimited.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub jobs_per_second: u32,
+}
+
+/// Observed state of a JobRetry run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRetryStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, Running, Suspended, Succeeded, PartiallySucceeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The run key in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_key: Option<String>,
+    /// The BullMQ version whose semantics the run follows, as detected or given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bullmq_version: Option<String>,
+    /// When the run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the run reached a terminal phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Jobs selected: ids given, or selector matches up to maxJobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<u64>,
+    /// Jobs handled so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processed: Option<u64>,
+    /// Jobs moved back to waiting (or prioritized).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried: Option<u64>,
+    /// Processed jobs whose result is neither Retried nor WouldRetry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<u64>,
+    /// Exact number of processed jobs per result.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub counts: BTreeMap<String, u64>,
+    /// One row per processed job; beyond the row limit only non-success rows are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000))]
+    pub jobs: Vec<JobResultRow>,
+    /// True when `jobs` omits rows because the run exceeded the row limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub jobs_truncated: bool,
+    /// Latest observations of the run's state (Ready, Reconciling, Stalled, Complete, Failed, Suspended).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// The result of one job.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResultRow {
+    /// The BullMQ job id.
+    pub id: String,
+    /// Retried, WouldRetry, NotFound, NotInState, AlreadyProcessed or Error.
+    pub result: String,
+    /// BullMQ's result code where BullMQ defines one (1, -1, -3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i64>,
+    /// Why the job was not retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Run phases.
+pub mod phase {
+    pub const PENDING: &str = "Pending";
+    pub const RUNNING: &str = "Running";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const PARTIALLY_SUCCEEDED: &str = "PartiallySucceeded";
+    pub const FAILED: &str = "Failed";
+
+    /// Whether a phase ends the run for good.
+    pub fn is_terminal(phase: &str) -> bool {
+        matches!(phase, SUCCEEDED | PARTIALLY_SUCCEEDED | FAILED)
+    }
+}
+
+/// Condition types.
+pub mod condition {
+    pub const COMPLETE: &str = "Complete";
+    pub const FAILED: &str = "Failed";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const READY: &str = "Ready";
+    pub const RECONCILING: &str = "Reconciling";
+    pub const STALLED: &str = "Stalled";
+}
+
+/// Condition reasons.
+pub mod reason {
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const PARTIALLY_SUCCEEDED: &str = "PartiallySucceeded";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const SUSPENDED: &str = "Suspended";
+    pub const SECRET_INVALID: &str = "SecretInvalid";
+    pub const REDIS_UNAVAILABLE: &str = "RedisUnavailable";
+    pub const INCOMPATIBLE_QUEUE: &str = "IncompatibleQueue";
+    pub const SELECTOR_UNSUPPORTED: &str = "SelectorUnsupported";
+    pub const LEDGER_CONFLICT: &str = "LedgerConflict";
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The CRD as the YAML committed under `crds/` and in the Helm chart.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    let body = serde_yaml::to_string(&JobRetry::crd())?;
+    Ok(format!(
+        "# Generated by `cargo run --bin crdgen`; do not edit by hand.\n{body}"
+    ))
+}

@@ -1,0 +1,140 @@
+//! Schema rules checked without a cluster (kube's client-side CEL evaluation), fixtures
+//! written as the YAML a user would apply; plus the staleness check of the committed CRD.
+
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+use super::*;
+
+const VALID: &str = "
+queue: {name: payments}
+connection: {secretRef: {name: payments-redis}}
+jobIds: ['1042', '1043']
+";
+
+fn spec(yaml: &str) -> Value {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+#[test]
+fn committed_crd_matches_the_rust_types() {
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crds/jobretries.jobretry.io.yaml"
+    ))
+    .unwrap_or_default();
+    assert!(
+        committed == crd_yaml().unwrap(),
+        "crds/jobretries.jobretry.io.yaml is stale: regenerate it with `cargo run --bin crdgen > crds/jobretries.jobretry.io.yaml` \
+         (and copy it to charts/jobretry-operator/crds/)"
+    );
+    let chart = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/jobretry-operator/crds/jobretries.jobretry.io.yaml"
+    ))
+    .unwrap_or_default();
+    assert!(
+        chart == committed,
+        "the chart's CRD differs: cp crds/jobretries.jobretry.io.yaml charts/jobretry-operator/crds/"
+    );
+}
+
+#[test]
+fn names_match_the_contract() {
+    let crd = JobRetry::crd();
+    assert_eq!(crd.metadata.name.as_deref(), Some("jobretries.jobretry.io"));
+    assert_eq!(crd.spec.names.short_names, Some(vec!["jr".to_string()]));
+    assert_eq!(crd.spec.names.categories, Some(vec!["bullmq".to_string()]));
+    assert_eq!(crd.spec.scope, "Namespaced");
+    let cols: Vec<String> = crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(
+        cols,
+        [
+            "QUEUE", "STATE", "PHASE", "MATCHED", "RETRIED", "FAILED", "AGE"
+        ]
+    );
+}
+
+#[test]
+fn valid_spec_passes_cel_and_defaults_apply() {
+    assert!(JobRetrySpec::validate_cel(&spec(VALID), None).is_ok());
+    let parsed: JobRetrySpec = serde_yaml::from_str(VALID).unwrap();
+    assert_eq!(parsed.queue.prefix, "bull");
+    assert_eq!(parsed.connection.secret_ref.key, "url");
+    assert_eq!(parsed.state, SourceState::Failed);
+    assert_eq!(parsed.connection.mode, ConnectionMode::Standalone);
+}
+
+#[test]
+fn exactly_one_of_job_ids_and_selector() {
+    let both = format!("{VALID}selector: {{names: ['charge-*']}}\n");
+    let err = JobRetrySpec::validate_cel(&spec(&both), None).unwrap_err();
+    assert!(
+        format!("{err:?}").contains("exactly one of spec.jobIds and spec.selector"),
+        "{err:?}"
+    );
+    let neither = "queue: {name: q}\nconnection: {secretRef: {name: s}}\n";
+    assert!(JobRetrySpec::validate_cel(&spec(neither), None).is_err());
+}
+
+#[test]
+fn queue_name_must_not_contain_a_colon() {
+    let bad = VALID.replace("name: payments}", "name: 'pay:ments'}");
+    let err = QueueRef::validate_cel(&spec(&bad)["queue"], None).unwrap_err();
+    assert!(
+        format!("{err:?}").contains("must not contain ':'"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn sentinel_needs_a_master_name_and_only_sentinel_has_one() {
+    let ok = spec("secretRef: {name: s}\nmode: sentinel\nsentinelMasterName: mymaster\n");
+    assert!(Connection::validate_cel(&ok, None).is_ok());
+    let missing = spec("secretRef: {name: s}\nmode: sentinel\n");
+    assert!(Connection::validate_cel(&missing, None).is_err());
+    let stray = spec("secretRef: {name: s}\nmode: standalone\nsentinelMasterName: mymaster\n");
+    assert!(Connection::validate_cel(&stray, None).is_err());
+}
+
+#[test]
+fn finished_after_must_precede_finished_before() {
+    let ok =
+        spec("finishedAfter: '2026-11-28T10:00:00Z'\nfinishedBefore: '2026-11-28T12:00:00Z'\n");
+    let r = Selector::validate_cel(&ok, None);
+    assert!(r.is_ok(), "{r:?}");
+    let bad =
+        spec("finishedAfter: '2026-11-28T12:00:00Z'\nfinishedBefore: '2026-11-28T10:00:00Z'\n");
+    let err = Selector::validate_cel(&bad, None).unwrap_err();
+    assert!(
+        format!("{err:?}").contains("finishedAfter must be before"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn spec_is_immutable_except_suspend() {
+    let old = spec(VALID);
+    let suspended = spec(&format!("{VALID}suspend: true\n"));
+    assert!(
+        JobRetrySpec::validate_cel(&suspended, Some(&old)).is_ok(),
+        "suspend must stay editable"
+    );
+    for edit in [
+        VALID.replace("'1043'", "'1044'"),
+        format!("{VALID}dryRun: true\n"),
+        format!("{VALID}resetAttemptsMade: true\n"),
+        VALID.replace("payments-redis", "other"),
+    ] {
+        let err = JobRetrySpec::validate_cel(&spec(&edit), Some(&old)).unwrap_err();
+        assert!(
+            format!("{err:?}").contains("spec is immutable"),
+            "{edit}: {err:?}"
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! Errors of a reconcile, each with a static category (for logs and metrics) and a verdict:
+//! transient errors are retried with backoff, permanent ones wait for a change.
+
+/// A reconcile error that escaped to `error_policy`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a request.
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    /// The object lacks something the API server always sets (name, namespace, uid).
+    #[error("object is missing {0}")]
+    MissingObjectKey(&'static str),
+}
+
+impl Error {
+    /// A short, fixed label for the error kind.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::MissingObjectKey(_) => "object",
+        }
+    }
+
+    /// Whether retrying later may succeed without a change to the object.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Kube(_))
+    }
+}

@@ -1,0 +1,11 @@
+//! jobretry-operator: a Kubernetes operator that retries BullMQ jobs in Redis exactly as
+//! BullMQ's own `Job.retry()` would, once per run key, and reports each job's result.
+#![forbid(unsafe_code)]
+
+pub mod bullmq;
+pub mod config;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod status;
+pub mod telemetry;

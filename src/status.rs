@@ -1,0 +1,262 @@
+//! Status of a JobRetry: pure builders (result rows, counts, the size rule, phases and
+//! kstatus-style conditions) and one server-side-apply writer that skips no-op patches.
+//!
+//! Guarantees: counts stay exact however many rows are dropped; a condition's
+//! `lastTransitionTime` changes only when its status flips; `observedGeneration` is set.
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+use crate::{
+    bullmq::JobOutcome,
+    crd::{JobResultRow, JobRetry, JobRetryStatus, condition, phase, reason},
+};
+
+/// The field manager of every status write.
+pub const FIELD_MANAGER: &str = "jobretry-operator";
+
+/// Per-job result names of the API contract.
+pub mod result {
+    pub const RETRIED: &str = "Retried";
+    pub const WOULD_RETRY: &str = "WouldRetry";
+    pub const NOT_FOUND: &str = "NotFound";
+    pub const NOT_IN_STATE: &str = "NotInState";
+    pub const ALREADY_PROCESSED: &str = "AlreadyProcessed";
+    pub const ERROR: &str = "Error";
+
+    /// Whether a result counts as a success (not in `status.failed`).
+    pub fn is_success(result: &str) -> bool {
+        matches!(result, RETRIED | WOULD_RETRY)
+    }
+}
+
+/// The status row of one job. A ledger hit written by this same object (`own_tag`) is the
+/// job's own earlier result, seen again after a crash, so it is reported as `Retried`.
+pub fn job_row(id: &str, outcome: &JobOutcome, own_tag: &str) -> JobResultRow {
+    let (res, code, message): (&str, Option<i64>, Option<String>) = match outcome {
+        JobOutcome::Retried => (result::RETRIED, Some(1), None),
+        JobOutcome::AlreadyProcessed { owner } if owner == own_tag => {
+            (result::RETRIED, Some(1), None)
+        }
+        JobOutcome::WouldRetry => (result::WOULD_RETRY, None, None),
+        JobOutcome::NotFound => (
+            result::NOT_FOUND,
+            Some(-1),
+            Some("job does not exist".into()),
+        ),
+        JobOutcome::NotInState => (
+            result::NOT_IN_STATE,
+            Some(-3),
+            Some("job is not in the requested state".into()),
+        ),
+        JobOutcome::AlreadyProcessed { .. } => (
+            result::ALREADY_PROCESSED,
+            None,
+            Some("this run key retried the job before".into()),
+        ),
+        JobOutcome::Skipped(msg) | JobOutcome::Error(msg) => {
+            (result::ERROR, None, Some(msg.clone()))
+        }
+    };
+    JobResultRow {
+        id: id.to_string(),
+        result: res.to_string(),
+        code,
+        message,
+    }
+}
+
+/// Adds a batch of rows to `status`: counts, totals and rows under the size rule (every row
+/// while the run has at most `row_limit` jobs; beyond, only non-success rows up to the limit).
+pub fn add_rows(status: &mut JobRetryStatus, rows: Vec<JobResultRow>, row_limit: usize) {
+    let processed = status.processed.unwrap_or(0) + rows.len() as u64;
+    for row in &rows {
+        *status.counts.entry(row.result.clone()).or_insert(0) += 1;
+    }
+    status.processed = Some(processed);
+    status.retried = Some(status.counts.get(result::RETRIED).copied().unwrap_or(0));
+    status.failed = Some(
+        status
+            .counts
+            .iter()
+            .filter(|(r, _)| !result::is_success(r))
+            .map(|(_, n)| n)
+            .sum(),
+    );
+    status.jobs.extend(rows);
+    if processed as usize > row_limit || status.jobs_truncated {
+        let before = status.jobs.len();
+        status.jobs.retain(|r| !result::is_success(&r.result));
+        status.jobs.truncate(row_limit);
+        status.jobs_truncated = status.jobs_truncated || status.jobs.len() < before;
+    }
+}
+
+/// Sets condition `type_` in `conditions`; keeps `lastTransitionTime` unless status flips.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let old = conditions.iter().position(|c| c.type_ == type_);
+    let last_transition_time = match old.map(|i| &conditions[i]) {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    let cond = Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: generation,
+        last_transition_time,
+    };
+    match old {
+        Some(i) => conditions[i] = cond,
+        None => conditions.push(cond),
+    }
+}
+
+/// Where a run stands, as far as conditions are concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stage<'a> {
+    /// Batches are being processed.
+    Running,
+    /// A transient problem (Redis or API unreachable); retried with backoff.
+    Waiting {
+        reason: &'a str,
+        message: &'a str,
+    },
+    /// Cannot proceed until the user changes something (e.g. the Secret); nothing ran yet.
+    Stalled {
+        reason: &'a str,
+        message: &'a str,
+    },
+    Suspended,
+    /// Terminal: every job processed.
+    Done,
+    /// Terminal: the run could not run.
+    Failed {
+        reason: &'a str,
+        message: &'a str,
+    },
+}
+
+/// Sets phase, times and every condition of `status` for `stage`.
+pub fn apply_stage(
+    status: &mut JobRetryStatus,
+    stage: &Stage,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    status.observed_generation = generation;
+    let progress = format!(
+        "processed {} of {} jobs",
+        status.processed.unwrap_or(0),
+        status.matched.unwrap_or(0)
+    );
+    let c = &mut status.conditions;
+    let mut set =
+        |t: &str, s: bool, r: &str, m: &str| set_condition(c, t, s, r, m, generation, now);
+    let new_phase: &str = match stage {
+        Stage::Running => {
+            set(condition::RECONCILING, true, reason::PROGRESSING, &progress);
+            set(condition::READY, false, reason::PROGRESSING, &progress);
+            set(condition::STALLED, false, reason::PROGRESSING, "");
+            set(condition::SUSPENDED, false, reason::PROGRESSING, "");
+            phase::RUNNING
+        }
+        Stage::Waiting { reason, message } => {
+            set(condition::RECONCILING, true, reason, message);
+            set(condition::READY, false, reason, message);
+            set(condition::STALLED, false, reason, message);
+            // A transient wait keeps a running run Running; anything else is Pending.
+            match status.phase.as_deref() {
+                Some(phase::RUNNING) => phase::RUNNING,
+                _ => phase::PENDING,
+            }
+        }
+        Stage::Stalled { reason, message } => {
+            set(condition::STALLED, true, reason, message);
+            set(condition::READY, false, reason, message);
+            set(condition::RECONCILING, false, reason, message);
+            phase::PENDING
+        }
+        Stage::Suspended => {
+            let m = format!("suspended after {progress}");
+            set(condition::SUSPENDED, true, reason::SUSPENDED, &m);
+            set(condition::READY, false, reason::SUSPENDED, &m);
+            set(condition::RECONCILING, false, reason::SUSPENDED, &m);
+            set(condition::STALLED, false, reason::SUSPENDED, "");
+            phase::SUSPENDED
+        }
+        Stage::Done => {
+            let failed = status.failed.unwrap_or(0);
+            let (done, r) = if failed == 0 {
+                (phase::SUCCEEDED, reason::SUCCEEDED)
+            } else {
+                (phase::PARTIALLY_SUCCEEDED, reason::PARTIALLY_SUCCEEDED)
+            };
+            let m = format!(
+                "{progress}: {} retried, {failed} not retried",
+                status.retried.unwrap_or(0)
+            );
+            set(condition::COMPLETE, true, r, &m);
+            set(condition::READY, true, r, &m);
+            set(condition::RECONCILING, false, r, &m);
+            set(condition::STALLED, false, r, "");
+            set(condition::SUSPENDED, false, r, "");
+            done
+        }
+        Stage::Failed { reason, message } => {
+            set(condition::FAILED, true, reason, message);
+            set(condition::STALLED, true, reason, message);
+            set(condition::READY, false, reason, message);
+            set(condition::RECONCILING, false, reason, message);
+            phase::FAILED
+        }
+    };
+    status.phase = Some(new_phase.to_string());
+    if phase::is_terminal(new_phase) && status.completion_time.is_none() {
+        status.completion_time = Some(Time(now));
+    }
+}
+
+/// Writes `status` with server-side apply unless it equals the object's current status.
+pub async fn write(
+    api: &Api<JobRetry>,
+    obj: &JobRetry,
+    status: &JobRetryStatus,
+) -> kube::Result<bool> {
+    if obj.status.as_ref() == Some(status) {
+        return Ok(false);
+    }
+    let name = obj.metadata.name.as_deref().unwrap_or_default();
+    let patch = json!({
+        "apiVersion": "jobretry.io/v1alpha1",
+        "kind": "JobRetry",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests;

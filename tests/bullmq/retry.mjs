@@ -1,0 +1,69 @@
+#!/usr/bin/env node
+// Reference retry path: BullMQ's own job.retry(state, { resetAttemptsMade,
+// resetAttemptsStarted }) for each id (Job.fromId first).
+//
+//   node retry.mjs --redis redis://127.0.0.1:6379/0 --queue q --ids 1,2 \
+//     --state failed|completed [--reset-attempts-made] [--reset-attempts-started] \
+//     [--prefix bull] [--bullmq bullmq|bullmq-5|bullmq-6-3]
+//
+// stdout: { "jobs": [ { id, result } ] } with result "ok", "missing" (no such
+// job) or the error message bullmq threw (e.g. the job is not in that state).
+// Per-id errors are results, not failures: the exit code is still 0.
+// The reset options only have an effect on bullmq >= 5.66; the options object
+// is passed unchanged to older versions too.
+
+import {
+  UsageError,
+  idsOpt,
+  loadBullmq,
+  log,
+  openQueue,
+  parseCli,
+  preflight,
+  runMain,
+} from './lib.mjs';
+
+const USAGE =
+  'usage: retry.mjs --redis URL --queue NAME --ids ID[,ID...] --state failed|completed ' +
+  '[--reset-attempts-made] [--reset-attempts-started] [--prefix bull] ' +
+  '[--bullmq bullmq|bullmq-5|bullmq-6-3]';
+
+runMain('retry.mjs', async (onCleanup) => {
+  const values = parseCli(
+    {
+      ids: { type: 'string' },
+      state: { type: 'string' },
+      'reset-attempts-made': { type: 'boolean', default: false },
+      'reset-attempts-started': { type: 'boolean', default: false },
+    },
+    USAGE,
+  );
+  const ids = idsOpt(values);
+  if (values.state !== 'failed' && values.state !== 'completed') {
+    throw new UsageError(`--state must be "failed" or "completed", got ${JSON.stringify(values.state)}\n${USAGE}`);
+  }
+  const opts = {
+    resetAttemptsMade: values['reset-attempts-made'],
+    resetAttemptsStarted: values['reset-attempts-started'],
+  };
+  await preflight(values.redis);
+  const { mod: bullmq } = await loadBullmq(values.bullmq);
+  const queue = await openQueue(bullmq, values, onCleanup);
+  const jobs = [];
+  for (const id of ids) {
+    const job = await bullmq.Job.fromId(queue, id);
+    if (!job) {
+      jobs.push({ id, result: 'missing' });
+      continue;
+    }
+    try {
+      await job.retry(values.state, opts);
+      jobs.push({ id, result: 'ok' });
+      log(`job ${id}: retried from ${values.state} with ${JSON.stringify(opts)}`);
+    } catch (err) {
+      jobs.push({ id, result: err && err.message ? err.message : String(err) });
+      log(`job ${id}: retry failed: ${err && err.message}`);
+    }
+  }
+  return { jobs };
+});

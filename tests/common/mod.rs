@@ -1,0 +1,327 @@
+//! Test harness for the end-to-end tests: talks to the real control plane with `kubectl`,
+//! to Redis with the `redis` crate, to BullMQ through the Node fixtures in `tests/bullmq`,
+//! and runs the operator binary as a child process.
+//!
+//! The platform (kube-apiserver + etcd + redis-server) is started by `tests/run.sh`, which
+//! exports `JOBRETRY_TEST_KUBECONFIG` and `JOBRETRY_TEST_REDIS_URL`; a test run without them
+//! fails with a message saying so.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the end-to-end tests with tests/run.sh, which starts the control plane and Redis")
+    })
+}
+
+pub fn kubeconfig() -> String {
+    env("JOBRETRY_TEST_KUBECONFIG")
+}
+
+pub fn redis_url() -> String {
+    env("JOBRETRY_TEST_REDIS_URL")
+}
+
+/// Output of a finished command.
+pub struct Out {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(cmd: &mut Command) -> Out {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    Out {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `kubectl <args>` against the test control plane.
+pub fn kubectl(args: &[&str]) -> Out {
+    run(Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig())
+        .args(args))
+}
+
+/// `kubectl <args>` that must succeed; returns stdout.
+pub fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args);
+    assert!(
+        out.ok,
+        "kubectl {args:?} failed: {}{}",
+        out.stdout, out.stderr
+    );
+    out.stdout
+}
+
+/// Installs the committed CRD once per test binary and waits until it is served.
+pub fn ensure_crd() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let crd = repo().join("crds/jobretries.jobretry.io.yaml");
+        kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crd.to_str().unwrap(),
+        ]);
+        kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/jobretries.jobretry.io",
+        ]);
+    });
+}
+
+/// A namespace of its own for one test, with the Redis Secret `redis` in it.
+pub struct TestNs {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestNs {
+    pub fn new(name: &str) -> Self {
+        ensure_crd();
+        let _ = kubectl(&["delete", "namespace", name, "--wait=false"]);
+        let created = kubectl(&["create", "namespace", name]);
+        assert!(
+            created.ok || created.stderr.contains("AlreadyExists"),
+            "{}",
+            created.stderr
+        );
+        let ns = Self {
+            name: name.to_string(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        ns.secret("redis", &redis_url());
+        ns
+    }
+
+    pub fn secret(&self, name: &str, url: &str) {
+        let _ = kubectl(&[
+            "-n",
+            &self.name,
+            "delete",
+            "secret",
+            name,
+            "--ignore-not-found",
+        ]);
+        kubectl_ok(&[
+            "-n",
+            &self.name,
+            "create",
+            "secret",
+            "generic",
+            name,
+            &format!("--from-literal=url={url}"),
+        ]);
+    }
+
+    /// Writes `yaml` to a file and `kubectl apply -f`s it, as a user would.
+    pub fn apply(&self, file: &str, yaml: &str) -> Out {
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, yaml).unwrap();
+        kubectl(&["-n", &self.name, "apply", "-f", path.to_str().unwrap()])
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Out {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        kubectl(&all)
+    }
+
+    /// `kubectl wait --for=condition=<cond>` on a JobRetry.
+    pub fn wait_condition(&self, jr: &str, cond: &str, timeout: &str) -> Out {
+        self.kubectl(&[
+            "wait",
+            &format!("--for=condition={cond}"),
+            &format!("--timeout={timeout}"),
+            &format!("jobretry/{jr}"),
+        ])
+    }
+
+    /// The JobRetry as JSON.
+    pub fn get(&self, jr: &str) -> Value {
+        let out = self.kubectl(&["get", "jobretry", jr, "-o", "json"]);
+        assert!(out.ok, "{}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+}
+
+/// The operator binary, watching one namespace; killed when dropped.
+pub struct Operator {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(ns: &TestNs, extra: &[&str]) -> Self {
+        let log = ns.dir.path().join(format!(
+            "operator-{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_jobretry-operator"))
+            .env("KUBECONFIG", kubeconfig())
+            .env("RUST_LOG", "info,jobretry_operator=debug")
+            .args(["--watch-namespace", &ns.name])
+            .args(extra)
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("start operator");
+        Self { child, log }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a BullMQ fixture script (`tests/bullmq/<script>`) and parses its JSON output.
+pub fn node(script: &str, args: &[&str]) -> Value {
+    let dir = repo().join("tests/bullmq");
+    let out = run(Command::new("node")
+        .current_dir(&dir)
+        .arg(script)
+        .args(args));
+    assert!(
+        out.ok,
+        "node {script} {args:?} failed:\n{}\n{}",
+        out.stdout, out.stderr
+    );
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", out.stdout))
+}
+
+/// Seeds `queue` with the jobs of `spec` (the seed.mjs format) through a real BullMQ Worker.
+pub fn seed(dir: &Path, queue: &str, spec: &Value) -> Vec<Value> {
+    let path = dir.join(format!("{queue}-spec.json"));
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let out = node(
+        "seed.mjs",
+        &[
+            "--redis",
+            &redis_url(),
+            "--queue",
+            queue,
+            "--spec",
+            path.to_str().unwrap(),
+        ],
+    );
+    out["jobs"].as_array().unwrap().clone()
+}
+
+/// The id of the seeded job with `key`.
+pub fn id_of(jobs: &[Value], key: &str) -> String {
+    jobs.iter()
+        .find(|j| j["key"] == key)
+        .unwrap_or_else(|| panic!("no seeded job {key}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Every key of the Redis database with its full content, for before/after comparisons.
+pub fn redis_dump() -> BTreeMap<String, String> {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    keys.into_iter()
+        .map(|k| {
+            let t: String = redis::cmd("TYPE").arg(&k).query(&mut con).unwrap();
+            let content: String = match t.as_str() {
+                "string" => redis::cmd("GET").arg(&k).query(&mut con).unwrap(),
+                "list" => format!(
+                    "{:?}",
+                    redis::cmd("LRANGE")
+                        .arg(&k)
+                        .arg(0)
+                        .arg(-1)
+                        .query::<Vec<String>>(&mut con)
+                        .unwrap()
+                ),
+                "set" => {
+                    let mut m: Vec<String> =
+                        redis::cmd("SMEMBERS").arg(&k).query(&mut con).unwrap();
+                    m.sort();
+                    format!("{m:?}")
+                }
+                "zset" => format!(
+                    "{:?}",
+                    redis::cmd("ZRANGE")
+                        .arg(&k)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query::<Vec<String>>(&mut con)
+                        .unwrap()
+                ),
+                "hash" => format!(
+                    "{:?}",
+                    redis::cmd("HGETALL")
+                        .arg(&k)
+                        .query::<BTreeMap<String, String>>(&mut con)
+                        .unwrap()
+                ),
+                "stream" => format!(
+                    "{:?}",
+                    redis::cmd("XRANGE")
+                        .arg(&k)
+                        .arg("-")
+                        .arg("+")
+                        .query::<redis::Value>(&mut con)
+                        .unwrap()
+                ),
+                other => other.to_string(),
+            };
+            (k, format!("{t}:{content}"))
+        })
+        .collect()
+}
+
+/// Polls `f` every 200 ms until it returns Some, or panics after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,327 @@
+//! End to end, by job ids: a real kube-apiserver, a real Redis, jobs made and processed by the
+//! real npm `bullmq`, and the operator binary. What is asserted is what a user would check:
+//! `kubectl wait`, the status rows and counts, and which jobs a Worker then processes.
+
+mod common;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn job(key: &str, outcome: &str, opts: Value) -> Value {
+    json!({"key": key, "name": format!("charge-{key}"), "data": {"key": key, "reason": "ECONNRESET"}, "opts": opts, "outcome": outcome})
+}
+
+fn rows(jr: &Value) -> Vec<(String, String, Option<i64>)> {
+    jr["status"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["result"].as_str().unwrap().to_string(),
+                r["code"].as_i64(),
+            )
+        })
+        .collect()
+}
+
+fn manifest(name: &str, queue: &str, state: &str, ids: &[&str], extra: &str) -> String {
+    let ids = ids
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: {name}\nspec:\n  queue:\n    name: {queue}\n  connection:\n    secretRef:\n      name: redis\n  state: {state}\n  jobIds: [{ids}]\n{extra}"
+    )
+}
+
+#[test]
+fn retries_failed_jobs_by_id_and_a_worker_processes_exactly_those() {
+    let ns = TestNs::new("e2e-failed");
+    let queue = "e2e-failed";
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [
+            job("prio", "fail", json!({"priority": 5})),
+            job("exhausted", "fail", json!({"attempts": 3})),
+            job("plain", "fail", json!({})),
+            job("untouched", "fail", json!({})),
+            job("done", "complete", json!({})),
+        ]}),
+    );
+    let exhausted = jobs.iter().find(|j| j["key"] == "exhausted").unwrap();
+    assert_eq!(
+        exhausted["attemptsMade"], 3,
+        "fixture: the attempts:3 job must be exhausted"
+    );
+    let (prio, exh, plain, done) = (
+        id_of(&jobs, "prio"),
+        id_of(&jobs, "exhausted"),
+        id_of(&jobs, "plain"),
+        id_of(&jobs, "done"),
+    );
+    let _op = Operator::start(&ns, &[]);
+
+    let ids = [
+        prio.as_str(),
+        exh.as_str(),
+        plain.as_str(),
+        "no-such-job",
+        done.as_str(),
+    ];
+    let applied = ns.apply(
+        "retry.yaml",
+        &manifest(
+            "incident",
+            queue,
+            "failed",
+            &ids,
+            "  resetAttemptsMade: true\n",
+        ),
+    );
+    assert!(applied.ok, "{}", applied.stderr);
+    let waited = ns.wait_condition("incident", "Complete", "60s");
+    assert!(waited.ok, "kubectl wait failed: {}", waited.stderr);
+
+    let jr = ns.get("incident");
+    let st = &jr["status"];
+    assert_eq!(
+        rows(&jr),
+        vec![
+            (prio.clone(), "Retried".into(), Some(1)),
+            (exh.clone(), "Retried".into(), Some(1)),
+            (plain.clone(), "Retried".into(), Some(1)),
+            ("no-such-job".into(), "NotFound".into(), Some(-1)),
+            (done.clone(), "NotInState".into(), Some(-3)),
+        ]
+    );
+    assert_eq!(
+        st["counts"],
+        json!({"Retried": 3, "NotFound": 1, "NotInState": 1})
+    );
+    assert_eq!(
+        (st["matched"].as_u64(), st["processed"].as_u64()),
+        (Some(5), Some(5))
+    );
+    assert_eq!(
+        (st["retried"].as_u64(), st["failed"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(st["phase"], "PartiallySucceeded");
+    assert_eq!(st["bullmqVersion"], "6.7.0");
+    assert_eq!(st["runKey"], "e2e-failed/incident");
+    assert!(st["completionTime"].is_string() && st["startTime"].is_string());
+    assert_eq!(st["observedGeneration"], jr["metadata"]["generation"]);
+
+    let processed = node(
+        "process.mjs",
+        &[
+            "--redis",
+            &redis_url(),
+            "--queue",
+            queue,
+            "--expect",
+            "3",
+            "--settle-ms",
+            "2500",
+        ],
+    );
+    let seen: Vec<&str> = processed["processed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    let seen_set: BTreeSet<&str> = seen.iter().copied().collect();
+    assert_eq!(
+        seen.len(),
+        3,
+        "each retried job processed exactly once: {seen:?}"
+    );
+    assert_eq!(
+        seen_set,
+        BTreeSet::from([prio.as_str(), exh.as_str(), plain.as_str()])
+    );
+    for p in processed["processed"].as_array().unwrap() {
+        assert_eq!(
+            p["attemptsMade"], 0,
+            "resetAttemptsMade: attemptsMade must be 0 when processed again: {p}"
+        );
+    }
+    let retried_events: BTreeSet<&str> = processed["waitingEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["prev"] == "failed")
+        .map(|e| e["jobId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        retried_events, seen_set,
+        "QueueEvents saw one `waiting` event (prev failed) per retried job"
+    );
+}
+
+#[test]
+fn retries_completed_jobs_and_clears_their_return_value() {
+    let ns = TestNs::new("e2e-completed");
+    let queue = "e2e-completed";
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [job("c1", "complete", json!({})), job("c2", "complete", json!({})), job("f1", "fail", json!({}))]}),
+    );
+    let (c1, c2, f1) = (id_of(&jobs, "c1"), id_of(&jobs, "c2"), id_of(&jobs, "f1"));
+    assert!(jobs.iter().find(|j| j["key"] == "c1").unwrap()["returnvalue"].is_object());
+    let _op = Operator::start(&ns, &[]);
+
+    assert!(
+        ns.apply(
+            "completed.yaml",
+            &manifest("redo", queue, "completed", &[&c1, &c2, &f1], "")
+        )
+        .ok
+    );
+    assert!(ns.wait_condition("redo", "Complete", "60s").ok);
+    let jr = ns.get("redo");
+    assert_eq!(
+        rows(&jr),
+        vec![
+            (c1.clone(), "Retried".into(), Some(1)),
+            (c2.clone(), "Retried".into(), Some(1)),
+            (f1.clone(), "NotInState".into(), Some(-3))
+        ]
+    );
+
+    let inspected = node(
+        "inspect.mjs",
+        &[
+            "--redis",
+            &redis_url(),
+            "--queue",
+            queue,
+            "--ids",
+            &format!("{c1},{c2}"),
+        ],
+    );
+    for j in inspected["jobs"].as_array().unwrap() {
+        assert_eq!(j["state"], "waiting", "{j}");
+        assert!(
+            j["returnvalue"].is_null(),
+            "returnvalue must be gone after a retry from completed: {j}"
+        );
+        assert!(j["finishedOn"].is_null(), "{j}");
+    }
+    let processed = node(
+        "process.mjs",
+        &["--redis", &redis_url(), "--queue", queue, "--expect", "2"],
+    );
+    let seen: BTreeSet<&str> = processed["processed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, BTreeSet::from([c1.as_str(), c2.as_str()]));
+    assert_eq!(processed["processed"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_restarted_operator_changes_nothing_after_completion() {
+    let ns = TestNs::new("e2e-restart");
+    let queue = "e2e-restart";
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [job("a", "fail", json!({})), job("b", "fail", json!({}))]}),
+    );
+    let (a, b) = (id_of(&jobs, "a"), id_of(&jobs, "b"));
+    let mut op = Operator::start(&ns, &[]);
+    assert!(
+        ns.apply("once.yaml", &manifest("once", queue, "failed", &[&a], ""))
+            .ok
+    );
+    assert!(ns.wait_condition("once", "Complete", "60s").ok);
+    let status_before = ns.get("once")["status"].clone();
+    let before = redis_dump();
+    op.kill();
+
+    let op2 = Operator::start(&ns, &[]);
+    // Nudge the finished object (a metadata change triggers a reconcile), then prove the new
+    // operator is live by completing a dry run, which must not change Redis either.
+    ns.kubectl(&["annotate", "jobretry", "once", "touched=yes"]);
+    assert!(
+        ns.apply(
+            "dry.yaml",
+            &manifest("preview", queue, "failed", &[&a, &b], "  dryRun: true\n")
+        )
+        .ok
+    );
+    assert!(
+        ns.wait_condition("preview", "Complete", "60s").ok,
+        "{}",
+        op2.logs()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let preview = ns.get("preview");
+    assert_eq!(
+        rows(&preview),
+        vec![
+            (a.clone(), "NotInState".into(), Some(-3)),
+            (b.clone(), "WouldRetry".into(), None)
+        ]
+    );
+
+    let after = redis_dump();
+    let changed: Vec<&String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "a restart or dry run changed Redis keys: {changed:?}"
+    );
+    assert_eq!(
+        ns.get("once")["status"],
+        status_before,
+        "the finished status must not change"
+    );
+}
+
+#[test]
+fn a_missing_secret_stalls_with_a_readable_message_and_resumes_when_created() {
+    let ns = TestNs::new("e2e-secret");
+    let queue = "e2e-secret";
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [job("a", "fail", json!({}))]}),
+    );
+    let a = id_of(&jobs, "a");
+    let _op = Operator::start(&ns, &[]);
+    let yaml = manifest("later", queue, "failed", &[&a], "")
+        .replace("name: redis", "name: payments-redis");
+    assert!(ns.apply("later.yaml", &yaml).ok);
+    assert!(ns.wait_condition("later", "Stalled", "30s").ok);
+    let st = &ns.get("later")["status"];
+    let stalled = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .unwrap();
+    assert_eq!(stalled["reason"], "SecretInvalid");
+    assert_eq!(
+        stalled["message"],
+        "Secret e2e-secret/payments-redis not found"
+    );
+    assert_eq!(st["phase"], "Pending");
+    ns.secret("payments-redis", &redis_url());
+    assert!(ns.wait_condition("later", "Complete", "90s").ok);
+    assert_eq!(ns.get("later")["status"]["counts"], json!({"Retried": 1}));
+}

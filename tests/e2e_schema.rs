@@ -1,0 +1,144 @@
+//! Invalid manifests are refused by the real API server (OpenAPI + CEL rules of the CRD),
+//! with a message a user can act on. One case each.
+
+mod common;
+
+use common::*;
+
+const VALID: &str = "apiVersion: jobretry.io/v1alpha1
+kind: JobRetry
+metadata:
+  name: NAME
+spec:
+  queue:
+    name: payments
+  connection:
+    secretRef:
+      name: redis
+  state: failed
+  jobIds: [\"1042\", \"1043\"]
+";
+
+fn ns() -> &'static TestNs {
+    static NS: std::sync::OnceLock<TestNs> = std::sync::OnceLock::new();
+    NS.get_or_init(|| TestNs::new("e2e-schema"))
+}
+
+/// Applies `yaml` (a variant of VALID) as object `name`; returns the refusal message.
+fn refused(name: &str, yaml: &str) -> String {
+    let out = ns().apply(&format!("{name}.yaml"), &yaml.replace("NAME", name));
+    assert!(
+        !out.ok,
+        "the API server accepted an invalid manifest:\n{yaml}"
+    );
+    out.stderr
+}
+
+#[test]
+fn the_valid_manifest_is_accepted() {
+    let out = ns().apply("valid.yaml", &VALID.replace("NAME", "valid"));
+    assert!(out.ok, "{}", out.stderr);
+}
+
+#[test]
+fn refuses_both_job_ids_and_selector() {
+    let msg = refused(
+        "both",
+        &format!("{VALID}  selector:\n    names: [\"charge-*\"]\n"),
+    );
+    assert!(
+        msg.contains("exactly one of spec.jobIds and spec.selector must be set"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn refuses_neither_job_ids_nor_selector() {
+    let msg = refused(
+        "neither",
+        &VALID.replace("  jobIds: [\"1042\", \"1043\"]\n", ""),
+    );
+    assert!(
+        msg.contains("exactly one of spec.jobIds and spec.selector must be set"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn refuses_a_state_other_than_failed_or_completed() {
+    let msg = refused("active", &VALID.replace("state: failed", "state: active"));
+    assert!(
+        msg.contains("spec.state")
+            && msg.contains("\"active\"")
+            && msg.contains("\"failed\", \"completed\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn refuses_a_queue_name_with_a_colon() {
+    let msg = refused("colon", &VALID.replace("name: payments", "name: pay:ments"));
+    assert!(msg.contains("queue.name must not contain ':'"), "{msg}");
+}
+
+#[test]
+fn refuses_an_empty_job_id() {
+    let msg = refused("emptyid", &VALID.replace("\"1043\"", "\"\""));
+    assert!(
+        msg.contains("spec.jobIds[1]") && msg.contains("at least 1 chars long"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn refuses_duplicate_job_ids() {
+    let msg = refused("dupids", &VALID.replace("\"1043\"", "\"1042\""));
+    assert!(
+        msg.contains("spec.jobIds[1]") && msg.contains("Duplicate value"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn refuses_sentinel_mode_without_a_master_name() {
+    let msg = refused(
+        "sentinel",
+        &VALID.replace(
+            "      name: redis\n",
+            "      name: redis\n    mode: sentinel\n",
+        ),
+    );
+    assert!(
+        msg.contains("sentinelMasterName must be set when mode is sentinel"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn refuses_a_later_edit_of_job_ids_but_allows_suspend() {
+    let created = ns().apply("edit.yaml", &VALID.replace("NAME", "edit"));
+    assert!(created.ok, "{}", created.stderr);
+    let suspend = ns().kubectl(&[
+        "patch",
+        "jobretry",
+        "edit",
+        "--type=merge",
+        "-p",
+        "{\"spec\":{\"suspend\":true}}",
+    ]);
+    assert!(suspend.ok, "suspend must stay editable: {}", suspend.stderr);
+    let edited = ns().apply(
+        "edit.yaml",
+        &VALID
+            .replace("NAME", "edit")
+            .replace("\"1043\"", "\"1044\""),
+    );
+    assert!(!edited.ok, "the API server accepted an edit of spec.jobIds");
+    assert!(
+        edited
+            .stderr
+            .contains("spec is immutable after creation except spec.suspend"),
+        "{}",
+        edited.stderr
+    );
+}

@@ -1,0 +1,77 @@
+# shellcheck shell=bash
+# Shared helpers for the local test platform scripts. Source it; do not run it.
+#
+#   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# Versions of the control plane we build. etcd v3.6.5 is the server version
+# Kubernetes v1.34.4 itself tests against (hack/lib/etcd.sh: ETCD_VERSION).
+# shellcheck disable=SC2034 # used by the scripts that source this file
+K8S_VERSION="v1.34.4"
+# shellcheck disable=SC2034
+K8S_STAGING_VERSION="v0.34.4" # staging modules (k8s.io/api, ...) are tagged v0.<minor>.<patch>
+# shellcheck disable=SC2034
+ETCD_VERSION="v3.6.5"
+
+# Where built binaries are cached, outside the repo and keyed by version.
+# shellcheck disable=SC2034
+PLATFORM_BIN_DIR="${JOBRETRY_CACHE:-$HOME/.cache/jobretry-operator}/control-plane/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}"
+
+# log MSG... : timestamped message on stderr.
+log() { printf '[platform %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# die MSG... : log and exit non-zero.
+die() { log "ERROR: $*"; exit 1; }
+
+# free_ports N : print N distinct free TCP ports on 127.0.0.1, one per line.
+# All sockets are held open until every port is picked, so the N are distinct.
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+for s in socks:
+    print(s.getsockname()[1])
+EOF
+}
+
+# wait_for TIMEOUT_SECONDS DESCRIPTION CMD... : retry CMD (quietly) every
+# 0.5s until it succeeds; return 1 after the timeout.
+wait_for() {
+  local timeout=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "timed out after ${timeout}s waiting for ${what}"
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+# start_bg STATE_DIR NAME CMD... : run CMD in the background in its own
+# session, stdout+stderr to STATE_DIR/NAME.log, pid to STATE_DIR/NAME.pid.
+start_bg() {
+  local dir=$1 name=$2
+  shift 2
+  setsid "$@" >"${dir}/${name}.log" 2>&1 </dev/null &
+  echo $! >"${dir}/${name}.pid"
+}
+
+# proc_running PID : true if PID is a live (not zombie) process.
+proc_running() {
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
+# pid_alive PIDFILE : true if the pid file names a running process.
+pid_alive() {
+  local pid
+  [[ -f $1 ]] || return 1
+  pid=$(cat "$1")
+  [[ $pid =~ ^[0-9]+$ ]] && proc_running "$pid"
+}
