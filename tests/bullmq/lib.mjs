@@ -7,6 +7,15 @@
 //   * logs to stderr only and prints exactly ONE JSON document on stdout,
 //   * closes every connection it opened and exits 0 on success, or prints
 //     "<script>: error: <message>" on stderr and exits non-zero on failure.
+//
+// seed.mjs, process.mjs, inspect.mjs and retry.mjs also take (TOPOLOGY_OPTIONS):
+//   * --cluster: --redis redis://[:password@]host:port names one node of a Redis
+//     Cluster; every client is an ioredis Cluster started from it. Keys of a
+//     queue must share a slot, so use a hash-tagged prefix such as "{bull}".
+//   * --sentinel NAME: --redis redis://[:password@]host:port[/db] names a
+//     sentinel; clients connect to the master NAME it reports. The URL's
+//     password (if any) is the data nodes' password, not the sentinel's.
+// Without either flag nothing changes: bullmq gets { url, maxRetriesPerRequest: null }.
 
 import { parseArgs } from 'node:util';
 import { createRequire } from 'node:module';
@@ -23,6 +32,12 @@ export const COMMON_OPTIONS = {
   prefix: { type: 'string', default: 'bull' },
   bullmq: { type: 'string', default: 'bullmq' },
   help: { type: 'boolean', short: 'h', default: false },
+};
+
+/** Opt-in options for scripts that can run on a Redis Cluster or through a sentinel. */
+export const TOPOLOGY_OPTIONS = {
+  cluster: { type: 'boolean', default: false },
+  sentinel: { type: 'string' },
 };
 
 export class UsageError extends Error {}
@@ -70,7 +85,97 @@ export function parseCli(extra, usage) {
       `--bullmq must be one of ${ALLOWED_PACKAGES.join(', ')}, got ${JSON.stringify(v.bullmq)}`,
     );
   }
+  if (v.cluster && v.sentinel !== undefined) {
+    throw new UsageError('--cluster and --sentinel are mutually exclusive');
+  }
+  if (v.sentinel !== undefined && !v.sentinel) throw new UsageError('--sentinel NAME must not be empty');
+  if (v.cluster || v.sentinel) {
+    const u = parseRedisUrl(v.redis);
+    if (v.cluster && u.db) throw new UsageError('--cluster: a Redis Cluster only has db 0');
+    if (v.cluster && !/\{[^}]+\}/.test(`${v.prefix}:${v.queue}`)) {
+      log(
+        `warning: neither --prefix ${v.prefix} nor --queue ${v.queue} has a {hash tag}; ` +
+          'bullmq scripts will fail with CROSSSLOT on a cluster',
+      );
+    }
+  }
   return v;
+}
+
+/** Splits redis://[user:password@]host:port[/db] (user and password percent-decoded). */
+export function parseRedisUrl(url) {
+  let u;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new UsageError(`--redis: cannot parse ${JSON.stringify(url)}`);
+  }
+  const db = u.pathname && u.pathname !== '/' ? Number(u.pathname.slice(1)) : 0;
+  if (!Number.isInteger(db) || db < 0) throw new UsageError(`--redis: bad db in ${JSON.stringify(url)}`);
+  const out = { host: u.hostname || '127.0.0.1', port: Number(u.port || 6379), db };
+  if (u.username) out.username = decodeURIComponent(u.username);
+  if (u.password) out.password = decodeURIComponent(u.password);
+  if (u.protocol === 'rediss:') out.tls = {};
+  return out;
+}
+
+/** ioredis options of one data node: credentials (and tls) from the --redis URL. */
+function nodeAuth(u) {
+  const o = {};
+  for (const k of ['username', 'password', 'tls']) if (u[k] !== undefined) o[k] = u[k];
+  return o;
+}
+
+/** Options for `new IORedis(...)` that reach the master through the sentinel. */
+function sentinelOptions(values, extra) {
+  const u = parseRedisUrl(values.redis);
+  return {
+    sentinels: [{ host: u.host, port: u.port }],
+    name: values.sentinel,
+    db: u.db,
+    ...nodeAuth(u),
+    ...extra,
+  };
+}
+
+/**
+ * A plain ioredis client for the target: `new IORedis(url, extra)` by default,
+ * an ioredis Cluster with --cluster (extra goes to every node), a
+ * sentinel-resolved client with --sentinel. The caller closes it.
+ */
+export function createClient(values, extra = {}) {
+  if (values.cluster) {
+    const u = parseRedisUrl(values.redis);
+    return new IORedis.Cluster([{ host: u.host, port: u.port }], {
+      redisOptions: { ...nodeAuth(u), ...extra },
+    });
+  }
+  if (values.sentinel) return new IORedis(sentinelOptions(values, extra));
+  return new IORedis(values.redis, extra);
+}
+
+/**
+ * The `connection` to give a bullmq Queue / Worker / QueueEvents: the options
+ * of connectionOpts() by default and with --sentinel (bullmq then creates and
+ * closes its clients), a fresh ioredis Cluster with --cluster (bullmq cannot
+ * build one from options; it leaves a client it was given open, so it is
+ * closed here on cleanup, after the bullmq object that uses it).
+ */
+export function bullmqConnection(values, onCleanup) {
+  if (values.cluster) {
+    const client = createClient(values, { maxRetriesPerRequest: null });
+    client.on('error', (err) => log(`cluster client error: ${err.message}`));
+    onCleanup(async () => {
+      try {
+        await client.quit();
+      } catch {
+        client.disconnect();
+      }
+    });
+    return client;
+  }
+  if (values.sentinel) return sentinelOptions(values, { maxRetriesPerRequest: null });
+  return connectionOpts(values.redis);
 }
 
 /** Parses a non-negative integer option. */
@@ -117,9 +222,16 @@ export function connectionOpts(url) {
 
 /**
  * Fails fast (instead of bullmq's endless reconnect loop) when Redis is not
- * reachable at `url`.
+ * reachable at `url`. Also takes the parsed values: then --cluster (the
+ * cluster must also say cluster_state:ok) and --sentinel are honoured.
  */
 export async function preflight(url) {
+  if (typeof url !== 'string') {
+    const values = url;
+    if (values.cluster) return preflightCluster(values);
+    if (values.sentinel) return preflightSentinel(values);
+    url = values.redis;
+  }
   const client = new IORedis(url, {
     lazyConnect: true,
     maxRetriesPerRequest: 0,
@@ -140,6 +252,72 @@ export async function preflight(url) {
   } catch (err) {
     const why = lastError && lastError.message ? lastError.message : err.message;
     throw new Error(`cannot reach Redis at ${url}: ${why}`);
+  } finally {
+    client.disconnect();
+  }
+}
+
+async function preflightCluster(values) {
+  const u = parseRedisUrl(values.redis);
+  const client = new IORedis.Cluster([{ host: u.host, port: u.port }], {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    clusterRetryStrategy: () => null,
+    redisOptions: { ...nodeAuth(u), connectTimeout: 5000, maxRetriesPerRequest: 0, retryStrategy: () => null },
+  });
+  let lastError = null;
+  client.on('error', (err) => {
+    lastError = err;
+  });
+  try {
+    await client.connect();
+    const info = String(await client.cluster('INFO'));
+    const state = /cluster_state:(\S+)/.exec(info);
+    if (!state || state[1] !== 'ok') throw new Error(`cluster_state is ${state ? state[1] : 'unknown'}`);
+    const server = await client.info('server');
+    const m = /redis_version:(\S+)/.exec(server);
+    log(
+      `redis cluster via ${u.host}:${u.port} reachable: ${client.nodes('master').length} master(s), ` +
+        `cluster_state:ok (redis_version ${m ? m[1] : 'unknown'})`,
+    );
+  } catch (err) {
+    const why = lastError && lastError.message ? lastError.message : err.message;
+    throw new Error(`cannot use Redis Cluster at ${values.redis}: ${why}`);
+  } finally {
+    client.disconnect();
+  }
+}
+
+async function preflightSentinel(values) {
+  const client = new IORedis(
+    sentinelOptions(values, {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      connectTimeout: 5000,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+      sentinelRetryStrategy: () => null,
+    }),
+  );
+  let lastError = null;
+  client.on('error', (err) => {
+    lastError = err;
+  });
+  try {
+    await client.connect();
+    await client.ping();
+    const info = await client.info('server');
+    const m = /redis_version:(\S+)/.exec(info);
+    const role = /role:(\S+)/.exec(await client.info('replication'));
+    const s = client.stream;
+    log(
+      `redis master ${values.sentinel} via sentinel ${values.redis} reachable at ` +
+        `${s ? `${s.remoteAddress}:${s.remotePort}` : '?'} (role ${role ? role[1] : '?'}, ` +
+        `redis_version ${m ? m[1] : 'unknown'})`,
+    );
+  } catch (err) {
+    const why = lastError && lastError.message ? lastError.message : err.message;
+    throw new Error(`cannot reach master ${values.sentinel} through sentinel ${values.redis}: ${why}`);
   } finally {
     client.disconnect();
   }
@@ -204,10 +382,11 @@ export async function runMain(name, fn, { hardTimeoutMs = 180000 } = {}) {
 }
 
 /** Opens a bullmq Queue and registers it for cleanup. */
-export async function openQueue(bullmq, values, onCleanup) {
+export async function openQueue(bullmq, values, onCleanup, extra = {}) {
   const queue = new bullmq.Queue(values.queue, {
-    connection: connectionOpts(values.redis),
+    connection: bullmqConnection(values, onCleanup),
     prefix: values.prefix,
+    ...extra,
   });
   queue.on('error', (err) => log(`queue error: ${err.message}`));
   onCleanup(() => queue.close());

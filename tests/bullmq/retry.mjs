@@ -13,6 +13,7 @@
 // is passed unchanged to older versions too.
 
 import {
+  TOPOLOGY_OPTIONS,
   UsageError,
   idsOpt,
   loadBullmq,
@@ -25,16 +26,18 @@ import {
 
 const USAGE =
   'usage: retry.mjs --redis URL --queue NAME --ids ID[,ID...] --state failed|completed ' +
-  '[--reset-attempts-made] [--reset-attempts-started] [--prefix bull] ' +
-  '[--bullmq bullmq|bullmq-5|bullmq-6-3]';
+  '[--reset-attempts-made] [--reset-attempts-started] [--events-max-len N] [--prefix bull] ' +
+  '[--bullmq bullmq|bullmq-5|bullmq-6-3] [--cluster | --sentinel NAME]';
 
 runMain('retry.mjs', async (onCleanup) => {
   const values = parseCli(
     {
+      ...TOPOLOGY_OPTIONS,
       ids: { type: 'string' },
       state: { type: 'string' },
       'reset-attempts-made': { type: 'boolean', default: false },
       'reset-attempts-started': { type: 'boolean', default: false },
+      'events-max-len': { type: 'string' },
     },
     USAGE,
   );
@@ -46,9 +49,13 @@ runMain('retry.mjs', async (onCleanup) => {
     resetAttemptsMade: values['reset-attempts-made'],
     resetAttemptsStarted: values['reset-attempts-started'],
   };
-  await preflight(values.redis);
+  await preflight(values);
   const { mod: bullmq } = await loadBullmq(values.bullmq);
-  const queue = await openQueue(bullmq, values, onCleanup);
+  // A Queue writes its events max length into the queue's meta when it opens: open it with
+  // the queue owner's setting (--events-max-len), as the owner's own code would.
+  const maxLen = values['events-max-len'];
+  const extra = maxLen ? { streams: { events: { maxLen: Number(maxLen) } } } : {};
+  const queue = await openQueue(bullmq, values, onCleanup, extra);
   const jobs = [];
   for (const id of ids) {
     const job = await bullmq.Job.fromId(queue, id);

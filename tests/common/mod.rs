@@ -253,9 +253,15 @@ pub fn id_of(jobs: &[Value], key: &str) -> String {
         .to_string()
 }
 
-/// Every key of the Redis database with its full content, for before/after comparisons.
+/// Every key of the test Redis database with its full content, for before/after comparisons.
 pub fn redis_dump() -> BTreeMap<String, String> {
-    let client = redis::Client::open(redis_url()).unwrap();
+    redis_dump_at(&redis_url(), false)
+}
+
+/// Every key of the database at `url` with its full content. With `fields_only`, stream
+/// entries are rendered without their ids (which differ between two runs of the same steps).
+pub fn redis_dump_at(url: &str, fields_only: bool) -> BTreeMap<String, String> {
+    let client = redis::Client::open(url).unwrap();
     let mut con = client.get_connection().unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
     keys.into_iter()
@@ -295,15 +301,25 @@ pub fn redis_dump() -> BTreeMap<String, String> {
                         .query::<BTreeMap<String, String>>(&mut con)
                         .unwrap()
                 ),
-                "stream" => format!(
-                    "{:?}",
-                    redis::cmd("XRANGE")
+                "stream" => {
+                    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
                         .arg(&k)
                         .arg("-")
                         .arg("+")
-                        .query::<redis::Value>(&mut con)
-                        .unwrap()
-                ),
+                        .query(&mut con)
+                        .unwrap();
+                    let rendered: Vec<String> = entries
+                        .into_iter()
+                        .map(|(id, fields)| {
+                            if fields_only {
+                                fields.join(" ")
+                            } else {
+                                format!("{id} {}", fields.join(" "))
+                            }
+                        })
+                        .collect();
+                    format!("{rendered:?}")
+                }
                 other => other.to_string(),
             };
             (k, format!("{t}:{content}"))
@@ -324,4 +340,53 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+impl Operator {
+    /// The operator binary with exactly `args` (no implied `--watch-namespace`), talking to
+    /// the API server through `kubeconfig`, with `POD_NAME` set as the chart's Deployment
+    /// sets it; killed when dropped.
+    pub fn start_with_kubeconfig(ns: &TestNs, kubeconfig: &Path, args: &[&str]) -> Self {
+        let log = ns.dir.path().join(format!(
+            "operator-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_jobretry-operator"))
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,jobretry_operator=debug")
+            .env("POD_NAME", format!("{}-operator", ns.name))
+            .args(args)
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("start operator");
+        Self { child, log }
+    }
+}
+
+/// Writes `<dir>/<file>`: a copy of the admin kubeconfig whose users impersonate `user`
+/// (kubeconfig `as:`, honoured by kubectl and kube-rs alike). The admin is in
+/// system:masters, so the API server allows the impersonation; every request is then
+/// authorized as `user`.
+pub fn impersonating_kubeconfig(dir: &Path, file: &str, user: &str) -> PathBuf {
+    let text = std::fs::read_to_string(kubeconfig()).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let users = config["users"]
+        .as_sequence_mut()
+        .expect("kubeconfig has users");
+    for u in users {
+        u["user"]
+            .as_mapping_mut()
+            .expect("kubeconfig user")
+            .insert("as".into(), user.into());
+    }
+    let path = dir.join(file);
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    // It holds the admin's client key, like the original.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path
 }
