@@ -42,7 +42,7 @@ fn manifest(name: &str, queue: &str, state: &str, ids: &[&str], extra: &str) -> 
 #[test]
 fn retries_failed_jobs_by_id_and_a_worker_processes_exactly_those() {
     let ns = TestNs::new("e2e-failed");
-    let queue = "e2e-failed";
+    let queue = ns.name.as_str();
     let jobs = seed(
         ns.dir.path(),
         queue,
@@ -114,7 +114,7 @@ fn retries_failed_jobs_by_id_and_a_worker_processes_exactly_those() {
     );
     assert_eq!(st["phase"], "PartiallySucceeded");
     assert_eq!(st["bullmqVersion"], "6.7.0");
-    assert_eq!(st["runKey"], "e2e-failed/incident");
+    assert_eq!(st["runKey"], format!("{}/incident", ns.name));
     assert!(st["completionTime"].is_string() && st["startTime"].is_string());
     assert_eq!(st["observedGeneration"], jr["metadata"]["generation"]);
 
@@ -169,7 +169,7 @@ fn retries_failed_jobs_by_id_and_a_worker_processes_exactly_those() {
 #[test]
 fn retries_completed_jobs_and_clears_their_return_value() {
     let ns = TestNs::new("e2e-completed");
-    let queue = "e2e-completed";
+    let queue = ns.name.as_str();
     let jobs = seed(
         ns.dir.path(),
         queue,
@@ -233,7 +233,7 @@ fn retries_completed_jobs_and_clears_their_return_value() {
 #[test]
 fn a_restarted_operator_changes_nothing_after_completion() {
     let ns = TestNs::new("e2e-restart");
-    let queue = "e2e-restart";
+    let queue = ns.name.as_str();
     let jobs = seed(
         ns.dir.path(),
         queue,
@@ -247,7 +247,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
     );
     assert!(ns.wait_condition("once", "Complete", "60s").ok);
     let status_before = ns.get("once")["status"].clone();
-    let before = redis_dump();
+    let before = queue_dump(queue);
     op.kill();
 
     let op2 = Operator::start(&ns, &[]);
@@ -276,7 +276,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
         ]
     );
 
-    let after = redis_dump();
+    let after = queue_dump(queue);
     let changed: Vec<&String> = before
         .keys()
         .chain(after.keys())
@@ -296,7 +296,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
 #[test]
 fn a_missing_secret_stalls_with_a_readable_message_and_resumes_when_created() {
     let ns = TestNs::new("e2e-secret");
-    let queue = "e2e-secret";
+    let queue = ns.name.as_str();
     let jobs = seed(
         ns.dir.path(),
         queue,
@@ -318,10 +318,58 @@ fn a_missing_secret_stalls_with_a_readable_message_and_resumes_when_created() {
     assert_eq!(stalled["reason"], "SecretInvalid");
     assert_eq!(
         stalled["message"],
-        "Secret e2e-secret/payments-redis not found"
+        format!("Secret {}/payments-redis not found", ns.name)
     );
     assert_eq!(st["phase"], "Pending");
     ns.secret("payments-redis", &redis_url());
     assert!(ns.wait_condition("later", "Complete", "90s").ok);
     assert_eq!(ns.get("later")["status"]["counts"], json!({"Retried": 1}));
+}
+
+#[test]
+fn a_pypi_bullmq_worker_processes_what_we_retried() {
+    let python = std::env::var("JOBRETRY_TEST_PYTHON")
+        .expect("JOBRETRY_TEST_PYTHON is not set: tests/run.sh installs the PyPI bullmq client");
+    let ns = TestNs::new("e2e-python");
+    let queue = ns.name.as_str();
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [job("a", "fail", json!({"attempts": 2})), job("b", "fail", json!({})), job("c", "fail", json!({}))]}),
+    );
+    let (a, b) = (id_of(&jobs, "a"), id_of(&jobs, "b"));
+    let _op = Operator::start(&ns, &[]);
+    assert!(
+        ns.apply(
+            "py.yaml",
+            &manifest(
+                "py",
+                queue,
+                "failed",
+                &[&a, &b],
+                "  resetAttemptsMade: true\n"
+            )
+        )
+        .ok
+    );
+    assert!(ns.wait_condition("py", "Complete", "60s").ok);
+    let out = run(std::process::Command::new(&python)
+        .arg(repo().join("tests/bullmq/py/process.py"))
+        .args([
+            "--redis",
+            &redis_url(),
+            "--queue",
+            queue,
+            "--expect",
+            "2",
+            "--settle-ms",
+            "2000",
+        ]));
+    assert!(out.ok, "{}", out.stderr);
+    let processed: Value = serde_json::from_str(&out.stdout).unwrap();
+    let list = processed["processed"].as_array().unwrap();
+    let seen: BTreeSet<&str> = list.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(seen, BTreeSet::from([a.as_str(), b.as_str()]));
+    assert!(list.iter().all(|p| p["attemptsMade"] == 0), "{list:?}");
 }

@@ -9,6 +9,7 @@
 // A missing job is { id, exists: false, everything else null }.
 
 import {
+  TOPOLOGY_OPTIONS,
   describeJob,
   idsOpt,
   loadBullmq,
@@ -20,12 +21,12 @@ import {
 
 const USAGE =
   'usage: inspect.mjs --redis URL --queue NAME --ids ID[,ID...] [--prefix bull] ' +
-  '[--bullmq bullmq|bullmq-5|bullmq-6-3]';
+  '[--bullmq bullmq|bullmq-5|bullmq-6-3] [--cluster | --sentinel NAME]';
 
 runMain('inspect.mjs', async (onCleanup) => {
-  const values = parseCli({ ids: { type: 'string' } }, USAGE);
+  const values = parseCli({ ...TOPOLOGY_OPTIONS, ids: { type: 'string' } }, USAGE);
   const ids = idsOpt(values);
-  await preflight(values.redis);
+  await preflight(values);
   const { mod: bullmq } = await loadBullmq(values.bullmq);
   const queue = await openQueue(bullmq, values, onCleanup);
   const jobs = [];

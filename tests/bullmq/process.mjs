@@ -18,7 +18,9 @@
 //           "waitingEvents": [ { jobId, prev } ], "timedOut": bool }
 
 import {
-  connectionOpts,
+  TOPOLOGY_OPTIONS,
+  bullmqConnection,
+  createClient,
   intOpt,
   loadBullmq,
   log,
@@ -28,11 +30,11 @@ import {
   runMain,
   sleep,
 } from './lib.mjs';
-import IORedis from 'ioredis';
 
 const USAGE =
   'usage: process.mjs --redis URL --queue NAME [--prefix bull] ' +
-  '[--bullmq bullmq|bullmq-5|bullmq-6-3] [--expect N] [--timeout-ms 30000] [--settle-ms 2000]';
+  '[--bullmq bullmq|bullmq-5|bullmq-6-3] [--expect N] [--timeout-ms 30000] [--settle-ms 2000] ' +
+  '[--cluster | --sentinel NAME]';
 
 /** Compares two stream ids "ms-seq". */
 function cmpStreamId(a, b) {
@@ -48,6 +50,7 @@ runMain(
   async (onCleanup) => {
     const values = parseCli(
       {
+        ...TOPOLOGY_OPTIONS,
         expect: { type: 'string' },
         'timeout-ms': { type: 'string' },
         'settle-ms': { type: 'string' },
@@ -58,19 +61,19 @@ runMain(
     const timeoutMs = intOpt(values, 'timeout-ms', 30000);
     const settleMs = intOpt(values, 'settle-ms', 2000);
 
-    await preflight(values.redis);
+    await preflight(values);
     const { mod: bullmq } = await loadBullmq(values.bullmq);
     const start = Date.now();
 
     // A plain client, only to find the stream's last id at the end so that we
     // can wait for QueueEvents to have read everything up to there.
-    const probe = new IORedis(values.redis, { maxRetriesPerRequest: 1 });
+    const probe = createClient(values, { maxRetriesPerRequest: 1 });
     probe.on('error', (err) => log(`probe error: ${err.message}`));
     onCleanup(() => probe.quit());
 
     // --- QueueEvents: replay the whole events stream from "0-0". ---
     const queueEvents = new bullmq.QueueEvents(values.queue, {
-      connection: connectionOpts(values.redis),
+      connection: bullmqConnection(values, onCleanup),
       prefix: values.prefix,
       lastEventId: '0-0',
       blockingTimeout: 1000,
@@ -122,7 +125,7 @@ runMain(
         return { reprocessed: true };
       },
       {
-        connection: connectionOpts(values.redis),
+        connection: bullmqConnection(values, onCleanup),
         prefix: values.prefix,
         concurrency: 1,
         autorun: true,

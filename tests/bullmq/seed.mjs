@@ -14,8 +14,9 @@
 
 import { readFile } from 'node:fs/promises';
 import {
+  TOPOLOGY_OPTIONS,
   UsageError,
-  connectionOpts,
+  bullmqConnection,
   describeJob,
   intOpt,
   loadBullmq,
@@ -30,7 +31,8 @@ import {
 
 const USAGE =
   'usage: seed.mjs --redis URL --queue NAME --spec FILE [--prefix bull] ' +
-  '[--bullmq bullmq|bullmq-5|bullmq-6-3] [--concurrency 1] [--timeout-ms 60000]';
+  '[--bullmq bullmq|bullmq-5|bullmq-6-3] [--concurrency 1] [--timeout-ms 60000] ' +
+  '[--cluster | --sentinel NAME]';
 
 const UNFINISHED = ['wait', 'active', 'delayed', 'prioritized', 'paused', 'waiting-children'];
 
@@ -65,6 +67,7 @@ function validateSpec(spec, file) {
 runMain('seed.mjs', async (onCleanup) => {
   const values = parseCli(
     {
+      ...TOPOLOGY_OPTIONS,
       spec: { type: 'string' },
       concurrency: { type: 'string' },
       'timeout-ms': { type: 'string' },
@@ -83,7 +86,7 @@ runMain('seed.mjs', async (onCleanup) => {
   }
   const jobs = validateSpec(spec, values.spec);
 
-  await preflight(values.redis);
+  await preflight(values);
   const { mod: bullmq } = await loadBullmq(values.bullmq);
   const queue = await openQueue(bullmq, values, onCleanup);
 
@@ -129,7 +132,7 @@ runMain('seed.mjs', async (onCleanup) => {
       return { ok: true, key: entry.key };
     },
     {
-      connection: connectionOpts(values.redis),
+      connection: bullmqConnection(values, onCleanup),
       prefix: values.prefix,
       concurrency,
       autorun: true,

@@ -3,6 +3,8 @@
 // selftest-<pkg>-<timestamp>, under the given prefix):
 //
 //   node selftest.mjs --redis redis://127.0.0.1:6390/0 [--bullmq bullmq,bullmq-5,bullmq-6-3]
+//     [--prefix bull] [--cluster | --sentinel NAME]   (passed on to every script;
+//     a cluster needs a hash-tagged prefix such as --prefix '{bull}')
 //
 // For each package: seed 3 failing jobs (one priority 5, one attempts 3) and 2
 // completing ones, retry two failed ids with --reset-attempts-made, then
@@ -22,11 +24,15 @@ const { values } = parseArgs({
     redis: { type: 'string' },
     prefix: { type: 'string', default: 'bull' },
     bullmq: { type: 'string', default: 'bullmq,bullmq-5,bullmq-6-3' },
+    cluster: { type: 'boolean', default: false },
+    sentinel: { type: 'string' },
   },
   strict: true,
 });
 if (!values.redis) {
-  process.stderr.write('usage: selftest.mjs --redis URL [--prefix bull] [--bullmq a,b,c]\n');
+  process.stderr.write(
+    'usage: selftest.mjs --redis URL [--prefix bull] [--bullmq a,b,c] [--cluster | --sentinel NAME]\n',
+  );
   process.exit(2);
 }
 
@@ -70,6 +76,8 @@ function check(name, cond, detail) {
 for (const pkg of values.bullmq.split(',')) {
   const queue = `selftest-${pkg}-${Date.now()}`;
   const common = ['--redis', values.redis, '--queue', queue, '--prefix', values.prefix, '--bullmq', pkg];
+  if (values.cluster) common.push('--cluster');
+  if (values.sentinel !== undefined) common.push('--sentinel', values.sentinel);
   try {
     const seed = run('seed.mjs', [...common, '--spec', specFile]);
     const byKey = Object.fromEntries(seed.jobs.map((j) => [j.key, j]));

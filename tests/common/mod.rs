@@ -99,17 +99,21 @@ pub struct TestNs {
 }
 
 impl TestNs {
-    pub fn new(name: &str) -> Self {
+    /// A fresh namespace `<base>-<suffix>` (unique per run: without a controller-manager a
+    /// deleted namespace never finishes terminating, so names are never reused).
+    pub fn new(base: &str) -> Self {
         ensure_crd();
-        let _ = kubectl(&["delete", "namespace", name, "--wait=false"]);
-        let created = kubectl(&["create", "namespace", name]);
-        assert!(
-            created.ok || created.stderr.contains("AlreadyExists"),
-            "{}",
-            created.stderr
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!(
+            "{base}-{:x}",
+            (nanos as u64 ^ u64::from(std::process::id())) & 0xffffff
         );
+        kubectl_ok(&["create", "namespace", &name]);
         let ns = Self {
-            name: name.to_string(),
+            name,
             dir: tempfile::tempdir().unwrap(),
         };
         ns.secret("redis", &redis_url());
@@ -253,9 +257,15 @@ pub fn id_of(jobs: &[Value], key: &str) -> String {
         .to_string()
 }
 
-/// Every key of the test Redis database with its full content, for before/after comparisons.
-pub fn redis_dump() -> BTreeMap<String, String> {
+/// Every key of one queue (`bull:<queue>:*`) with its full content, for before/after
+/// comparisons; other tests share the database. The Worker's `stalled-check` throttle key
+/// (SET PX) is left out: it expires by itself.
+pub fn queue_dump(queue: &str) -> BTreeMap<String, String> {
+    let prefix = format!("bull:{queue}:");
     redis_dump_at(&redis_url(), false)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&prefix) && !k.ends_with(":stalled-check"))
+        .collect()
 }
 
 /// Every key of the database at `url` with its full content. With `fields_only`, stream

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Stop everything up.sh started in STATE_DIR (by its pid files). Idempotent:
-# succeeds when nothing is running or STATE_DIR does not exist. Logs, certs
-# and data are left in place for inspection.
+# Stop everything up.sh, redis-cluster-up.sh and redis-sentinel-up.sh started
+# in STATE_DIR (by their pid files). Idempotent: succeeds when nothing is
+# running or STATE_DIR does not exist. Logs, certs and data are left in place
+# for inspection.
 #
 # Usage: down.sh STATE_DIR
 set -euo pipefail
@@ -35,7 +36,13 @@ stop() {
   rm -f "$pidfile"
 }
 
-# Clients first, storage last.
+# Clients first, storage last. The optional topologies (redis-sentinel-up.sh,
+# redis-cluster-up.sh) go first: the sentinel before its data nodes, so it
+# does not start a failover while they stop; cluster nodes all at once.
+shopt -s nullglob
+stop_pidfiles redis- "$STATE/redis-sentinel.pid"
+stop_pidfiles redis-server "$STATE/redis-sentinel-replica.pid" "$STATE/redis-sentinel-master.pid"
+stop_pidfiles redis-server "$STATE"/redis-cluster-*.pid
 stop redis redis-server
 stop kube-apiserver kube-apiserver
 stop etcd etcd

@@ -75,3 +75,57 @@ pid_alive() {
   pid=$(cat "$1")
   [[ $pid =~ ^[0-9]+$ ]] && proc_running "$pid"
 }
+
+# stop_pidfiles PATTERN PIDFILE... : send TERM to the process of every pid file
+# that is still running and whose command line matches PATTERN (grep; guards
+# against pid reuse), wait up to 15s for all of them together, KILL the ones
+# left, and remove the pid files. Missing pid files are skipped. Never fails.
+stop_pidfiles() {
+  local pattern=$1 f pid i any
+  shift
+  local -a pids=() names=()
+  for f in "$@"; do
+    pid_alive "$f" || continue
+    pid=$(cat "$f")
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pattern"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+      names+=("$(basename "$f" .pid)")
+    fi
+  done
+  for ((i = 0; i < 30; i++)); do
+    any=0
+    for pid in "${pids[@]}"; do
+      if proc_running "$pid"; then any=1; fi
+    done
+    ((any)) || break
+    sleep 0.5
+  done
+  for i in "${!pids[@]}"; do
+    if proc_running "${pids[i]}"; then
+      log "${names[i]} (pid ${pids[i]}) ignored TERM; killing"
+      kill -KILL "${pids[i]}" 2>/dev/null || true
+    fi
+    log "stopped ${names[i]} (pid ${pids[i]})"
+  done
+  rm -f "$@"
+  return 0
+}
+
+# env_set FILE NAME VALUE : make FILE (a sourceable env file, created if
+# missing) export NAME='VALUE'. An earlier `export NAME=` line is replaced;
+# every other line is kept.
+env_set() {
+  local file=$1 name=$2 value=$3
+  env_unset "$file" "$name"
+  printf "export %s='%s'\n" "$name" "${value//\'/\'\\\'\'}" >>"$file"
+}
+
+# env_unset FILE NAME : drop `export NAME=` lines from FILE (if it exists).
+env_unset() {
+  local file=$1 name=$2 tmp
+  [[ -f $file ]] || return 0
+  tmp="$file.tmp.$$"
+  grep -v -- "^export ${name}=" "$file" >"$tmp" || true
+  mv -f "$tmp" "$file"
+}

@@ -12,6 +12,11 @@
 #   JOBRETRY_TEST_REDIS_PORT, JOBRETRY_TEST_STATE_DIR.
 # Stop everything with down.sh STATE_DIR. Anything still running from an
 # earlier up.sh on the same STATE_DIR is stopped first.
+#
+# With JOBRETRY_PLATFORM_TOPOLOGIES=1 it also runs redis-cluster-up.sh and
+# redis-sentinel-up.sh on STATE_DIR at the end (a Redis Cluster, and a
+# master + replica + sentinel; see those scripts for the JOBRETRY_TEST_CLUSTER_*
+# and JOBRETRY_TEST_SENTINEL_* lines they add to `env`).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -163,6 +168,12 @@ export JOBRETRY_TEST_REDIS_URL='redis://127.0.0.1:$REDIS_PORT'
 export JOBRETRY_TEST_REDIS_PORT='$REDIS_PORT'
 export JOBRETRY_TEST_STATE_DIR='$STATE'
 EOF
+
+# ---- optional Redis topologies -------------------------------------------------
+if [[ ${JOBRETRY_PLATFORM_TOPOLOGIES:-0} == 1 ]]; then
+  "$HERE/redis-cluster-up.sh" "$STATE"
+  "$HERE/redis-sentinel-up.sh" "$STATE"
+fi
 
 log "platform up in $((SECONDS - START))s: apiserver https://127.0.0.1:$API_PORT, etcd :$ETCD_PORT, redis :$REDIS_PORT"
 log "use: . '$STATE/env'   stop: $HERE/down.sh '$STATE'"

@@ -1,0 +1,190 @@
+//! Bad input gets a clear condition and loses nothing: an unknown queue, an unsupported or
+//! unknown BullMQ version, an unreachable Redis (whose password must never show), all through
+//! the real API server and Redis.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn manifest(name: &str, queue: &str, ids: &[&str], extra_queue: &str) -> String {
+    let ids: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
+    format!(
+        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: {name}\nspec:\n  queue:\n    name: {queue}\n{extra_queue}  connection:\n    secretRef:\n      name: redis\n  jobIds: [{}]\n",
+        ids.join(", ")
+    )
+}
+
+fn condition(jr: &Value, t: &str) -> Value {
+    jr["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == t)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn failing(key: &str, opts: Value) -> Value {
+    json!({"key": key, "name": "charge", "data": {}, "opts": opts, "outcome": "fail"})
+}
+
+#[test]
+fn an_unknown_queue_fails_with_a_condition_naming_the_fix() {
+    let ns = TestNs::new("e2e-noqueue");
+    let _op = Operator::start(&ns, &[]);
+    assert!(
+        ns.apply("q.yaml", &manifest("typo", "paymnets", &["1"], ""))
+            .ok
+    );
+    assert!(ns.wait_condition("typo", "Failed", "60s").ok);
+    let jr = ns.get("typo");
+    let failed = condition(&jr, "Failed");
+    assert_eq!(failed["reason"], "IncompatibleQueue");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("queue \"paymnets\" with prefix \"bull\" not found"),
+        "{failed}"
+    );
+    assert_eq!(jr["status"]["phase"], "Failed");
+    assert_eq!(condition(&jr, "Stalled")["status"], "True");
+    assert!(jr["status"]["completionTime"].is_string());
+}
+
+#[test]
+fn an_unsupported_version_fails_before_touching_any_job() {
+    let ns = TestNs::new("e2e-version");
+    let queue = ns.name.as_str();
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [failing("a", json!({}))]}),
+    );
+    let a = id_of(&jobs, "a");
+    let before = queue_dump(queue);
+    let _op = Operator::start(&ns, &[]);
+    assert!(
+        ns.apply(
+            "v.yaml",
+            &manifest("future", queue, &[&a], "    bullmqVersion: \"7.0.0\"\n")
+        )
+        .ok
+    );
+    assert!(ns.wait_condition("future", "Failed", "60s").ok);
+    let failed = condition(&ns.get("future"), "Failed");
+    assert_eq!(failed["reason"], "IncompatibleQueue");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("BullMQ 7.0.0 is not supported"),
+        "{failed}"
+    );
+    assert!(before == queue_dump(queue), "nothing may change in Redis");
+}
+
+#[test]
+fn an_unknown_version_retries_only_jobs_every_version_treats_alike() {
+    let ns = TestNs::new("e2e-noversion");
+    let queue = ns.name.as_str();
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [failing("plain", json!({})), failing("prio", json!({"priority": 4}))]}),
+    );
+    let (plain, prio) = (id_of(&jobs, "plain"), id_of(&jobs, "prio"));
+    // A queue whose meta records no version (as before BullMQ 5.20).
+    let mut con = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: i64 = redis::cmd("HDEL")
+        .arg(format!("bull:{queue}:meta"))
+        .arg("version")
+        .query(&mut con)
+        .unwrap();
+    let _op = Operator::start(&ns, &[]);
+    assert!(
+        ns.apply("u.yaml", &manifest("unknown", queue, &[&plain, &prio], ""))
+            .ok
+    );
+    assert!(ns.wait_condition("unknown", "Complete", "60s").ok);
+    let st = ns.get("unknown")["status"].clone();
+    assert_eq!(st["bullmqVersion"], "unknown");
+    assert_eq!(st["jobs"][0]["result"], "Retried");
+    assert_eq!(st["jobs"][1]["result"], "Error");
+    assert!(
+        st["jobs"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("set spec.queue.bullmqVersion"),
+        "{st}"
+    );
+    let prio_failed: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("bull:{queue}:failed"))
+        .arg(&prio)
+        .query(&mut con)
+        .unwrap();
+    assert!(
+        prio_failed.is_some(),
+        "the skipped job must stay in failed, untouched"
+    );
+}
+
+#[test]
+fn an_unreachable_redis_waits_without_leaking_the_password_and_resumes() {
+    let ns = TestNs::new("e2e-noredis");
+    let queue = ns.name.as_str();
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [failing("a", json!({}))]}),
+    );
+    let a = id_of(&jobs, "a");
+    let password = "hunter2-s3cr3t";
+    ns.secret("redis", &format!("redis://app:{password}@127.0.0.1:1/0"));
+    let op = Operator::start(&ns, &[]);
+    assert!(ns.apply("r.yaml", &manifest("later", queue, &[&a], "")).ok);
+    let ready = eventually(
+        std::time::Duration::from_secs(60),
+        "a RedisUnavailable condition",
+        || {
+            let c = condition(&ns.get("later"), "Ready");
+            (c["reason"] == "RedisUnavailable").then_some(c)
+        },
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect to Redis"),
+        "{ready}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let jr = ns.get("later");
+    assert_eq!(jr["status"]["phase"], "Pending");
+    let events = ns.kubectl(&["get", "events", "-o", "json"]).stdout;
+    assert!(
+        events.contains("RedisUnavailable"),
+        "a Warning event is expected: {events}"
+    );
+    for (what, text) in [
+        ("status", jr.to_string()),
+        ("events", events),
+        ("logs", op.logs()),
+    ] {
+        assert!(
+            !text.contains(password),
+            "the Redis password leaked into {what}"
+        );
+    }
+    ns.secret("redis", &redis_url());
+    assert!(
+        ns.wait_condition("later", "Complete", "90s").ok,
+        "{}",
+        op.logs()
+    );
+    assert_eq!(ns.get("later")["status"]["counts"], json!({"Retried": 1}));
+}
