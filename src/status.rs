@@ -37,9 +37,9 @@ pub mod result {
     }
 }
 
-/// The status row of one job. A ledger hit written by this same object (`own_tag`) is the
-/// job's own earlier result, seen again after a crash, so it is reported as `Retried`.
-pub fn job_row(id: &str, outcome: &JobOutcome, own_tag: &str) -> JobResultRow {
+/// The status row of one job retried from `state`. A ledger hit written by this same object
+/// (`own_tag`) is the job's own earlier result, seen again after a crash: `Retried`.
+pub fn job_row(id: &str, outcome: &JobOutcome, state: &str, own_tag: &str) -> JobResultRow {
     let (res, code, message): (&str, Option<i64>, Option<String>) = match outcome {
         JobOutcome::Retried => (result::RETRIED, Some(1), None),
         JobOutcome::AlreadyProcessed { owner } if owner == own_tag => {
@@ -54,7 +54,7 @@ pub fn job_row(id: &str, outcome: &JobOutcome, own_tag: &str) -> JobResultRow {
         JobOutcome::NotInState => (
             result::NOT_IN_STATE,
             Some(-3),
-            Some("job is not in the requested state".into()),
+            Some(format!("job is not in the {state} state")),
         ),
         JobOutcome::AlreadyProcessed { .. } => (
             result::ALREADY_PROCESSED,

@@ -215,7 +215,7 @@ impl Run {
             let rows = batch
                 .iter()
                 .zip(&outcomes)
-                .map(|(id, o)| status::job_row(id, o, &tag))
+                .map(|(id, o)| status::job_row(id, o, req.state.as_str(), &tag))
                 .collect();
             status::add_rows(&mut self.status, rows, cfg.status_row_limit as usize);
             if rate > 0 {

@@ -15,18 +15,25 @@ fn rows(n: usize, result: &str) -> Vec<JobResultRow> {
 
 #[test]
 fn maps_outcomes_to_contract_rows() {
-    let r = job_row("1", &JobOutcome::Retried, "me");
+    let r = job_row("1", &JobOutcome::Retried, "failed", "me");
     assert_eq!((r.result.as_str(), r.code), ("Retried", Some(1)));
-    let r = job_row("2", &JobOutcome::NotFound, "me");
+    let r = job_row("2", &JobOutcome::NotFound, "failed", "me");
     assert_eq!(
         (r.result.as_str(), r.code, r.message.as_deref()),
         ("NotFound", Some(-1), Some("job does not exist"))
     );
-    let r = job_row("3", &JobOutcome::NotInState, "me");
-    assert_eq!((r.result.as_str(), r.code), ("NotInState", Some(-3)));
-    let r = job_row("4", &JobOutcome::WouldRetry, "me");
+    let r = job_row("3", &JobOutcome::NotInState, "completed", "me");
+    assert_eq!(
+        (r.result.as_str(), r.code, r.message.as_deref()),
+        (
+            "NotInState",
+            Some(-3),
+            Some("job is not in the completed state")
+        )
+    );
+    let r = job_row("4", &JobOutcome::WouldRetry, "failed", "me");
     assert_eq!((r.result.as_str(), r.code), ("WouldRetry", None));
-    let r = job_row("5", &JobOutcome::Error("WRONGTYPE".into()), "me");
+    let r = job_row("5", &JobOutcome::Error("WRONGTYPE".into()), "failed", "me");
     assert_eq!(
         (r.result.as_str(), r.message.as_deref()),
         ("Error", Some("WRONGTYPE"))
@@ -38,6 +45,7 @@ fn a_ledger_hit_of_our_own_object_is_our_earlier_retry() {
     let own = job_row(
         "1",
         &JobOutcome::AlreadyProcessed { owner: "me".into() },
+        "failed",
         "me",
     );
     assert_eq!((own.result.as_str(), own.code), ("Retried", Some(1)));
@@ -46,6 +54,7 @@ fn a_ledger_hit_of_our_own_object_is_our_earlier_retry() {
         &JobOutcome::AlreadyProcessed {
             owner: "them".into(),
         },
+        "failed",
         "me",
     );
     assert_eq!(
