@@ -28,6 +28,9 @@ pub struct Config {
     /// Only reconcile JobRetry objects in this namespace (default: all namespaces).
     #[arg(long, env = "JOBRETRY_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// Address of the health (/healthz, /readyz) and metrics (/metrics) endpoint.
+    #[arg(long, env = "JOBRETRY_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: std::net::SocketAddr,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "JOBRETRY_LOG_JSON", default_value_t = false)]
     pub log_json: bool,

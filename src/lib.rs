@@ -7,5 +7,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod http;
+pub mod metrics;
 pub mod status;
 pub mod telemetry;

@@ -373,3 +373,77 @@ fn a_pypi_bullmq_worker_processes_what_we_retried() {
     assert_eq!(seen, BTreeSet::from([a.as_str(), b.as_str()]));
     assert!(list.iter().all(|p| p["attemptsMade"] == 0), "{list:?}");
 }
+
+#[test]
+fn health_and_metrics_are_served_with_low_cardinality_labels() {
+    let ns = TestNs::new("e2e-metrics");
+    let queue = ns.name.as_str();
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [job("a", "fail", json!({}))]}),
+    );
+    let a = id_of(&jobs, "a");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _op = Operator::start(&ns, &["--http-addr", &addr]);
+    assert!(
+        ns.apply("m.yaml", &manifest("m", queue, "failed", &[&a, "nope"], ""))
+            .ok
+    );
+    assert!(ns.wait_condition("m", "Complete", "60s").ok);
+    let get = |path: &str| {
+        run(std::process::Command::new("curl").args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &format!("http://{addr}{path}"),
+        ]))
+        .stdout
+    };
+    assert!(get("/readyz").ends_with("\n200"));
+    assert!(get("/healthz").ends_with("\n200"));
+    let metrics = eventually(
+        Duration::from_secs(10),
+        "the run counted in /metrics",
+        || {
+            let m = get("/metrics");
+            m.contains("jobretry_runs_finished_total").then_some(m)
+        },
+    );
+    assert!(
+        metrics.contains("jobretry_jobs_total{result=\"Retried\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jobretry_jobs_total{result=\"NotFound\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("jobretry_runs_finished_total{phase=\"PartiallySucceeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(&a) || !metrics.contains("jobId"),
+        "no job ids in labels"
+    );
+    assert!(!metrics.contains(queue), "no queue names in labels");
+    let reasons = eventually(
+        Duration::from_secs(10),
+        "Started and Completed events",
+        || {
+            let ev = ns
+                .kubectl(&["get", "events", "-o", "jsonpath={.items[*].reason}"])
+                .stdout;
+            (ev.contains("Started") && ev.contains("Completed")).then_some(ev)
+        },
+    );
+    assert!(
+        !reasons.contains("Retried"),
+        "events mark milestones, never single jobs: {reasons}"
+    );
+}

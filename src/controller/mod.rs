@@ -25,7 +25,10 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use crate::{bullmq::RetryEngine, config::Config, crd::JobRetry, error::Error};
+use crate::{
+    bullmq::RetryEngine, config::Config, crd::JobRetry, error::Error, http::Health,
+    metrics::Metrics,
+};
 
 /// Shared state of all reconciles.
 pub struct Context {
@@ -33,6 +36,7 @@ pub struct Context {
     pub engine: RetryEngine,
     pub config: Config,
     pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
     /// Per object (uid): consecutive transient failures, for backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// Per object (uid): earliest time of its next batch (rate limit).
@@ -40,7 +44,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config) -> Self {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: "jobretry-operator".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -50,6 +54,7 @@ impl Context {
             client,
             engine: RetryEngine::default(),
             config,
+            metrics,
             failures: Mutex::default(),
             not_before: Mutex::default(),
         }
@@ -90,6 +95,7 @@ impl Context {
 /// Retries transient errors with backoff; permanent ones wait for the object to change.
 fn error_policy(obj: Arc<JobRetry>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(name = %obj.name_any(), namespace = ?obj.namespace(), category = err.category(), error = %err, "reconcile failed");
+    ctx.metrics.reconcile_failed(err.category());
     if err.is_transient() {
         Action::requeue(ctx.backoff(&obj.uid().unwrap_or_default()))
     } else {
@@ -97,14 +103,18 @@ fn error_policy(obj: Arc<JobRetry>, err: &Error, ctx: Arc<Context>) -> Action {
     }
 }
 
-/// Runs the controller until the process is asked to stop.
-pub async fn run(client: Client, config: Config) {
+/// Runs the controller until the process is asked to stop; marks `health` ready once the
+/// watch runs.
+pub async fn run(client: Client, config: Config, health: Arc<Health>) {
     let api: Api<JobRetry> = match &config.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let ctx = Arc::new(Context::new(client, config));
+    let ctx = Arc::new(Context::new(client, config, health.metrics.clone()));
     info!("starting jobretry-operator controller");
+    health
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     Controller::new(api, watcher::Config::default().any_semantic())
         .shutdown_on_signal()
         .run(reconcile::reconcile, error_policy, ctx)

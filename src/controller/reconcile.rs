@@ -33,6 +33,7 @@ const STALLED_RECHECK: Duration = Duration::from_secs(10);
 
 /// Reconciles one JobRetry.
 pub async fn reconcile(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconcile_started();
     let ns = obj
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
@@ -212,11 +213,15 @@ impl Run {
                 Err(e) => return Ok(self.waiting(target.redact(&e.to_string()))),
             };
             self.ctx.reset_backoff(&self.uid);
-            let rows = batch
+            let rows: Vec<_> = batch
                 .iter()
                 .zip(&outcomes)
                 .map(|(id, o)| status::job_row(id, o, req.state.as_str(), &tag))
                 .collect();
+            let seconds = started.elapsed().as_secs_f64();
+            self.ctx
+                .metrics
+                .batch_done(seconds, rows.iter().map(|r| r.result.as_str()));
             status::add_rows(&mut self.status, rows, cfg.status_row_limit as usize);
             if rate > 0 {
                 let pause = Duration::from_secs_f64(batch.len() as f64 / f64::from(rate));
@@ -267,7 +272,7 @@ impl Run {
                 message: m,
             },
         };
-        let before = self.obj.status.as_ref().and_then(|s| s.phase.clone());
+        let old = self.obj.status.clone().unwrap_or_default();
         status::apply_stage(
             &mut self.status,
             &stage,
@@ -275,9 +280,22 @@ impl Run {
             Timestamp::now(),
         );
         status::write(&self.api, &self.obj, &self.status).await?;
-        if before != self.status.phase {
-            self.publish(outcome).await;
+        if old.phase == self.status.phase {
+            return Ok(());
         }
+        if let Some(p) = self
+            .status
+            .phase
+            .as_deref()
+            .filter(|p| phase::is_terminal(p))
+        {
+            self.ctx.metrics.run_finished(p);
+        }
+        let started_now = old.start_time.is_none() && self.status.start_time.is_some();
+        if started_now && !matches!(outcome, Outcome::Running) {
+            self.publish(&Outcome::Running).await;
+        }
+        self.publish(outcome).await;
         Ok(())
     }
 

@@ -188,6 +188,11 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig())
             .env("RUST_LOG", "info,jobretry_operator=debug")
             .args(["--watch-namespace", &ns.name])
+            .args(if extra.contains(&"--http-addr") {
+                &[][..]
+            } else {
+                &["--http-addr", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
@@ -365,17 +370,37 @@ impl Operator {
                 .as_nanos()
         ));
         let file = std::fs::File::create(&log).unwrap();
+        // Once the binary serves HTTP, a free port each, so operators can run side by side.
+        let http_addr: &[&str] = if binary_has_flag("--http-addr")
+            && !args.iter().any(|a| a.starts_with("--http-addr"))
+        {
+            &["--http-addr", "127.0.0.1:0"]
+        } else {
+            &[]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_jobretry-operator"))
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,jobretry_operator=debug")
             .env("POD_NAME", format!("{}-operator", ns.name))
             .args(args)
+            .args(http_addr)
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
             .expect("start operator");
         Self { child, log }
     }
+}
+
+/// Whether the operator binary's `--help` lists `flag` (so helpers work both before and
+/// after a flag is introduced).
+pub fn binary_has_flag(flag: &str) -> bool {
+    static HELP: OnceLock<String> = OnceLock::new();
+    HELP.get_or_init(|| {
+        run(Command::new(env!("CARGO_BIN_EXE_jobretry-operator")).arg("--help")).stdout
+    })
+    .split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+    .any(|w| w == flag)
 }
 
 /// Writes `<dir>/<file>`: a copy of the admin kubeconfig whose users impersonate `user`
