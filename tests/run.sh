@@ -14,6 +14,16 @@ tests/platform/install-deps.sh
 log "npm ci (BullMQ fixtures)"
 (cd tests/bullmq && npm ci --no-audit --no-fund --loglevel=error)
 tests/platform/build-control-plane.sh >/dev/null
+# The PyPI bullmq client, in a venv cached outside the repo, keyed by its pinned version.
+VENV="${JOBRETRY_CACHE:-$HOME/.cache/jobretry-operator}/venv-$(tr -c 'a-z0-9.=\n' _ <tests/bullmq/py/requirements.txt | tr -d '\n')"
+if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import bullmq' 2>/dev/null; then
+  log "pip install -r tests/bullmq/py/requirements.txt into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/bullmq/py/requirements.txt
+fi
+export JOBRETRY_TEST_PYTHON="$VENV/bin/python"
+export JOBRETRY_PLATFORM_TOPOLOGIES=1
+JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh); export JOBRETRY_TEST_HELM # tests/e2e_chart.rs
 
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/jobretry-tests.XXXXXX")
 trap 'tests/platform/down.sh "$STATE" >/dev/null 2>&1 || true' EXIT
@@ -26,5 +36,5 @@ cargo fmt --check
 log "cargo clippy --all-targets --locked -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 log "cargo test --locked"
-cargo test --locked "$@"
+cargo test --locked "$@" -- --show-output
 log "all checks passed in $((SECONDS - START))s"

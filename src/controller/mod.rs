@@ -13,9 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::sync::atomic::Ordering;
+
 use futures::StreamExt;
 use kube::{
     Api, Client, ResourceExt,
+    api::ListParams,
     runtime::{
         Controller,
         controller::Action,
@@ -112,15 +115,27 @@ pub async fn run(client: Client, config: Config, health: Arc<Health>) {
     };
     let ctx = Arc::new(Context::new(client, config, health.metrics.clone()));
     info!("starting jobretry-operator controller");
-    health
-        .ready
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    // Ready only once JobRetries can be listed (API reachable, RBAC in place).
+    match api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => health.ready.store(true, Ordering::Relaxed),
+        Err(e) => {
+            warn!(error = %e, "cannot list JobRetry objects; not ready until the watch works")
+        }
+    }
     Controller::new(api, watcher::Config::default().any_semantic())
         .shutdown_on_signal()
         .run(reconcile::reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "reconcile outcome");
+        .for_each(|res| {
+            let health = health.clone();
+            async move {
+                match res {
+                    Ok(_) => health.ready.store(true, Ordering::Relaxed),
+                    Err(kube::runtime::controller::Error::QueueError(e)) => {
+                        warn!(error = %e, "watch failed; not ready");
+                        health.ready.store(false, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "reconcile outcome"),
+                }
             }
         })
         .await;

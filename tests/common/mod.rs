@@ -370,13 +370,11 @@ impl Operator {
                 .as_nanos()
         ));
         let file = std::fs::File::create(&log).unwrap();
-        // Once the binary serves HTTP, a free port each, so operators can run side by side.
-        let http_addr: &[&str] = if binary_has_flag("--http-addr")
-            && !args.iter().any(|a| a.starts_with("--http-addr"))
-        {
-            &["--http-addr", "127.0.0.1:0"]
-        } else {
+        // A free port for the HTTP endpoint, so operators can run side by side.
+        let http_addr: &[&str] = if args.iter().any(|a| a.starts_with("--http-addr")) {
             &[]
+        } else {
+            &["--http-addr", "127.0.0.1:0"]
         };
         let child = Command::new(env!("CARGO_BIN_EXE_jobretry-operator"))
             .env("KUBECONFIG", kubeconfig)
@@ -390,17 +388,6 @@ impl Operator {
             .expect("start operator");
         Self { child, log }
     }
-}
-
-/// Whether the operator binary's `--help` lists `flag` (so helpers work both before and
-/// after a flag is introduced).
-pub fn binary_has_flag(flag: &str) -> bool {
-    static HELP: OnceLock<String> = OnceLock::new();
-    HELP.get_or_init(|| {
-        run(Command::new(env!("CARGO_BIN_EXE_jobretry-operator")).arg("--help")).stdout
-    })
-    .split(|c: char| c.is_whitespace() || c == ',' || c == '=')
-    .any(|w| w == flag)
 }
 
 /// Writes `<dir>/<file>`: a copy of the admin kubeconfig whose users impersonate `user`

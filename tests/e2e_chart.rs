@@ -1,0 +1,565 @@
+//! End to end, the Helm chart: a real `helm` (built by tests/platform/build-helm.sh) lints and
+//! renders `charts/jobretry-operator`; the rendered manifests are applied to the real
+//! kube-apiserver (1.34); and the operator binary runs with nothing but the chart's RBAC —
+//! its kubeconfig impersonates the chart's ServiceAccount — and must still finish a real
+//! JobRetry, events included.
+//!
+//! No kubelet runs, so the Deployment's pod never starts; the operator runs as a local process
+//! with the flags the rendered Deployment would give it.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Mutex,
+    time::Duration,
+};
+
+use common::*;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The operator runs watching all namespaces in one of the tests below; the RBAC tests run
+/// one at a time so that operator never sees another test's JobRetry.
+static OPERATOR_TESTS: Mutex<()> = Mutex::new(());
+
+fn helm_bin() -> String {
+    std::env::var("JOBRETRY_TEST_HELM").unwrap_or_else(|_| {
+        panic!(
+            "JOBRETRY_TEST_HELM is not set: it must name a helm v3 binary. tests/run.sh builds one \
+             with tests/platform/build-helm.sh and exports it; by hand: \
+             export JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh)"
+        )
+    })
+}
+
+fn chart() -> PathBuf {
+    repo().join("charts/jobretry-operator")
+}
+
+fn helm(args: &[&str]) -> Out {
+    // A private helm home, so the test neither reads nor writes the user's helm config.
+    let home = std::env::temp_dir().join("jobretry-test-helm-home");
+    run(Command::new(helm_bin())
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .env("KUBECONFIG", "/dev/null")
+        .args(args))
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let out = helm(args);
+    assert!(
+        out.ok,
+        "helm {args:?} failed:\n{}{}",
+        out.stdout, out.stderr
+    );
+    out.stdout
+}
+
+/// `helm template <release> <chart> --namespace <ns> --set <set>...`.
+fn render(release: &str, ns: &str, set: &[&str]) -> String {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        ns,
+    ];
+    for s in set {
+        args.extend(["--set", s]);
+    }
+    helm_ok(&args)
+}
+
+/// The documents of a multi-document YAML stream, as JSON.
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = docs
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap().to_string())
+        .collect();
+    k.sort();
+    k
+}
+
+fn kubectl_apply(dir: &Path, file: &str, yaml: &str) {
+    let path = dir.join(file);
+    std::fs::write(&path, yaml).unwrap();
+    kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=helm-chart-test",
+        "-f",
+        path.to_str().unwrap(),
+    ]);
+}
+
+/// The container args the rendered Deployment gives the operator.
+fn deployment_args(docs: &[Value]) -> Vec<String> {
+    find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn chart_lints_and_renders_both_rbac_modes() {
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    let version = helm_ok(&["version", "--short"]);
+    assert!(version.starts_with("v3."), "helm v3 expected: {version}");
+
+    helm_ok(&["lint", "--strict", chart]);
+    helm_ok(&[
+        "lint",
+        "--strict",
+        chart,
+        "--set",
+        "operator.watchNamespace=team-a",
+        "--set",
+        "networkPolicy.enabled=true",
+    ]);
+
+    let all = docs(&render("jr", "operators", &[]));
+    assert_eq!(
+        kinds(&all),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "ServiceAccount"
+        ]
+    );
+    assert_eq!(
+        deployment_args(&all),
+        [
+            "--ledger-retention-seconds=604800",
+            "--batch-size=500",
+            "--status-row-limit=1000",
+            "--status-interval-ms=1000",
+            "--http-addr=0.0.0.0:8080",
+        ]
+    );
+    let binding = find(&all, "ClusterRoleBinding");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "jr-jobretry-operator", "namespace": "operators"}])
+    );
+
+    let one = docs(&render(
+        "jr",
+        "operators",
+        &[
+            "operator.watchNamespace=team-a",
+            "operator.logJson=true",
+            "operator.batchSize=50",
+        ],
+    ));
+    assert_eq!(
+        kinds(&one),
+        ["Deployment", "Role", "RoleBinding", "ServiceAccount"]
+    );
+    for kind in ["Role", "RoleBinding"] {
+        assert_eq!(
+            find(&one, kind)["metadata"]["namespace"],
+            "team-a",
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        find(&one, "ServiceAccount")["metadata"]["namespace"],
+        "operators"
+    );
+    let args = deployment_args(&one);
+    assert!(
+        args.contains(&"--watch-namespace=team-a".to_string()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--log-json".to_string()), "{args:?}");
+    assert!(args.contains(&"--batch-size=50".to_string()), "{args:?}");
+    // The rules are the same in both modes.
+    assert_eq!(
+        find(&one, "Role")["rules"],
+        find(&all, "ClusterRole")["rules"]
+    );
+
+    // An existing ServiceAccount: none rendered, the binding and the pod use it.
+    let existing = docs(&render(
+        "jr",
+        "operators",
+        &["serviceAccount.create=false", "serviceAccount.name=ops-sa"],
+    ));
+    assert_eq!(
+        kinds(&existing),
+        ["ClusterRole", "ClusterRoleBinding", "Deployment"]
+    );
+    assert_eq!(
+        find(&existing, "ClusterRoleBinding")["subjects"][0]["name"],
+        "ops-sa"
+    );
+    assert_eq!(
+        find(&existing, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"],
+        "ops-sa"
+    );
+    let unnamed = helm(&[
+        "template",
+        "jr",
+        chart,
+        "--set",
+        "serviceAccount.create=false",
+    ]);
+    assert!(
+        !unnamed.ok && unnamed.stderr.contains("serviceAccount.name is required"),
+        "{}",
+        unnamed.stderr
+    );
+
+    // values.schema.json refuses what the operator cannot run with.
+    for bad in [
+        "replicaCount=2",
+        "operator.batchSize=0",
+        "operator.statusRowLimit=5001",
+        "operator.watchNamespace=Not_A_Namespace",
+        "image.pullPolicy=Sometimes",
+        "noSuchValue=1",
+    ] {
+        let out = helm(&["template", "jr", chart, "--set", bad]);
+        assert!(!out.ok, "helm template --set {bad} should fail");
+        assert!(out.stderr.contains("schema"), "--set {bad}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn rendered_manifests_apply_to_the_real_api_server() {
+    let ns = TestNs::new("chart-apply");
+    // Release names (and so the cluster-scoped ClusterRole's name) unique per run.
+    let (release, release_ns) = (ns.name.clone(), format!("{}-ns", ns.name));
+    let (full, full_ns) = (
+        format!("{release}-jobretry-operator"),
+        format!("{release_ns}-jobretry-operator"),
+    );
+    // Default values plus a few, with the NetworkPolicy and the chart's CRD (crds/).
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        &release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        &ns.name,
+        "--include-crds",
+    ];
+    for set in [
+        "networkPolicy.enabled=true",
+        "networkPolicy.redis.to[0].ipBlock.cidr=10.1.0.0/16",
+        "networkPolicy.metricsFrom[0].podSelector.matchLabels.app=prometheus",
+        "podAnnotations.example\\.com/team=payments",
+        "nodeSelector.kubernetes\\.io/os=linux",
+    ] {
+        args.extend(["--set", set]);
+    }
+    let cluster = helm_ok(&args);
+    assert_eq!(
+        find(&docs(&cluster), "CustomResourceDefinition")["metadata"]["name"],
+        "jobretries.jobretry.io"
+    );
+    kubectl_apply(ns.dir.path(), "cluster.yaml", &cluster);
+    // One namespace: Role + RoleBinding (another release, same namespace).
+    let namespaced = render(
+        &release_ns,
+        &ns.name,
+        &[&format!("operator.watchNamespace={}", ns.name)],
+    );
+    kubectl_apply(ns.dir.path(), "namespaced.yaml", &namespaced);
+
+    for (kind, name) in [
+        ("deployment", &full),
+        ("serviceaccount", &full),
+        ("networkpolicy", &full),
+        ("deployment", &full_ns),
+        ("serviceaccount", &full_ns),
+        ("role", &full_ns),
+        ("rolebinding", &full_ns),
+    ] {
+        let out = ns.kubectl(&["get", kind, name, "-o", "name"]);
+        assert!(out.ok, "{kind}/{name} not created: {}", out.stderr);
+    }
+    for kind in ["clusterrole", "clusterrolebinding"] {
+        kubectl_ok(&["get", kind, &full]);
+    }
+
+    // The Deployment as the API server stored it (after defaulting).
+    let out = ns.kubectl(&["get", "deployment", &full, "-o", "json"]);
+    assert!(out.ok, "{}", out.stderr);
+    let deploy: Value = serde_json::from_str(&out.stdout).unwrap();
+    let spec = &deploy["spec"];
+    assert_eq!(spec["replicas"], 1);
+    assert_eq!(spec["strategy"]["type"], "Recreate");
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], full.as_str());
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert_eq!(
+        pod["securityContext"],
+        json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+               "seccompProfile": {"type": "RuntimeDefault"}})
+    );
+    assert_eq!(pod["nodeSelector"], json!({"kubernetes.io/os": "linux"}));
+    assert_eq!(
+        spec["template"]["metadata"]["annotations"]["example.com/team"],
+        "payments"
+    );
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    assert_eq!(c["image"], "jobretry-operator:0.1.0");
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}));
+    assert_eq!(sc["seccompProfile"], json!({"type": "RuntimeDefault"}));
+    let env = c["env"].as_array().unwrap();
+    let pod_name = env.iter().find(|e| e["name"] == "POD_NAME").unwrap();
+    assert_eq!(
+        pod_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        c["ports"],
+        json!([{"name": "http", "containerPort": 8080, "protocol": "TCP"}])
+    );
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(c[probe]["httpGet"]["port"], "http", "{probe}");
+    }
+
+    let np_out = ns.kubectl(&["get", "networkpolicy", &full, "-o", "json"]);
+    let np: Value = serde_json::from_str(&np_out.stdout).unwrap();
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([{"ports": [{"protocol": "TCP", "port": "http"}],
+                "from": [{"podSelector": {"matchLabels": {"app": "prometheus"}}}]}]),
+        "ingress only to the HTTP port, from the listed peers"
+    );
+    assert_eq!(np["spec"]["egress"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        np["spec"]["egress"][1]["to"],
+        json!([{"ipBlock": {"cidr": "10.1.0.0/16"}}])
+    );
+}
+
+/// `kubectl auth can-i` as `user`; exits 1 for "no", so the answer is read from stdout.
+fn can_i(user: &str, args: &[&str]) -> String {
+    let mut all = vec!["auth", "can-i", "--as", user];
+    all.extend_from_slice(args);
+    let out = kubectl(&all);
+    let answer = out.stdout.trim().to_string();
+    assert!(
+        answer == "yes" || answer == "no",
+        "kubectl {all:?}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    answer
+}
+
+fn job(key: &str, outcome: &str) -> Value {
+    json!({"key": key, "name": format!("charge-{key}"), "data": {"key": key}, "opts": {}, "outcome": outcome})
+}
+
+/// Installs the chart's RBAC (and ServiceAccount, Deployment) for `ns`, runs the operator with
+/// the rendered Deployment's flags under that ServiceAccount's identity, and retries a real
+/// failed BullMQ job. Returns the ServiceAccount's user name.
+fn operator_runs_with_chart_rbac_only(ns: &TestNs, set: &[&str]) -> String {
+    let n = ns.name.as_str();
+    let rendered = render(&ns.name, &ns.name, set);
+    let manifests = docs(&rendered);
+    let sa_name = find(&manifests, "ServiceAccount")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sa = format!("system:serviceaccount:{}:{sa_name}", ns.name);
+    kubectl_apply(ns.dir.path(), "chart.yaml", &rendered);
+
+    let kubeconfig = impersonating_kubeconfig(ns.dir.path(), "operator.kubeconfig", &sa);
+    let whoami = run(Command::new("kubectl")
+        .env("KUBECONFIG", &kubeconfig)
+        .args([
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ]));
+    assert_eq!(whoami.stdout, sa, "impersonation: {}", whoami.stderr);
+
+    let queue = ns.name.as_str();
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [job("failed", "fail"), job("done", "complete")]}),
+    );
+    let (failed, done) = (id_of(&jobs, "failed"), id_of(&jobs, "done"));
+
+    // The rendered flags, except the HTTP address: the helper gives each operator a free
+    // loopback port instead of the pod's 0.0.0.0:8080.
+    let rendered_args = deployment_args(&manifests);
+    assert!(rendered_args.contains(&"--http-addr=0.0.0.0:8080".to_string()));
+    let args: Vec<&str> = rendered_args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--http-addr"))
+        .collect();
+    let op = Operator::start_with_kubeconfig(ns, &kubeconfig, &args);
+
+    let applied = ns.apply(
+        "retry.yaml",
+        &format!(
+            "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: incident\nspec:\n  queue:\n    name: {queue}\n  connection:\n    secretRef:\n      name: redis\n  state: failed\n  jobIds: [\"{failed}\", \"{done}\"]\n"
+        ),
+    );
+    assert!(applied.ok, "{}", applied.stderr);
+    let waited = ns.wait_condition("incident", "Complete", "60s");
+    assert!(
+        waited.ok,
+        "kubectl wait failed: {}\noperator log:\n{}",
+        waited.stderr,
+        op.logs()
+    );
+    let st = &ns.get("incident")["status"];
+    let rows: Vec<Value> = st["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| json!([r["id"], r["result"], r["code"]]))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            json!([failed, "Retried", 1]),
+            json!([done, "NotInState", -3])
+        ]
+    );
+    assert_eq!(st["retried"], 1);
+    assert_eq!(st["phase"], "PartiallySucceeded");
+
+    // Events are published through events.k8s.io/v1 by this operator; a refused event is only
+    // a warning in the log, so look for the event itself and for the absence of the warning.
+    let events = eventually(Duration::from_secs(20), "the Completed event", || {
+        let out = ns.kubectl(&["get", "events.v1.events.k8s.io", "-o", "json"]);
+        let list: Value = serde_json::from_str(&out.stdout).ok()?;
+        let items = list["items"].as_array()?.clone();
+        items
+            .iter()
+            .any(|e| e["reason"] == "Completed" && e["regarding"]["name"] == "incident")
+            .then_some(items)
+    });
+    let completed = events.iter().find(|e| e["reason"] == "Completed").unwrap();
+    assert_eq!(completed["reportingController"], "jobretry-operator");
+    assert_eq!(completed["reportingInstance"], format!("{n}-operator"));
+    let log = op.logs();
+    assert!(!log.contains("cannot publish event"), "{log}");
+    assert!(!log.to_lowercase().contains("forbidden"), "{log}");
+
+    // The grants, as the API server's authorizer answers them: what the run above needed,
+    // and nothing more.
+    for (verb_resource, expected) in [
+        (vec!["get", "jobretries.jobretry.io"], "yes"),
+        (vec!["list", "jobretries.jobretry.io"], "yes"),
+        (vec!["watch", "jobretries.jobretry.io"], "yes"),
+        (
+            vec!["patch", "jobretries.jobretry.io", "--subresource=status"],
+            "yes",
+        ),
+        (vec!["get", "secrets"], "yes"),
+        (vec!["create", "events.events.k8s.io"], "yes"),
+        (vec!["patch", "events.events.k8s.io"], "yes"),
+        (vec!["list", "secrets"], "no"),
+        (vec!["watch", "secrets"], "no"),
+        (vec!["delete", "jobretries.jobretry.io"], "no"),
+        (vec!["update", "jobretries.jobretry.io"], "no"),
+        (vec!["patch", "jobretries.jobretry.io"], "no"),
+        (vec!["create", "jobretries.jobretry.io"], "no"),
+        (
+            vec!["update", "jobretries.jobretry.io", "--subresource=status"],
+            "no",
+        ),
+        (vec!["create", "events"], "no"),
+        (vec!["create", "pods"], "no"),
+        (vec!["get", "configmaps"], "no"),
+    ] {
+        let mut args = verb_resource.clone();
+        args.extend(["-n", n]);
+        assert_eq!(
+            can_i(&sa, &args),
+            expected,
+            "can-i {verb_resource:?} -n {n}"
+        );
+    }
+    sa
+}
+
+#[test]
+fn operator_needs_nothing_beyond_the_charts_cluster_rbac() {
+    let _serial = OPERATOR_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = TestNs::new("chart-rbac-cluster");
+    // Default values: all namespaces, ClusterRole. The operator runs without
+    // --watch-namespace, exactly as the rendered Deployment says.
+    let sa = operator_runs_with_chart_rbac_only(&ns, &[]);
+    assert_eq!(
+        can_i(&sa, &["list", "jobretries.jobretry.io", "--all-namespaces"]),
+        "yes"
+    );
+    assert_eq!(can_i(&sa, &["list", "secrets", "--all-namespaces"]), "no");
+}
+
+#[test]
+fn operator_needs_nothing_beyond_the_charts_namespaced_rbac() {
+    let _serial = OPERATOR_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = TestNs::new("chart-rbac-ns");
+    let sa =
+        operator_runs_with_chart_rbac_only(&ns, &[&format!("operator.watchNamespace={}", ns.name)]);
+    // Nothing outside the watched namespace.
+    for args in [
+        &["list", "jobretries.jobretry.io", "--all-namespaces"][..],
+        &["get", "secrets", "-n", "default"],
+        &["get", "jobretries.jobretry.io", "-n", "default"],
+    ] {
+        assert_eq!(can_i(&sa, args), "no", "{args:?}");
+    }
+}
+
+#[test]
+fn impersonation_is_effective_an_unbound_service_account_is_refused() {
+    // Guards the tests above: were `as:` ignored, the operator would run as admin and any
+    // RBAC would pass. Under an account without bindings the operator must be refused.
+    let ns = TestNs::new("chart-rbac-none");
+    let user = format!("system:serviceaccount:{}:nobody", ns.name);
+    let kubeconfig = impersonating_kubeconfig(ns.dir.path(), "nobody.kubeconfig", &user);
+    let op = Operator::start_with_kubeconfig(&ns, &kubeconfig, &["--watch-namespace", &ns.name]);
+    eventually(
+        Duration::from_secs(30),
+        "the operator's watch to be forbidden",
+        || op.logs().contains("forbidden").then_some(()),
+    );
+    assert!(op.logs().contains(&user), "{}", op.logs());
+}
