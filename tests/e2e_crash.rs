@@ -30,10 +30,12 @@ impl Lcg {
 }
 
 fn manifest(name: &str, queue: &str, ids: &[String]) -> String {
-    let ids: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
-    format!(
-        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: {name}\nspec:\n  queue:\n    name: {queue}\n  connection:\n    secretRef:\n      name: redis\n  jobIds: [{}]\n  rateLimit:\n    jobsPerSecond: 2500\n",
-        ids.join(", ")
+    jobretry_yaml(
+        name,
+        queue,
+        ids,
+        "",
+        "  rateLimit:\n    jobsPerSecond: 2500\n",
     )
 }
 
@@ -160,11 +162,7 @@ fn sigkill_at_random_points_never_retries_a_job_twice() {
     assert_eq!(st["counts"], json!({"AlreadyProcessed": PER_OBJECT}));
     assert_eq!(st["retried"], 0);
     let after = queue_dump(queue);
-    let changed: Vec<&String> = before
-        .keys()
-        .chain(after.keys())
-        .filter(|k| before.get(*k) != after.get(*k))
-        .collect();
+    let changed = changed_keys(&before, &after);
     assert!(
         changed.is_empty(),
         "re-creating the JobRetry changed Redis: {changed:?}"

@@ -8,11 +8,7 @@ use common::*;
 use serde_json::{Value, json};
 
 fn manifest(name: &str, queue: &str, ids: &[&str], extra_queue: &str) -> String {
-    let ids: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
-    format!(
-        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: {name}\nspec:\n  queue:\n    name: {queue}\n{extra_queue}  connection:\n    secretRef:\n      name: redis\n  jobIds: [{}]\n",
-        ids.join(", ")
-    )
+    jobretry_yaml(name, queue, ids, extra_queue, "")
 }
 
 fn condition(jr: &Value, t: &str) -> Value {

@@ -29,14 +29,7 @@ fn rows(jr: &Value) -> Vec<(String, String, Option<i64>)> {
 }
 
 fn manifest(name: &str, queue: &str, state: &str, ids: &[&str], extra: &str) -> String {
-    let ids = ids
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: {name}\nspec:\n  queue:\n    name: {queue}\n  connection:\n    secretRef:\n      name: redis\n  state: {state}\n  jobIds: [{ids}]\n{extra}"
-    )
+    jobretry_yaml(name, queue, ids, "", &format!("  state: {state}\n{extra}"))
 }
 
 #[test]
@@ -277,11 +270,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
     );
 
     let after = queue_dump(queue);
-    let changed: Vec<&String> = before
-        .keys()
-        .chain(after.keys())
-        .filter(|k| before.get(*k) != after.get(*k))
-        .collect();
+    let changed = changed_keys(&before, &after);
     assert!(
         changed.is_empty(),
         "a restart or dry run changed Redis keys: {changed:?}"

@@ -21,10 +21,12 @@ fn seed_failed(ns: &TestNs, queue: &str) -> Vec<String> {
 }
 
 fn manifest(name: &str, queue: &str, ids: &[String], per_second: u32) -> String {
-    let ids: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
-    format!(
-        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: {name}\nspec:\n  queue:\n    name: {queue}\n  connection:\n    secretRef:\n      name: redis\n  jobIds: [{}]\n  rateLimit:\n    jobsPerSecond: {per_second}\n",
-        ids.join(", ")
+    jobretry_yaml(
+        name,
+        queue,
+        ids,
+        "",
+        &format!("  rateLimit:\n    jobsPerSecond: {per_second}\n"),
     )
 }
 

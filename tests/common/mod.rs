@@ -412,3 +412,31 @@ pub fn impersonating_kubeconfig(dir: &Path, file: &str, user: &str) -> PathBuf {
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     path
 }
+
+/// A JobRetry manifest, as a user would write it: queue `queue`, Secret `redis`, `ids`;
+/// `queue_extra` and `spec_extra` are YAML lines added under `spec.queue` and `spec`.
+pub fn jobretry_yaml<S: AsRef<str>>(
+    name: &str,
+    queue: &str,
+    ids: &[S],
+    queue_extra: &str,
+    spec_extra: &str,
+) -> String {
+    let ids: Vec<String> = ids.iter().map(|i| format!("\"{}\"", i.as_ref())).collect();
+    format!(
+        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: {name}\nspec:\n  queue:\n    name: {queue}\n{queue_extra}  connection:\n    secretRef:\n      name: redis\n  jobIds: [{}]\n{spec_extra}",
+        ids.join(", ")
+    )
+}
+
+/// Keys whose content differs between two dumps.
+pub fn changed_keys<'a>(
+    before: &'a BTreeMap<String, String>,
+    after: &'a BTreeMap<String, String>,
+) -> Vec<&'a String> {
+    before
+        .keys()
+        .chain(after.keys().filter(|k| !before.contains_key(*k)))
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect()
+}
