@@ -175,7 +175,7 @@ fn retries_completed_jobs_and_clears_their_return_value() {
     assert!(
         ns.apply(
             "completed.yaml",
-            &manifest("redo", queue, "completed", &[&c1, &c2, &f1], "")
+            &manifest("redo", queue, "completed", &[&c1, &c2, &c1, &f1], "")
         )
         .ok
     );
@@ -189,6 +189,7 @@ fn retries_completed_jobs_and_clears_their_return_value() {
             (f1.clone(), "NotInState".into(), Some(-3))
         ]
     );
+    assert_eq!(jr["status"]["matched"], 3, "an id listed twice is one job");
 
     let inspected = node(
         "inspect.mjs",

@@ -91,15 +91,6 @@ fn refuses_an_empty_job_id() {
 }
 
 #[test]
-fn refuses_duplicate_job_ids() {
-    let msg = refused("dupids", &VALID.replace("\"1043\"", "\"1042\""));
-    assert!(
-        msg.contains("spec.jobIds[1]") && msg.contains("Duplicate value"),
-        "{msg}"
-    );
-}
-
-#[test]
 fn refuses_sentinel_mode_without_a_master_name() {
     let msg = refused(
         "sentinel",

@@ -126,115 +126,127 @@ local function checkParent(parentKey)
 end
 
 -- 3. Plan every job; nothing is written yet.
-local seen, plan = {}, {}
-for i, id in ipairs(ids) do
+local rcall = redis.call
+local seen = {}
+local planIds, planKeys, fifo, lifo, prioritized, prioOf, parents = {}, {}, {}, {}, {}, {}, {}
+local np = 0
+local agree = family == "agree"
+local sixP = family == "6p"
+for i = 1, n do
+  local id = ids[i]
   local r
-  if ledger[i] then
-    r = "L" .. ledger[i]
+  local l = ledger[i]
+  if l then
+    r = "L" .. l
   elseif seen[id] then
     r = "-3"
   else
     seen[id] = true
     local jobKey = base .. id
-    local ok, f = pcall(redis.call, "HMGET", jobKey, "priority", "parentKey", "opts", "timestamp", "name")
+    local ok, f = pcall(rcall, "HMGET", jobKey, "priority", "parentKey", "opts")
     if not ok then
       r = "E" .. "job key " .. jobKey .. " is not a hash"
-    elseif not (f[1] or f[2] or f[3] or f[4] or f[5]) and redis.call("EXISTS", jobKey) == 0 then
+    elseif not (f[1] or f[2] or f[3]) and rcall("EXISTS", jobKey) == 0 then
       r = "-1"
     elseif not scores[i] then
       r = "-3"
     else
       local prio = tonumber(f[1]) or 0
-      local parent, perr = checkParent(f[2])
+      local parent, perr = false, nil
+      if f[2] then parent, perr = checkParent(f[2]) end
       if perr then
         r = "E" .. perr
-      elseif family == "agree" and paused then
+      elseif agree and paused then
         r = "S" .. "the queue is paused and its BullMQ version is unknown: BullMQ 5 and 6 put retried jobs of a paused queue on different lists; set spec.queue.bullmqVersion"
-      elseif family == "agree" and prio > 0 then
+      elseif agree and prio > 0 then
         r = "S" .. "the job has a priority and the queue's BullMQ version is unknown: BullMQ >= 6.3.16 retries it to prioritized, older versions to wait; set spec.queue.bullmqVersion"
       elseif dryRun then
         r = "W"
       else
         r = "1"
-        plan[#plan + 1] = { id = id, key = jobKey, prio = prio, lifo = isLifo(f[3]), parent = parent }
+        np = np + 1
+        planIds[np] = id
+        planKeys[np] = jobKey
+        if sixP and prio > 0 then
+          prioritized[#prioritized + 1] = id
+          prioOf[#prioritized] = prio
+        elseif isLifo(f[3]) then
+          lifo[#lifo + 1] = id
+        else
+          fifo[#fifo + 1] = id
+        end
+        if parent then parents[#parents + 1] = { parent, jobKey } end
       end
     end
   end
   results[i] = r
 end
 
-if #plan == 0 then return results end
+if np == 0 then return results end
 
 -- 4. Writes, in an order whose end state equals one reprocessJob call per job.
-local planIds, fifo, lifo, prioritized = {}, {}, {}, {}
 local resetFields = { "finishedOn", "processedOn", state == "failed" and "failedReason" or "returnvalue" }
 if resetAtm then resetFields[#resetFields + 1] = "atm" end
 if resetAts then resetFields[#resetFields + 1] = "ats" end
-for _, j in ipairs(plan) do
-  planIds[#planIds + 1] = j.id
-  if family == "6p" and j.prio > 0 then
-    prioritized[#prioritized + 1] = j
-  elseif j.lifo then
-    lifo[#lifo + 1] = j.id
-  else
-    fifo[#fifo + 1] = j.id
-  end
-end
 chunked("ZREM", stateKey, planIds)
-for _, j in ipairs(plan) do redis.call("HDEL", j.key, unpack(resetFields)) end
+local nf = #resetFields
+for k = 1, np do rcall("HDEL", planKeys[k], unpack(resetFields, 1, nf)) end
 
 local target = KEYS[4]
 if family == "5" and paused then target = KEYS[5] end
 if #fifo > 0 then chunked("LPUSH", target, fifo) end
 if #lifo > 0 then chunked("RPUSH", target, lifo) end
 if #prioritized > 0 then
-  local last = redis.call("INCRBY", KEYS[10], #prioritized)
+  local last = rcall("INCRBY", KEYS[10], #prioritized)
   local first = last - #prioritized + 1
-  for k, j in ipairs(prioritized) do
-    redis.call("ZADD", KEYS[9], j.prio * 0x100000000 + (first + k - 1) % 0x100000000, j.id)
+  for k, id in ipairs(prioritized) do
+    rcall("ZADD", KEYS[9], prioOf[k] * 0x100000000 + (first + k - 1) % 0x100000000, id)
   end
 end
-if hasMarker and not pausedOrMaxed then redis.call("ZADD", KEYS[8], 0, "0") end
+if hasMarker and not pausedOrMaxed then rcall("ZADD", KEYS[8], 0, "0") end
 
-for _, j in ipairs(plan) do
-  if j.parent then
-    local deps = j.parent .. ":dependencies"
-    if state == "failed" then
-      if redis.call("ZREM", j.parent .. ":unsuccessful", j.key) == 1 or
-         redis.call("HDEL", j.parent .. ":failed", j.key) == 1 then
-        redis.call("SADD", deps, j.key)
-      end
-    elseif redis.call("HDEL", j.parent .. ":processed", j.key) == 1 then
-      redis.call("SADD", deps, j.key)
+for _, p in ipairs(parents) do
+  local parentKey, jobKey = p[1], p[2]
+  local deps = parentKey .. ":dependencies"
+  if state == "failed" then
+    if rcall("ZREM", parentKey .. ":unsuccessful", jobKey) == 1 or
+       rcall("HDEL", parentKey .. ":failed", jobKey) == 1 then
+      rcall("SADD", deps, jobKey)
     end
+  elseif rcall("HDEL", parentKey .. ":processed", jobKey) == 1 then
+    rcall("SADD", deps, jobKey)
   end
 end
 
 local maxLen = meta[3]
 if hasMaxLen and not maxLen then
   maxLen = 10000
-  redis.call("HSET", KEYS[6], "opts.maxLenEvents", maxLen)
+  rcall("HSET", KEYS[6], "opts.maxLenEvents", maxLen)
 end
-for _, j in ipairs(plan) do
-  if hasMaxLen then
-    redis.call("XADD", KEYS[2], "MAXLEN", "~", maxLen, "*", "event", "waiting", "jobId", j.id, "prev", state)
-  else
-    redis.call("XADD", KEYS[2], "*", "event", "waiting", "jobId", j.id, "prev", state)
+local events = KEYS[2]
+if hasMaxLen then
+  for k = 1, np do
+    rcall("XADD", events, "MAXLEN", "~", maxLen, "*", "event", "waiting", "jobId", planIds[k], "prev", state)
+  end
+else
+  for k = 1, np do
+    rcall("XADD", events, "*", "event", "waiting", "jobId", planIds[k], "prev", state)
   end
 end
 
 if owner ~= "" then
   local entry = "1@" .. owner
-  local fields = {}
-  for _, id in ipairs(planIds) do
-    fields[#fields + 1] = id
-    fields[#fields + 1] = entry
-    if #fields >= 5000 then
-      redis.call("HSET", KEYS[11], unpack(fields))
-      fields = {}
+  local fields, nfld = {}, 0
+  for k = 1, np do
+    fields[nfld + 1] = planIds[k]
+    fields[nfld + 2] = entry
+    nfld = nfld + 2
+    if nfld >= 5000 then
+      rcall("HSET", KEYS[11], unpack(fields, 1, nfld))
+      nfld = 0
     end
   end
-  if #fields > 0 then redis.call("HSET", KEYS[11], unpack(fields)) end
-  redis.call("PEXPIRE", KEYS[11], ttl)
+  if nfld > 0 then rcall("HSET", KEYS[11], unpack(fields, 1, nfld)) end
+  rcall("PEXPIRE", KEYS[11], ttl)
 end
 return results

@@ -23,6 +23,7 @@ use kube::{
         Controller,
         controller::Action,
         events::{Recorder, Reporter},
+        reflector::Store,
         watcher,
     },
 };
@@ -40,6 +41,8 @@ pub struct Context {
     pub config: Config,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// The controller's cache of JobRetry objects: what a run checks between batches.
+    pub store: Store<JobRetry>,
     /// Per object (uid): consecutive transient failures, for backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// Per object (uid): earliest time of its next batch (rate limit).
@@ -47,7 +50,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Arc<Metrics>,
+        store: Store<JobRetry>,
+    ) -> Self {
         let reporter = Reporter {
             controller: "jobretry-operator".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -58,6 +66,7 @@ impl Context {
             engine: RetryEngine::default(),
             config,
             metrics,
+            store,
             failures: Mutex::default(),
             not_before: Mutex::default(),
         }
@@ -113,7 +122,13 @@ pub async fn run(client: Client, config: Config, health: Arc<Health>) {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let ctx = Arc::new(Context::new(client, config, health.metrics.clone()));
+    let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic());
+    let ctx = Arc::new(Context::new(
+        client,
+        config,
+        health.metrics.clone(),
+        controller.store(),
+    ));
     info!("starting jobretry-operator controller");
     // Ready only once JobRetries can be listed (API reachable, RBAC in place).
     match api.list(&ListParams::default().limit(1)).await {
@@ -122,7 +137,7 @@ pub async fn run(client: Client, config: Config, health: Arc<Health>) {
             warn!(error = %e, "cannot list JobRetry objects; not ready until the watch works")
         }
     }
-    Controller::new(api, watcher::Config::default().any_semantic())
+    controller
         .shutdown_on_signal()
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|res| {

@@ -3,10 +3,18 @@
 
 use crate::crd::JobRetrySpec;
 
-/// The ids of the run, in order, or why the spec cannot be planned yet.
-pub fn target_ids(spec: &JobRetrySpec) -> Result<&[String], String> {
+/// The distinct ids of the run, in order of first appearance, or why the spec cannot be
+/// planned yet.
+pub fn target_ids(spec: &JobRetrySpec) -> Result<Vec<String>, String> {
     match (&spec.job_ids, &spec.selector) {
-        (Some(ids), None) => Ok(ids),
+        (Some(ids), None) => {
+            let mut seen = std::collections::HashSet::new();
+            Ok(ids
+                .iter()
+                .filter(|id| seen.insert(id.as_str()))
+                .cloned()
+                .collect())
+        }
         (None, Some(_)) => Err(
             "spec.selector is not supported yet by this operator version; list spec.jobIds instead"
                 .into(),
@@ -55,10 +63,18 @@ mod tests {
     fn plans_ids_in_batches() {
         let s = spec(IDS);
         let ids = target_ids(&s).unwrap();
-        assert_eq!(next_batch(ids, 0, 2), ["1", "2"]);
-        assert_eq!(next_batch(ids, 2, 2), ["3"]);
-        assert!(next_batch(ids, 3, 2).is_empty());
-        assert!(next_batch(ids, 9, 2).is_empty());
+        assert_eq!(next_batch(&ids, 0, 2), ["1", "2"]);
+        assert_eq!(next_batch(&ids, 2, 2), ["3"]);
+        assert!(next_batch(&ids, 3, 2).is_empty());
+        assert!(next_batch(&ids, 9, 2).is_empty());
+    }
+
+    #[test]
+    fn an_id_listed_twice_is_planned_once() {
+        let s = spec(
+            "queue: {name: q}\nconnection: {secretRef: {name: s}}\njobIds: ['7','3','7','1','3']\n",
+        );
+        assert_eq!(target_ids(&s).unwrap(), ["7", "3", "1"]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use kube::{
     runtime::{
         controller::Action,
         events::{Event, EventType},
+        reflector::ObjectRef,
     },
 };
 use tracing::{info, warn};
@@ -94,7 +95,7 @@ impl Run {
             return Ok((Action::await_change(), Outcome::Suspended));
         }
         let ids = match plan::target_ids(&spec) {
-            Ok(ids) => ids.to_vec(),
+            Ok(ids) => ids,
             Err(m) => {
                 return Ok((
                     Action::await_change(),
@@ -228,16 +229,21 @@ impl Run {
                 self.ctx.set_not_before(&self.uid, Some(started + pause));
                 return Ok((Action::requeue(pause), Outcome::Running));
             }
-            if Instant::now() >= deadline || self.stopped_meanwhile().await? {
+            if Instant::now() >= deadline || self.stopped_meanwhile() {
                 return Ok((Action::requeue(Duration::from_millis(10)), Outcome::Running));
             }
         }
     }
 
-    /// Whether the object was suspended or deleted since this reconcile began.
-    async fn stopped_meanwhile(&self) -> Result<bool, Error> {
-        let fresh = self.api.get_opt(&self.obj.name_any()).await?;
-        Ok(fresh.is_none_or(|o| o.spec.suspend || o.metadata.deletion_timestamp.is_some()))
+    /// Whether the object was suspended, deleted or replaced since this reconcile began,
+    /// as the controller's watch cache sees it (no API call per batch).
+    fn stopped_meanwhile(&self) -> bool {
+        let key = ObjectRef::new(&self.obj.name_any()).within(&self.ns);
+        self.ctx.store.get(&key).is_none_or(|o| {
+            o.spec.suspend
+                || o.metadata.deletion_timestamp.is_some()
+                || o.uid().as_deref() != Some(self.uid.as_str())
+        })
     }
 
     fn waiting(&self, message: String) -> (Action, Outcome) {
