@@ -39,7 +39,7 @@ node -e '
 ids=$(node -e 'const s=require(process.argv[1]); console.log(s.jobs.filter(j=>/ECONNRESET/.test(j.failedReason??"")).map(j=>JSON.stringify(j.id)).concat(["\"9999\"", JSON.stringify(s.jobs.find(j=>j.state==="completed").id)]).join(", "))' "$STATE/seeded.json")
 
 say "starting the operator"
-KUBECONFIG="$KUBECONFIG" target/debug/jobretry-operator >"$STATE/operator.log" 2>&1 &
+KUBECONFIG="$KUBECONFIG" target/debug/jobretry-operator --http-addr 127.0.0.1:0 >"$STATE/operator.log" 2>&1 &
 OP_PID=$!
 
 cat >"$STATE/incident.yaml" <<YAML

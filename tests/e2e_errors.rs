@@ -184,3 +184,85 @@ fn an_unreachable_redis_waits_without_leaking_the_password_and_resumes() {
     );
     assert_eq!(ns.get("later")["status"]["counts"], json!({"Retried": 1}));
 }
+
+#[test]
+fn a_job_key_of_the_wrong_type_refuses_only_that_job() {
+    let ns = TestNs::new("e2e-wrongjob");
+    let queue = ns.name.as_str();
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [failing("a", json!({})), failing("b", json!({}))]}),
+    );
+    let (a, b) = (id_of(&jobs, "a"), id_of(&jobs, "b"));
+    let mut con = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let key_b = format!("bull:{queue}:{b}");
+    let _: () = redis::cmd("DEL").arg(&key_b).query(&mut con).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key_b)
+        .arg("not a job")
+        .query(&mut con)
+        .unwrap();
+    let _op = Operator::start(&ns, &[]);
+    assert!(
+        ns.apply("w.yaml", &manifest("wrong", queue, &[&a, &b], ""))
+            .ok
+    );
+    assert!(ns.wait_condition("wrong", "Complete", "60s").ok);
+    let st = ns.get("wrong")["status"].clone();
+    assert_eq!(st["jobs"][0]["result"], "Retried");
+    assert_eq!(st["jobs"][1]["result"], "Error");
+    assert!(
+        st["jobs"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not a hash"),
+        "{st}"
+    );
+    let left: String = redis::cmd("GET").arg(&key_b).query(&mut con).unwrap();
+    assert_eq!(left, "not a job");
+    let still_failed: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("bull:{queue}:failed"))
+        .arg(&b)
+        .query(&mut con)
+        .unwrap();
+    assert!(still_failed.is_some(), "the refused job stays in failed");
+}
+
+#[test]
+fn a_queue_key_of_the_wrong_type_fails_the_run_and_changes_nothing() {
+    let ns = TestNs::new("e2e-wrongqueue");
+    let queue = ns.name.as_str();
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [failing("a", json!({}))]}),
+    );
+    let a = id_of(&jobs, "a");
+    let mut con = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("bull:{queue}:wait"))
+        .arg("oops")
+        .query(&mut con)
+        .unwrap();
+    let before = queue_dump(queue);
+    let _op = Operator::start(&ns, &[]);
+    assert!(ns.apply("q.yaml", &manifest("broken", queue, &[&a], "")).ok);
+    assert!(ns.wait_condition("broken", "Failed", "60s").ok);
+    let failed = condition(&ns.get("broken"), "Failed");
+    assert_eq!(failed["reason"], "IncompatibleQueue");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("bull:{queue}:wait is a string, expected a list")),
+        "{failed}"
+    );
+    assert!(before == queue_dump(queue), "nothing may change in Redis");
+}

@@ -4,7 +4,10 @@
 
 mod common;
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use common::*;
 use serde_json::{Value, json};
@@ -110,6 +113,22 @@ fn retries_failed_jobs_by_id_and_a_worker_processes_exactly_those() {
     assert_eq!(st["runKey"], format!("{}/incident", ns.name));
     assert!(st["completionTime"].is_string() && st["startTime"].is_string());
     assert_eq!(st["observedGeneration"], jr["metadata"]["generation"]);
+    // The exactly-once ledger: in the queue's keyspace, expiring after the default 7 days.
+    let mut con = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let ledger = format!("bull:{queue}:jobretry:ledger:{}/incident", ns.name);
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(&ledger).query(&mut con).unwrap();
+    assert!(
+        ttl_ms > 7 * 24 * 3600 * 1000 - 120_000 && ttl_ms <= 7 * 24 * 3600 * 1000,
+        "ledger TTL {ttl_ms}"
+    );
+    let recorded: Vec<String> = redis::cmd("HKEYS").arg(&ledger).query(&mut con).unwrap();
+    assert_eq!(
+        recorded.into_iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([prio.clone(), exh.clone(), plain.clone()])
+    );
 
     let processed = node(
         "process.mjs",
@@ -228,8 +247,12 @@ fn retries_completed_jobs_and_clears_their_return_value() {
 fn a_restarted_operator_changes_nothing_after_completion() {
     let ns = TestNs::new("e2e-restart");
     let queue = ns.name.as_str();
-    let jobs = seed(
+    // A database of its own, so that a full key dump sees only this test's keys.
+    let db = format!("{}/4", redis_url());
+    ns.secret("redis", &db);
+    let jobs = seed_at(
         ns.dir.path(),
+        &db,
         queue,
         &json!({"jobs": [job("a", "fail", json!({})), job("b", "fail", json!({}))]}),
     );
@@ -241,7 +264,13 @@ fn a_restarted_operator_changes_nothing_after_completion() {
     );
     assert!(ns.wait_condition("once", "Complete", "60s").ok);
     let status_before = ns.get("once")["status"].clone();
-    let before = queue_dump(queue);
+    let full_dump = || -> BTreeMap<String, String> {
+        redis_dump_at(&db, false)
+            .into_iter()
+            .filter(|(k, _)| !k.ends_with(":stalled-check"))
+            .collect()
+    };
+    let before = full_dump();
     op.kill();
 
     let op2 = Operator::start(&ns, &[]);
@@ -270,7 +299,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
         ]
     );
 
-    let after = queue_dump(queue);
+    let after = full_dump();
     let changed = changed_keys(&before, &after);
     assert!(
         changed.is_empty(),

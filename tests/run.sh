@@ -36,5 +36,7 @@ cargo fmt --check
 log "cargo clippy --all-targets --locked -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 log "cargo test --locked"
-cargo test --locked "$@" -- --show-output
+cargo test --locked "$@" -- --show-output 2>&1 | tee "$STATE/cargo-test.log"
 log "all checks passed in $((SECONDS - START))s"
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$STATE/cargo-test.log"

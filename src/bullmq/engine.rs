@@ -141,10 +141,10 @@ impl RetryEngine {
             .arg(ids);
         let replies: Vec<String> = match inv.invoke_async(conn).await {
             Ok(r) => r,
-            Err(e) if e.to_string().contains("JOBRETRY ") => {
-                let text = e.to_string();
-                let msg = text.split("JOBRETRY ").nth(1).unwrap_or(&text);
-                return Err(EngineError::IncompatibleQueue(msg.trim().to_string()));
+            // The script's own refusal: "JOBRETRY <why>" (nothing was written).
+            Err(e) if e.code() == Some("JOBRETRY") => {
+                let why = e.detail().unwrap_or("a queue key has an unexpected type");
+                return Err(EngineError::IncompatibleQueue(why.trim().to_string()));
             }
             Err(e) => return Err(e.into()),
         };

@@ -236,13 +236,18 @@ pub fn node(script: &str, args: &[&str]) -> Value {
 
 /// Seeds `queue` with the jobs of `spec` (the seed.mjs format) through a real BullMQ Worker.
 pub fn seed(dir: &Path, queue: &str, spec: &Value) -> Vec<Value> {
+    seed_at(dir, &redis_url(), queue, spec)
+}
+
+/// As [`seed`], in the Redis database at `url`.
+pub fn seed_at(dir: &Path, url: &str, queue: &str, spec: &Value) -> Vec<Value> {
     let path = dir.join(format!("{queue}-spec.json"));
     std::fs::write(&path, spec.to_string()).unwrap();
     let out = node(
         "seed.mjs",
         &[
             "--redis",
-            &redis_url(),
+            url,
             "--queue",
             queue,
             "--spec",
