@@ -40,7 +40,7 @@ use std::{
 };
 
 use jobretry_operator::{
-    bullmq::{BatchRequest, JobOutcome, QueueKeys, QueueVersion, RetryEngine},
+    bullmq::{BatchRequest, JobOutcome, QueueKeys, QueueVersion, RetryEngine, engine},
     crd::SourceState,
 };
 use redis::{Script, aio::ConnectionLike};
@@ -366,7 +366,7 @@ async fn production_request<C: ConnectionLike>(
     }
 }
 
-/// The same KEYS / ARGV as `RetryEngine::retry_batch`, for a script variant.
+/// A script variant called exactly as `RetryEngine::retry_batch` calls `retry.lua`.
 async fn invoke_variant<C: ConnectionLike>(
     script: &Script,
     c: &mut C,
@@ -374,33 +374,10 @@ async fn invoke_variant<C: ConnectionLike>(
     req: &BatchRequest,
     ids: &[String],
 ) -> Vec<String> {
-    let mut inv = script.prepare_invoke();
-    inv.key(keys.base());
-    for s in [
-        "events",
-        req.state.as_str(),
-        "wait",
-        "paused",
-        "meta",
-        "active",
-        "marker",
-        "prioritized",
-        "pc",
-    ] {
-        inv.key(keys.key(s));
-    }
-    let (ledger, owner) = req.ledger.clone().unwrap();
-    inv.key(ledger)
-        .arg(req.state.as_str())
-        .arg(req.version.family.as_arg())
-        .arg(req.version.features)
-        .arg(if req.reset_attempts_made { "1" } else { "0" })
-        .arg(if req.reset_attempts_started { "1" } else { "0" })
-        .arg(if req.dry_run { "1" } else { "0" })
-        .arg(owner)
-        .arg(req.ledger_ttl.as_millis() as u64)
-        .arg(ids);
-    inv.invoke_async(c).await.unwrap()
+    engine::invocation(script, keys, req, ids)
+        .invoke_async(c)
+        .await
+        .unwrap()
 }
 
 /// Retries `ids` in db 2 with the engine (`variant` None) or a script variant.

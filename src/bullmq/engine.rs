@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use redis::{Script, aio::ConnectionLike};
+use redis::{Script, ScriptInvocation, aio::ConnectionLike};
 
 use super::{QueueKeys, QueueVersion};
 use crate::crd::SourceState;
@@ -109,36 +109,7 @@ impl RetryEngine {
         req: &BatchRequest,
         ids: &[String],
     ) -> Result<Vec<JobOutcome>, EngineError> {
-        let flag = |b: bool| if b { "1" } else { "0" };
-        let (ledger_key, owner) = req
-            .ledger
-            .clone()
-            .unwrap_or_else(|| (keys.key("jobretry:ledger:-"), String::new()));
-        let mut inv = self.script.prepare_invoke();
-        inv.key(keys.base());
-        for suffix in [
-            "events",
-            req.state.as_str(),
-            "wait",
-            "paused",
-            "meta",
-            "active",
-            "marker",
-            "prioritized",
-            "pc",
-        ] {
-            inv.key(keys.key(suffix));
-        }
-        inv.key(ledger_key)
-            .arg(req.state.as_str())
-            .arg(req.version.family.as_arg())
-            .arg(req.version.features)
-            .arg(flag(req.reset_attempts_made))
-            .arg(flag(req.reset_attempts_started))
-            .arg(flag(req.dry_run))
-            .arg(owner)
-            .arg(req.ledger_ttl.as_millis().max(1) as u64)
-            .arg(ids);
+        let inv = invocation(&self.script, keys, req, ids);
         let replies: Vec<String> = match inv.invoke_async(conn).await {
             Ok(r) => r,
             // The script's own refusal: "JOBRETRY <why>" (nothing was written).
@@ -157,6 +128,47 @@ impl RetryEngine {
         }
         replies.iter().map(|r| decode(r)).collect()
     }
+}
+
+/// The call of a retry script (ours, or a variant under study in `benches/`) with the KEYS
+/// and ARGV documented in `retry.lua`'s header.
+pub fn invocation<'a>(
+    script: &'a Script,
+    keys: &QueueKeys,
+    req: &BatchRequest,
+    ids: &[String],
+) -> ScriptInvocation<'a> {
+    let flag = |b: bool| if b { "1" } else { "0" };
+    let (ledger_key, owner) = req
+        .ledger
+        .clone()
+        .unwrap_or_else(|| (keys.key("jobretry:ledger:-"), String::new()));
+    let mut inv = script.prepare_invoke();
+    inv.key(keys.base());
+    for suffix in [
+        "events",
+        req.state.as_str(),
+        "wait",
+        "paused",
+        "meta",
+        "active",
+        "marker",
+        "prioritized",
+        "pc",
+    ] {
+        inv.key(keys.key(suffix));
+    }
+    inv.key(ledger_key)
+        .arg(req.state.as_str())
+        .arg(req.version.family.as_arg())
+        .arg(req.version.features)
+        .arg(flag(req.reset_attempts_made))
+        .arg(flag(req.reset_attempts_started))
+        .arg(flag(req.dry_run))
+        .arg(owner)
+        .arg(req.ledger_ttl.as_millis().max(1) as u64)
+        .arg(ids);
+    inv
 }
 
 fn decode(reply: &str) -> Result<JobOutcome, EngineError> {
