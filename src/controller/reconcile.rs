@@ -77,6 +77,14 @@ struct Run {
     ctx: Arc<Context>,
 }
 
+/// A queue ready for batches.
+struct OpenQueue {
+    target: RedisTarget,
+    conn: RedisConn,
+    keys: QueueKeys,
+    version: QueueVersion,
+}
+
 /// A stage whose messages are owned (they may come from Redis or the API).
 enum Outcome {
     Running,
@@ -97,51 +105,62 @@ impl Run {
         let ids = match plan::target_ids(&spec) {
             Ok(ids) => ids,
             Err(m) => {
-                return Ok((
-                    Action::await_change(),
-                    Outcome::Failed(reason::SELECTOR_UNSUPPORTED, m),
-                ));
+                let failed = Outcome::Failed(reason::SELECTOR_UNSUPPORTED, m);
+                return Ok((Action::await_change(), failed));
             }
         };
         let run_key = plan::run_key(&spec, &self.ns, &self.obj.name_any());
         self.status.matched = Some(ids.len() as u64);
         self.status.run_key = Some(run_key.clone());
+        let mut q = match self.open_queue().await? {
+            Ok(q) => q,
+            Err(stop) => return Ok(stop),
+        };
+        self.status.bullmq_version = Some(q.version.describe());
+        let req = BatchRequest {
+            state: spec.state,
+            version: q.version.clone(),
+            reset_attempts_made: spec.reset_attempts_made,
+            reset_attempts_started: spec.reset_attempts_started,
+            dry_run: spec.dry_run,
+            ledger: Some((q.keys.ledger(&run_key), self.owner_tag())),
+            ledger_ttl: self.ctx.config.ledger_retention(),
+        };
+        self.execute(&mut q.conn, &q.keys, &q.target, &req, &ids)
+            .await
+    }
+
+    /// Load step: the Secret, a Redis connection, and the queue's version. `Ok(Err(..))` is
+    /// why the run cannot go on now (with the action and outcome to record).
+    async fn open_queue(&self) -> Result<Result<OpenQueue, (Action, Outcome)>, Error> {
+        let spec = &self.obj.spec;
         let target = match load::redis_target(&self.ctx.client, &self.ns, &spec.connection).await {
             Ok(t) => t,
             Err(load::LoadError::Invalid(m)) => {
-                return Ok((
-                    Action::requeue(STALLED_RECHECK),
-                    Outcome::Stalled(reason::SECRET_INVALID, m),
-                ));
+                let stalled = Outcome::Stalled(reason::SECRET_INVALID, m);
+                return Ok(Err((Action::requeue(STALLED_RECHECK), stalled)));
             }
             Err(load::LoadError::Kube(e)) => return Err(e.into()),
         };
         let mut conn = match target.connect().await {
             Ok(c) => c,
-            Err(m) => return Ok(self.waiting(m)),
+            Err(m) => return Ok(Err(self.waiting(m))),
         };
         let keys = QueueKeys::new(&spec.queue.prefix, &spec.queue.name);
         let version = match self.detect_version(&mut conn, &keys, &target).await {
             Ok(Ok(v)) => v,
             Ok(Err(m)) => {
-                return Ok((
-                    Action::await_change(),
-                    Outcome::Failed(reason::INCOMPATIBLE_QUEUE, m),
-                ));
+                let failed = Outcome::Failed(reason::INCOMPATIBLE_QUEUE, m);
+                return Ok(Err((Action::await_change(), failed)));
             }
-            Err(m) => return Ok(self.waiting(m)),
+            Err(m) => return Ok(Err(self.waiting(m))),
         };
-        self.status.bullmq_version = Some(version.describe());
-        let req = BatchRequest {
-            state: spec.state,
+        Ok(Ok(OpenQueue {
+            target,
+            conn,
+            keys,
             version,
-            reset_attempts_made: spec.reset_attempts_made,
-            reset_attempts_started: spec.reset_attempts_started,
-            dry_run: spec.dry_run,
-            ledger: Some((keys.ledger(&run_key), self.owner_tag())),
-            ledger_ttl: self.ctx.config.ledger_retention(),
-        };
-        self.execute(&mut conn, &keys, &target, &req, &ids).await
+        }))
     }
 
     /// Probes the queue: `Err` is transient (Redis), `Ok(Err)` permanent (incompatible).
