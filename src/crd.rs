@@ -89,7 +89,8 @@ pub struct JobRetrySpec {
     #[schemars(length(min = 1, max = 10000), inner(length(min = 1, max = 256)), extend("x-kubernetes-list-type" = "atomic"))]
     pub job_ids: Option<Vec<String>>,
     /// A server-side filter over the source state's set.
-    /// Exactly one of `jobIds` and `selector` must be set.
+    /// Exactly one of `jobIds` and `selector` must be set. Not supported yet by this operator
+    /// version: a run with a selector ends Failed (reason SelectorUnsupported), touching nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<Selector>,
     /// Reset the job's attempts-made counter, as BullMQ's `resetAttemptsMade` retry option does.

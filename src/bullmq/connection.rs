@@ -78,6 +78,15 @@ impl RedisTarget {
             .fold(text.to_string(), |acc, s| acc.replace(s.as_str(), "***"))
     }
 
+    /// A key identifying this target (URL, mode, master) for a connection cache; the URL
+    /// itself is not kept in it.
+    pub fn cache_key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.url, self.mode as u8, &self.sentinel_master).hash(&mut h);
+        h.finish()
+    }
+
     /// Opens a connection of the configured kind.
     pub async fn connect(&self) -> Result<RedisConn, String> {
         let result = tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner()).await;

@@ -30,7 +30,11 @@ use kube::{
 use tracing::{info, warn};
 
 use crate::{
-    bullmq::RetryEngine, config::Config, crd::JobRetry, error::Error, http::Health,
+    bullmq::{RedisConn, RedisTarget, RetryEngine},
+    config::Config,
+    crd::JobRetry,
+    error::Error,
+    http::Health,
     metrics::Metrics,
 };
 
@@ -47,6 +51,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Per object (uid): earliest time of its next batch (rate limit).
     not_before: Mutex<HashMap<String, Instant>>,
+    /// Open Redis connections by target, reused across reconciles and objects.
+    connections: Mutex<HashMap<u64, RedisConn>>,
 }
 
 impl Context {
@@ -69,6 +75,7 @@ impl Context {
             store,
             failures: Mutex::default(),
             not_before: Mutex::default(),
+            connections: Mutex::default(),
         }
     }
 
@@ -86,6 +93,34 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(uid);
+    }
+
+    /// A connection to `target`: a cached one, or a new one that is then cached.
+    async fn connection(&self, target: &RedisTarget) -> Result<RedisConn, String> {
+        let key = target.cache_key();
+        let cached = self
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(conn) = cached {
+            return Ok(conn);
+        }
+        let conn = target.connect().await?;
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets the cached connection to `target` (after a Redis error).
+    fn drop_connection(&self, target: &RedisTarget) {
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&target.cache_key());
     }
 
     fn wait_for_rate_limit(&self, uid: &str) -> Option<Duration> {

@@ -142,7 +142,7 @@ impl Run {
             }
             Err(load::LoadError::Kube(e)) => return Err(e.into()),
         };
-        let mut conn = match target.connect().await {
+        let mut conn = match self.ctx.connection(&target).await {
             Ok(c) => c,
             Err(m) => return Ok(Err(self.waiting(m))),
         };
@@ -153,7 +153,10 @@ impl Run {
                 let failed = Outcome::Failed(reason::INCOMPATIBLE_QUEUE, m);
                 return Ok(Err((Action::await_change(), failed)));
             }
-            Err(m) => return Ok(Err(self.waiting(m))),
+            Err(m) => {
+                self.ctx.drop_connection(&target);
+                return Ok(Err(self.waiting(m)));
+            }
         };
         Ok(Ok(OpenQueue {
             target,
@@ -230,7 +233,10 @@ impl Run {
                         Outcome::Failed(reason::INCOMPATIBLE_QUEUE, m),
                     ));
                 }
-                Err(e) => return Ok(self.waiting(target.redact(&e.to_string()))),
+                Err(e) => {
+                    self.ctx.drop_connection(target);
+                    return Ok(self.waiting(target.redact(&e.to_string())));
+                }
             };
             self.ctx.reset_backoff(&self.uid);
             let rows: Vec<_> = batch
