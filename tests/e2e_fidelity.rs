@@ -269,8 +269,11 @@ fn summary(results: &[&str]) -> String {
         "NotFound" => "-1",
         _ => "-3",
     };
-    format!(
-        "({})",
-        results.iter().map(code).collect::<Vec<_>>().join(",")
-    )
+    let codes: Vec<&str> = results.iter().map(code).collect();
+    match codes.as_slice() {
+        [one, rest @ ..] if rest.len() > 3 && rest.iter().all(|c| c == one) => {
+            format!("({}x {one})", codes.len())
+        }
+        _ => format!("({})", codes.join(",")),
+    }
 }
