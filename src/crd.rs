@@ -149,7 +149,8 @@ fn default_prefix() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct Connection {
     /// The Secret, in the JobRetry's namespace, holding the Redis URL
-    /// (redis:// or rediss:// for TLS; user:password@ supported).
+    /// (redis:// or rediss:// for TLS; user:password@ supported). An optional key `ca.crt`
+    /// in the same Secret is a CA certificate (PEM) to trust for rediss:// (standalone, cluster).
     pub secret_ref: SecretKeyRef,
     /// Redis deployment kind: standalone (default), cluster or sentinel.
     #[serde(default)]

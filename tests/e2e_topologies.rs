@@ -154,3 +154,237 @@ fn redis_sentinel_master_and_replica() {
     });
     assert!(ok, "the replica never saw the 3 ledger entries");
 }
+
+#[test]
+fn an_acl_user_limited_to_the_queue_keys_with_a_password_that_never_shows() {
+    let ns = TestNs::new("e2e-acl");
+    let queue = ns.name.as_str();
+    let spec = json!({"jobs": [{"key": "a", "name": "charge", "data": {}, "opts": {}, "outcome": "fail"}]});
+    let jobs = seed(ns.dir.path(), queue, &spec);
+    let a = id_of(&jobs, "a");
+    let password = "acl-pw-7f3e9c";
+    let mut con = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // Only the queue's keys, only what a BullMQ client needs; no KEYS, no FLUSHALL.
+    let rules = [
+        "SETUSER".to_string(),
+        queue.to_string(),
+        "on".into(),
+        format!(">{password}"),
+        format!("~bull:{queue}:*"),
+        "+@all".into(),
+        "-@dangerous".into(),
+        "+info".into(),
+    ];
+    let _: () = redis::cmd("ACL").arg(&rules[..]).query(&mut con).unwrap();
+    let url = redis_url().replacen("redis://", &format!("redis://{queue}:{password}@"), 1);
+    ns.secret("redis", &url);
+    let op = Operator::start(&ns, &[]);
+    assert!(
+        ns.apply(
+            "acl.yaml",
+            &jobretry_yaml("acl", queue, &[a.as_str()], "", "")
+        )
+        .ok
+    );
+    let waited = ns.wait_condition("acl", "Complete", "60s");
+    assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
+    let jr = ns.get("acl");
+    assert_eq!(jr["status"]["counts"], json!({"Retried": 1}));
+    let events = ns.kubectl(&["get", "events", "-o", "json"]).stdout;
+    for (what, text) in [
+        ("status", jr.to_string()),
+        ("events", events),
+        ("logs", op.logs()),
+    ] {
+        assert!(
+            !text.contains(password),
+            "the Redis password leaked into {what}"
+        );
+    }
+}
+
+/// A redis-server of the test's own with a plain port (for seeding) and a TLS port whose
+/// certificate is signed by a CA made here; killed when dropped.
+struct TlsRedis {
+    child: std::process::Child,
+    plain: u16,
+    tls: u16,
+    ca: std::path::PathBuf,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_tls_redis(dir: &std::path::Path) -> TlsRedis {
+    let openssl = |args: &[&str]| {
+        let out = run(std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args));
+        assert!(out.ok, "openssl {args:?}: {}", out.stderr);
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=jobretry-test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    let (plain, tls) = (free_port(), free_port());
+    let child = std::process::Command::new("redis-server")
+        .current_dir(dir)
+        .args([
+            "--port",
+            &plain.to_string(),
+            "--tls-port",
+            &tls.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+            "--tls-ca-cert-file",
+            "ca.pem",
+        ])
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            "redis.log",
+        ])
+        .spawn()
+        .expect("start redis-server");
+    let server = TlsRedis {
+        child,
+        plain,
+        tls,
+        ca: dir.join("ca.pem"),
+    };
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the TLS redis-server to answer",
+        || {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{plain}")).ok()?;
+            let mut con = client.get_connection().ok()?;
+            redis::cmd("PING").query::<String>(&mut con).ok()
+        },
+    );
+    server
+}
+
+#[test]
+fn tls_with_a_private_ca_from_the_secret() {
+    let ns = TestNs::new("e2e-tls");
+    let queue = ns.name.as_str();
+    let server = start_tls_redis(ns.dir.path());
+    let plain = format!("redis://127.0.0.1:{}", server.plain);
+    let spec = json!({"jobs": [{"key": "a", "name": "charge", "data": {}, "opts": {}, "outcome": "fail"}]});
+    let a = id_of(&seed_at(ns.dir.path(), &plain, queue, &spec), "a");
+    let tls_url = format!("rediss://127.0.0.1:{}", server.tls);
+    ns.secret("redis", &tls_url);
+    let op = Operator::start(&ns, &[]);
+    assert!(
+        ns.apply(
+            "tls.yaml",
+            &jobretry_yaml("tls", queue, &[a.as_str()], "", "")
+        )
+        .ok
+    );
+    // Without the CA the certificate is not trusted: the run waits, nothing is retried.
+    eventually(
+        std::time::Duration::from_secs(60),
+        "RedisUnavailable while the CA is unknown",
+        || {
+            let jr = ns.get("tls");
+            let conds = jr["status"]["conditions"].as_array()?.clone();
+            conds
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["reason"] == "RedisUnavailable")
+                .then_some(())
+        },
+    );
+    ns.kubectl(&["delete", "secret", "redis"]);
+    let ca = format!("--from-file=ca.crt={}", server.ca.display());
+    let created = ns.kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "redis",
+        &format!("--from-literal=url={tls_url}"),
+        &ca,
+    ]);
+    assert!(created.ok, "{}", created.stderr);
+    let waited = ns.wait_condition("tls", "Complete", "90s");
+    assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
+    assert_eq!(ns.get("tls")["status"]["counts"], json!({"Retried": 1}));
+    let mut con = redis::Client::open(plain)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let waiting: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("bull:{queue}:wait"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(waiting, vec![a]);
+}

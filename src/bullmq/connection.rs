@@ -24,6 +24,8 @@ pub struct RedisTarget {
     mode: ConnectionMode,
     sentinel_master: Option<String>,
     secrets: Vec<String>,
+    /// A CA certificate (PEM) to trust for rediss://, besides the public roots.
+    ca: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RedisTarget {
@@ -68,6 +70,20 @@ impl RedisTarget {
             mode,
             sentinel_master,
             secrets,
+            ca: None,
+        })
+    }
+
+    /// Trusts `ca_pem` (a PEM CA certificate) for TLS connections.
+    pub fn with_ca(mut self, ca_pem: Option<Vec<u8>>) -> Self {
+        self.ca = ca_pem;
+        self
+    }
+
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        self.ca.clone().map(|root| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root),
         })
     }
 
@@ -103,19 +119,37 @@ impl RedisTarget {
     async fn connect_inner(&self) -> redis::RedisResult<RedisConn> {
         match self.mode {
             ConnectionMode::Standalone => {
-                let client = redis::Client::open(self.url.as_str())?;
+                let client = match self.certificates() {
+                    Some(certs) => redis::Client::build_with_tls(self.url.as_str(), certs)?,
+                    None => redis::Client::open(self.url.as_str())?,
+                };
                 Ok(RedisConn::Single(
                     client.get_multiplexed_async_connection().await?,
                 ))
             }
             ConnectionMode::Cluster => {
-                let client = redis::cluster::ClusterClient::new(vec![self.url.as_str()])?;
+                let mut builder =
+                    redis::cluster::ClusterClientBuilder::new(vec![self.url.as_str()]);
+                if let Some(certs) = self.certificates() {
+                    builder = builder.certs(certs);
+                }
+                let client = builder.build()?;
                 Ok(RedisConn::Cluster(client.get_async_connection().await?))
             }
             ConnectionMode::Sentinel => {
+                if self.ca.is_some() {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "a ca.crt in the Secret is not supported with mode sentinel yet",
+                    )));
+                }
                 let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())?;
-                let node = SentinelNodeConnectionInfo::default()
+                let mut node = SentinelNodeConnectionInfo::default()
                     .set_redis_connection_info(info.redis_settings().clone());
+                if self.url.starts_with("rediss://") {
+                    // The master and replicas speak TLS like the sentinel does.
+                    node = node.set_tls_mode(redis::TlsMode::Secure);
+                }
                 let master = self.sentinel_master.clone().unwrap_or_default();
                 let mut client = SentinelClient::build(
                     vec![self.sentinel_url()?],

@@ -7,6 +7,9 @@ use kube::{Api, Client};
 
 use crate::{bullmq::RedisTarget, crd::Connection};
 
+/// The Secret key of an optional CA certificate (PEM) to trust for rediss:// connections.
+pub const CA_KEY: &str = "ca.crt";
+
 /// Why the Secret cannot be used; the message says what to fix.
 #[derive(Debug)]
 pub enum LoadError {
@@ -16,7 +19,8 @@ pub enum LoadError {
     Kube(kube::Error),
 }
 
-/// Reads the Redis URL from the Secret in `namespace` and validates it.
+/// Reads the Redis URL (and the optional `ca.crt`) from the Secret in `namespace` and
+/// validates it.
 pub async fn redis_target(
     client: &Client,
     namespace: &str,
@@ -29,31 +33,28 @@ pub async fn redis_target(
         .await
         .map_err(LoadError::Kube)?
         .ok_or_else(|| LoadError::Invalid(format!("Secret {namespace}/{} not found", r.name)))?;
-    let bytes = secret
+    let invalid =
+        |what: String| LoadError::Invalid(format!("Secret {namespace}/{} {what}", r.name));
+    let bytes = value(&secret, &r.key).ok_or_else(|| invalid(format!("has no key {}", r.key)))?;
+    let url = String::from_utf8(bytes)
+        .map_err(|_| invalid(format!("key {} is not UTF-8 text", r.key)))?;
+    RedisTarget::new(&url, conn.mode, conn.sentinel_master_name.clone())
+        .map(|t| t.with_ca(value(&secret, CA_KEY)))
+        .map_err(|e| invalid(format!("key {}: {e}", r.key)))
+}
+
+/// The value of `key` in the Secret's data (or stringData, as written by some tools).
+fn value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    let data = secret
         .data
         .as_ref()
-        .and_then(|d| d.get(&r.key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(&r.key))
-                .map(|s| s.clone().into_bytes())
-        })
-        .ok_or_else(|| {
-            LoadError::Invalid(format!(
-                "Secret {namespace}/{} has no key {}",
-                r.name, r.key
-            ))
-        })?;
-    let url = String::from_utf8(bytes).map_err(|_| {
-        LoadError::Invalid(format!(
-            "Secret {namespace}/{} key {} is not UTF-8 text",
-            r.name, r.key
-        ))
-    })?;
-    RedisTarget::new(&url, conn.mode, conn.sentinel_master_name.clone()).map_err(|e| {
-        LoadError::Invalid(format!("Secret {namespace}/{} key {}: {e}", r.name, r.key))
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone());
+    data.or_else(|| {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|s| s.clone().into_bytes())
     })
 }
