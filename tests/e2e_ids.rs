@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use common::*;
 use serde_json::{Value, json};
@@ -264,12 +261,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
     );
     assert!(ns.wait_condition("once", "Complete", "60s").ok);
     let status_before = ns.get("once")["status"].clone();
-    let full_dump = || -> BTreeMap<String, String> {
-        redis_dump_at(&db, false)
-            .into_iter()
-            .filter(|(k, _)| !k.ends_with(":stalled-check"))
-            .collect()
-    };
+    let full_dump = || stable_dump(&db);
     let before = full_dump();
     op.kill();
 

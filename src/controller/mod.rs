@@ -9,11 +9,9 @@ mod reconcile;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
-
-use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 use kube::{

@@ -239,22 +239,10 @@ export async function preflight(url) {
     connectTimeout: 5000,
     retryStrategy: () => null,
   });
-  let lastError = null;
-  client.on('error', (err) => {
-    lastError = err;
+  await probe(client, `cannot reach Redis at ${url}`, async (c) => {
+    await c.ping();
+    return `redis ${url} reachable (redis_version ${await redisVersion(c)})`;
   });
-  try {
-    await client.connect();
-    await client.ping();
-    const info = await client.info('server');
-    const m = /redis_version:(\S+)/.exec(info);
-    log(`redis ${url} reachable (redis_version ${m ? m[1] : 'unknown'})`);
-  } catch (err) {
-    const why = lastError && lastError.message ? lastError.message : err.message;
-    throw new Error(`cannot reach Redis at ${url}: ${why}`);
-  } finally {
-    client.disconnect();
-  }
 }
 
 async function preflightCluster(values) {
@@ -265,27 +253,15 @@ async function preflightCluster(values) {
     clusterRetryStrategy: () => null,
     redisOptions: { ...nodeAuth(u), connectTimeout: 5000, maxRetriesPerRequest: 0, retryStrategy: () => null },
   });
-  let lastError = null;
-  client.on('error', (err) => {
-    lastError = err;
-  });
-  try {
-    await client.connect();
-    const info = String(await client.cluster('INFO'));
+  await probe(client, `cannot use Redis Cluster at ${values.redis}`, async (c) => {
+    const info = String(await c.cluster('INFO'));
     const state = /cluster_state:(\S+)/.exec(info);
     if (!state || state[1] !== 'ok') throw new Error(`cluster_state is ${state ? state[1] : 'unknown'}`);
-    const server = await client.info('server');
-    const m = /redis_version:(\S+)/.exec(server);
-    log(
-      `redis cluster via ${u.host}:${u.port} reachable: ${client.nodes('master').length} master(s), ` +
-        `cluster_state:ok (redis_version ${m ? m[1] : 'unknown'})`,
+    return (
+      `redis cluster via ${u.host}:${u.port} reachable: ${c.nodes('master').length} master(s), ` +
+      `cluster_state:ok (redis_version ${await redisVersion(c)})`
     );
-  } catch (err) {
-    const why = lastError && lastError.message ? lastError.message : err.message;
-    throw new Error(`cannot use Redis Cluster at ${values.redis}: ${why}`);
-  } finally {
-    client.disconnect();
-  }
+  });
 }
 
 async function preflightSentinel(values) {
@@ -299,28 +275,43 @@ async function preflightSentinel(values) {
       sentinelRetryStrategy: () => null,
     }),
   );
+  const what = `cannot reach master ${values.sentinel} through sentinel ${values.redis}`;
+  await probe(client, what, async (c) => {
+    await c.ping();
+    const role = /role:(\S+)/.exec(await c.info('replication'));
+    const s = c.stream;
+    return (
+      `redis master ${values.sentinel} via sentinel ${values.redis} reachable at ` +
+      `${s ? `${s.remoteAddress}:${s.remotePort}` : '?'} (role ${role ? role[1] : '?'}, ` +
+      `redis_version ${await redisVersion(c)})`
+    );
+  });
+}
+
+/**
+ * Connects `client` (lazyConnect), runs `check` on it and logs what it returns; on any
+ * failure throws "<what>: <the connection's last error, or the failure>". Always
+ * disconnects.
+ */
+async function probe(client, what, check) {
   let lastError = null;
   client.on('error', (err) => {
     lastError = err;
   });
   try {
     await client.connect();
-    await client.ping();
-    const info = await client.info('server');
-    const m = /redis_version:(\S+)/.exec(info);
-    const role = /role:(\S+)/.exec(await client.info('replication'));
-    const s = client.stream;
-    log(
-      `redis master ${values.sentinel} via sentinel ${values.redis} reachable at ` +
-        `${s ? `${s.remoteAddress}:${s.remotePort}` : '?'} (role ${role ? role[1] : '?'}, ` +
-        `redis_version ${m ? m[1] : 'unknown'})`,
-    );
+    log(await check(client));
   } catch (err) {
     const why = lastError && lastError.message ? lastError.message : err.message;
-    throw new Error(`cannot reach master ${values.sentinel} through sentinel ${values.redis}: ${why}`);
+    throw new Error(`${what}: ${why}`);
   } finally {
     client.disconnect();
   }
+}
+
+async function redisVersion(client) {
+  const m = /redis_version:(\S+)/.exec(await client.info('server'));
+  return m ? m[1] : 'unknown';
 }
 
 /** Normalises undefined to null so that JSON keys are always present. */

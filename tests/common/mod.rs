@@ -267,14 +267,22 @@ pub fn id_of(jobs: &[Value], key: &str) -> String {
         .to_string()
 }
 
-/// Every key of one queue (`bull:<queue>:*`) with its full content, for before/after
-/// comparisons; other tests share the database. The Worker's `stalled-check` throttle key
-/// (SET PX) is left out: it expires by itself.
+/// Every key of the database at `url` with its content, less the Worker's `stalled-check`
+/// throttle keys (SET PX): they expire by themselves, so before/after comparisons leave them out.
+pub fn stable_dump(url: &str) -> BTreeMap<String, String> {
+    redis_dump_at(url, false)
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with(":stalled-check"))
+        .collect()
+}
+
+/// Every key of one queue (`bull:<queue>:*`) in the test database, as [`stable_dump`]
+/// gives it; other tests share the database.
 pub fn queue_dump(queue: &str) -> BTreeMap<String, String> {
     let prefix = format!("bull:{queue}:");
-    redis_dump_at(&redis_url(), false)
+    stable_dump(&redis_url())
         .into_iter()
-        .filter(|(k, _)| k.starts_with(&prefix) && !k.ends_with(":stalled-check"))
+        .filter(|(k, _)| k.starts_with(&prefix))
         .collect()
 }
 
