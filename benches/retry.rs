@@ -354,7 +354,7 @@ async fn production_request<C: ConnectionLike>(
 ) -> BatchRequest {
     let probe = engine.probe(c, keys, SourceState::Failed).await.unwrap();
     let version = QueueVersion::resolve(None, probe.meta_version.as_deref()).unwrap();
-    assert_eq!(version.describe(), "6.7.0");
+    assert_eq!(version.label, "6.7.0");
     BatchRequest {
         state: SourceState::Failed,
         version,

@@ -129,10 +129,12 @@ pub struct QueueRef {
     #[serde(default = "default_prefix")]
     #[schemars(length(min = 1, max = 256))]
     pub prefix: String,
-    /// The BullMQ version the queue's workers run, e.g. "5.81.5"; overrides the version the
-    /// queue records in its meta hash. Empty means: detect.
+    /// The BullMQ version the queue's workers run, e.g. "5.81.5", or the Python client's as "python:3.4.4"; overrides the version the queue records in its meta hash (BullMQ 5.20.0 and later record it; the Python client never does). Empty means: detect, and fail with reason VersionUnknown when the queue records none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 64))]
+    #[schemars(
+        length(max = 64),
+        regex(pattern = r"^$|^(python:)?v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$")
+    )]
     pub bullmq_version: Option<String>,
 }
 
@@ -358,6 +360,16 @@ pub mod reason {
     pub const SECRET_INVALID: &str = "SecretInvalid";
     pub const REDIS_UNAVAILABLE: &str = "RedisUnavailable";
     pub const INCOMPATIBLE_QUEUE: &str = "IncompatibleQueue";
+    /// No BullMQ version is given or recorded by the queue (Failed, nothing touched).
+    pub const VERSION_UNKNOWN: &str = "VersionUnknown";
+    /// A spec option that the queue's BullMQ release does not have (Failed, nothing touched).
+    pub const INCOMPATIBLE_OPTIONS: &str = "IncompatibleOptions";
+    /// A value in the queue's keys that the retry must parse is corrupt (Stalled until fixed).
+    pub const QUEUE_DATA_INVALID: &str = "QueueDataInvalid";
+    /// Redis refused the credentials or an ACL permission (Stalled until fixed).
+    pub const REDIS_ACCESS_DENIED: &str = "RedisAccessDenied";
+    /// Redis refused the work in a way that cannot succeed as it is (Failed).
+    pub const REDIS_REFUSED: &str = "RedisRefused";
     pub const SELECTOR_UNSUPPORTED: &str = "SelectorUnsupported";
     pub const LEDGER_CONFLICT: &str = "LedgerConflict";
 }

@@ -30,6 +30,7 @@ pub struct Metrics {
     jobs: Family<ResultLabel, Counter>,
     runs: Family<PhaseLabel, Counter>,
     errors: Family<CategoryLabel, Counter>,
+    redis_errors: Family<CategoryLabel, Counter>,
     reconciles: Counter,
     batch_seconds: Histogram,
 }
@@ -40,6 +41,7 @@ impl Default for Metrics {
         let jobs = Family::<ResultLabel, Counter>::default();
         let runs = Family::<PhaseLabel, Counter>::default();
         let errors = Family::<CategoryLabel, Counter>::default();
+        let redis_errors = Family::<CategoryLabel, Counter>::default();
         let reconciles = Counter::default();
         let batch_seconds = Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]);
         registry.register("jobs", "Jobs processed, by result", jobs.clone());
@@ -53,6 +55,11 @@ impl Default for Metrics {
             "Reconcile errors, by category",
             errors.clone(),
         );
+        registry.register(
+            "redis_errors",
+            "Redis errors (connecting or retrying), by category",
+            redis_errors.clone(),
+        );
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register(
             "batch_duration_seconds",
@@ -64,6 +71,7 @@ impl Default for Metrics {
             jobs,
             runs,
             errors,
+            redis_errors,
             reconciles,
             batch_seconds,
         }
@@ -77,6 +85,15 @@ impl Metrics {
 
     pub fn reconcile_failed(&self, category: &str) {
         self.errors
+            .get_or_create(&CategoryLabel {
+                category: category.into(),
+            })
+            .inc();
+    }
+
+    /// A Redis error of `category` (a fixed label from `bullmq::engine::classify`).
+    pub fn redis_failed(&self, category: &'static str) {
+        self.redis_errors
             .get_or_create(&CategoryLabel {
                 category: category.into(),
             })
@@ -121,6 +138,7 @@ mod tests {
         let m = Metrics::default();
         m.batch_done(0.002, ["Retried", "Retried", "NotFound"].into_iter());
         m.run_finished("Succeeded");
+        m.redis_failed("auth");
         let text = m.render();
         assert!(
             text.contains("jobretry_jobs_total{result=\"Retried\"} 2"),
@@ -132,6 +150,10 @@ mod tests {
         );
         assert!(
             text.contains("jobretry_runs_finished_total{phase=\"Succeeded\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("jobretry_redis_errors_total{category=\"auth\"} 1"),
             "{text}"
         );
         assert!(

@@ -61,9 +61,7 @@ pub fn job_row(id: &str, outcome: &JobOutcome, state: &str, own_tag: &str) -> Jo
             None,
             Some("this run key retried the job before".into()),
         ),
-        JobOutcome::Skipped(msg) | JobOutcome::Error(msg) => {
-            (result::ERROR, None, Some(msg.clone()))
-        }
+        JobOutcome::Error(msg) => (result::ERROR, None, Some(msg.clone())),
     };
     JobResultRow {
         id: id.to_string(),
@@ -182,6 +180,7 @@ pub fn apply_stage(
             set(condition::RECONCILING, true, reason, message);
             set(condition::READY, false, reason, message);
             set(condition::STALLED, false, reason, message);
+            set(condition::SUSPENDED, false, reason, "");
             // A transient wait keeps a running run Running; anything else is Pending.
             match status.phase.as_deref() {
                 Some(phase::RUNNING) => phase::RUNNING,
@@ -192,6 +191,7 @@ pub fn apply_stage(
             set(condition::STALLED, true, reason, message);
             set(condition::READY, false, reason, message);
             set(condition::RECONCILING, false, reason, message);
+            set(condition::SUSPENDED, false, reason, "");
             phase::PENDING
         }
         Stage::Suspended => {
@@ -225,6 +225,7 @@ pub fn apply_stage(
             set(condition::STALLED, true, reason, message);
             set(condition::READY, false, reason, message);
             set(condition::RECONCILING, false, reason, message);
+            set(condition::SUSPENDED, false, reason, "");
             phase::FAILED
         }
     };

@@ -1,75 +1,152 @@
-//! Differential tests: for every case of the design notes' edge-case list and for BullMQ
-//! 5.81.5, 6.3.8 and 6.7.0, the same starting state is built once with the real client, copied
-//! into two databases, retried in one by BullMQ's own `Job.retry` and in the other by our
-//! engine, and the two databases are compared whole: every key, hash field, list order,
-//! sorted-set member and score, and the events' field lists (stream ids aside).
+//! Differential tests over every BullMQ release boundary of `Job.retry`: for each release
+//! (npm 5.1.6 … 6.7.0 and the PyPI client 2.x and 3.x) the starting state of every case is
+//! built once with that release's own client, copied into several databases, retried in one
+//! by that client's `Job.retry` and in the others by our engine (once with the version
+//! detected from the queue's meta, once with it given as `spec.queue.bullmqVersion` would),
+//! and the databases are compared whole: every key, hash field, list order, sorted-set member
+//! and score, the events' field lists (stream ids aside), and which keys expire.
+//!
+//! What each cell must be is decided by [`expect`] from the release and the case alone,
+//! never from what our engine answered: equal to BullMQ, or refused with nothing changed
+//! (no version known, an option the release lacks, a corrupt value BullMQ would choke on
+//! half-way), or equal to 5.79.2 where 5.58.2–5.79.1 fail half-way (the one deliberate
+//! divergence, see README).
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::Command,
+};
 
 use common::*;
-use jobretry_operator::{
-    bullmq::{BatchRequest, JobOutcome, QueueKeys, QueueVersion, RetryEngine},
-    crd::SourceState,
+use jobretry_operator::bullmq::{
+    BatchRequest, EngineError, JobOutcome, QueueKeys, QueueVersion, RetryEngine, VersionError,
+    version::Semver,
 };
+use jobretry_operator::crd::SourceState;
 use serde_json::Value;
 
-const VERSIONS: [(&str, &str); 3] = [
-    ("bullmq-5", "5.81.5"),
-    ("bullmq-6-3", "6.3.8"),
-    ("bullmq", "6.7.0"),
+/// npm releases: both sides of every boundary in `src/bullmq/version.rs`.
+const NODE: [&str; 15] = [
+    "5.1.6", "5.1.7", "5.9.0", "5.58.1", "5.58.2", "5.65.1", "5.66.0", "5.79.1", "5.79.2",
+    "5.81.5", "6.0.0", "6.3.8", "6.3.11", "6.3.15", "6.7.0",
 ];
-const CASES: [&str; 18] = [
-    "basic",
-    "reset-both",
-    "completed",
-    "missing",
-    "wrong-state",
-    "paused",
-    "maxed",
-    "priority",
-    "lifo",
-    "flow-fpof",
-    "flow-idof",
-    "flow-cpof",
-    "flow-rdof",
-    "flow-none",
-    "legacy-attempts",
-    "events-maxlen",
-    "events-unset",
-    "scheduler",
-];
-/// Databases: where the state is built, where BullMQ retries, where we retry.
+/// The run key of our side; its ledger is left out of the comparison and checked apart.
+const RUN_KEY: &str = "diff/test";
+/// Databases: where the state is built, where BullMQ retries, where we retry with the version
+/// detected / given, and where 5.79.2 retries (for the deliberate divergence).
 const BUILD: u8 = 11;
 const THEIRS: u8 = 12;
-const OURS: u8 = 13;
+const DETECTED: u8 = 13;
+const GIVEN: u8 = 14;
+const FIXED: u8 = 15;
+/// The ledger test's own database (tests run in parallel).
+const LEDGER_DB: u8 = 10;
+
+/// A client release whose behaviour is compared.
+struct Client {
+    /// Column title: "6.7.0" or "py 3.4.4".
+    title: String,
+    /// What `spec.queue.bullmqVersion` would say: "6.7.0" or "python:3.4.4".
+    spec_version: String,
+    /// The Node release whose behaviour it has.
+    node: Semver,
+    /// Whether the client records `meta.version` (npm >= 5.20.0; never the Python client).
+    writes_meta_version: bool,
+    /// Builds the cases' state, and runs the client's own `Job.retry` on plans.
+    scenario: Vec<String>,
+    reference: Vec<String>,
+}
+
+fn npm(version: &str) -> Client {
+    let pkg = if version == "6.7.0" {
+        "bullmq".to_string()
+    } else {
+        format!("bullmq-{version}")
+    };
+    let node = Semver::parse(version).unwrap();
+    Client {
+        title: version.into(),
+        spec_version: version.into(),
+        node,
+        writes_meta_version: node >= Semver(5, 20, 0),
+        scenario: vec![
+            "node".into(),
+            "scenario.mjs".into(),
+            "--bullmq".into(),
+            pkg.clone(),
+        ],
+        reference: vec![
+            "node".into(),
+            "retry-plans.mjs".into(),
+            "--bullmq".into(),
+            pkg,
+        ],
+    }
+}
+
+fn pypi(python: &str) -> Client {
+    let version = run(Command::new(python).args([
+        "-c",
+        "import importlib.metadata as m; print(m.version('bullmq'))",
+    ]))
+    .stdout
+    .trim()
+    .to_string();
+    let q = QueueVersion::resolve(Some(&format!("python:{version}")), None).unwrap();
+    Client {
+        title: format!("py {version}"),
+        spec_version: q.label.clone(),
+        node: q.node,
+        writes_meta_version: false,
+        scenario: vec![python.into(), "py/scenario.py".into()],
+        reference: vec![python.into(), "py/retry_plans.py".into()],
+    }
+}
+
+/// The Python interpreters of the PyPI clients under test (tests/run.sh makes their venvs).
+fn python_clients() -> Vec<Client> {
+    ["JOBRETRY_TEST_PYTHON2", "JOBRETRY_TEST_PYTHON"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .map(|p| pypi(&p))
+        .collect()
+}
 
 fn db_url(db: u8) -> String {
     format!("{}/{db}", redis_url())
 }
 
-fn redis_cmd(db: u8, args: &[&str]) -> redis::Value {
-    let mut con = redis::Client::open(db_url(db))
+fn conn(db: u8) -> redis::Connection {
+    redis::Client::open(db_url(db))
         .unwrap()
         .get_connection()
-        .unwrap();
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    cmd.query(&mut con).unwrap()
+        .unwrap()
 }
 
-/// Copies every key of BUILD into THEIRS and OURS.
+/// Runs a fixture command in tests/bullmq and parses its JSON output.
+fn fixture(cmd: &[String], args: &[&str]) -> Value {
+    let out = run(Command::new(&cmd[0])
+        .current_dir(repo().join("tests/bullmq"))
+        .args(&cmd[1..])
+        .args(args));
+    assert!(
+        out.ok,
+        "{cmd:?} {args:?} failed:\n{}\n{}",
+        out.stdout, out.stderr
+    );
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{cmd:?} printed no JSON ({e}): {}", out.stdout))
+}
+
+/// Copies every key of BUILD into the other databases.
 fn clone_state() {
-    let mut con = redis::Client::open(db_url(BUILD))
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut con = conn(BUILD);
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
     for k in keys {
-        for db in [THEIRS, OURS] {
+        for db in [THEIRS, DETECTED, GIVEN, FIXED] {
             let _: i64 = redis::cmd("COPY")
                 .arg(&k)
                 .arg(&k)
@@ -82,198 +159,486 @@ fn clone_state() {
     }
 }
 
-/// BullMQ's own results, in our result names.
-fn theirs(pkg: &str, queue: &str, plan: &Value) -> Vec<&'static str> {
-    let ids: Vec<&str> = plan["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_str().unwrap())
-        .collect();
-    let ids = ids.join(",");
-    let state = plan["state"].as_str().unwrap();
-    let mut args = vec![
-        "--redis".to_string(),
-        db_url(THEIRS),
-        "--queue".into(),
-        queue.into(),
-        "--bullmq".into(),
-        pkg.into(),
-    ];
-    args.extend(["--ids".into(), ids, "--state".into(), state.into()]);
-    if plan["resetAttemptsMade"] == true {
-        args.push("--reset-attempts-made".into());
-    }
-    if plan["resetAttemptsStarted"] == true {
-        args.push("--reset-attempts-started".into());
-    }
-    if let Some(n) = plan["eventsMaxLen"].as_u64() {
-        args.extend(["--events-max-len".into(), n.to_string()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = node("retry.mjs", &args);
-    out["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| match j["result"].as_str().unwrap() {
-            "ok" => "Retried",
-            "missing" => "NotFound",
-            m if m.contains("is not in the") => "NotInState",
-            other => panic!("BullMQ answered {other:?}"),
-        })
-        .collect()
+/// One database's content, and the keys that expire.
+struct Dump {
+    content: BTreeMap<String, String>,
+    expiring: BTreeSet<String>,
 }
 
-/// Our engine's results, with the version detected from the queue's meta as in production.
-fn ours(queue: &str, plan: &Value) -> (Vec<&'static str>, String) {
+fn dump(db: u8) -> Dump {
+    let content = redis_dump_at(&db_url(db), true);
+    let mut con = conn(db);
+    let expiring = content
+        .keys()
+        .filter(|k| redis::cmd("PTTL").arg(k).query::<i64>(&mut con).unwrap() >= 0)
+        .cloned()
+        .collect();
+    Dump { content, expiring }
+}
+
+/// The part of a dump that belongs to a case's queues, without our ledger.
+fn part(d: &Dump, plan: &Value) -> (BTreeMap<String, String>, BTreeSet<String>) {
+    let queues: Vec<String> = plan["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| format!("bull:{}:", q.as_str().unwrap()))
+        .collect();
+    let ledger = ledger_key(plan);
+    let mine = |k: &String| *k != ledger && queues.iter().any(|q| k.starts_with(q));
+    (
+        d.content
+            .iter()
+            .filter(|(k, _)| mine(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        d.expiring.iter().filter(|k| mine(k)).cloned().collect(),
+    )
+}
+
+fn ledger_key(plan: &Value) -> String {
+    QueueKeys::new("bull", plan["queue"].as_str().unwrap()).ledger(RUN_KEY)
+}
+
+/// Keys whose content or expiry differs, with both sides.
+fn differences(a: &Dump, b: &Dump, plan: &Value) -> Vec<String> {
+    let ((ca, ea), (cb, eb)) = (part(a, plan), part(b, plan));
+    let mut out: Vec<String> = ca
+        .keys()
+        .chain(cb.keys().filter(|k| !ca.contains_key(*k)))
+        .filter(|k| ca.get(*k) != cb.get(*k))
+        .map(|k| {
+            format!(
+                "{k}:\n      want: {:?}\n      ours: {:?}",
+                ca.get(k),
+                cb.get(k)
+            )
+        })
+        .collect();
+    out.extend(
+        ea.symmetric_difference(&eb)
+            .map(|k| format!("{k}: expiry differs")),
+    );
+    out
+}
+
+/// What a cell must be, from the release and the case alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// Redis ends exactly as after the client's own `Job.retry`, with the same result codes.
+    Equal,
+    /// As after 5.79.2's `Job.retry`: 5.58.2–5.79.1 fail half-way on a parent `:failed` hash.
+    EqualFixed,
+    /// Refused before touching anything: no version known.
+    VersionUnknown,
+    /// Refused before touching anything: reset flags on a release without them.
+    IncompatibleOptions,
+    /// Refused before touching anything: a corrupt value the release's script would parse.
+    QueueData,
+}
+
+fn expect(client: &Client, detected: bool, plan: &Value) -> Expect {
+    let v = client.node;
+    let resets = plan["resetAttemptsMade"] == true || plan["resetAttemptsStarted"] == true;
+    let parses = match plan["corrupt"].as_str() {
+        Some("pc") => v >= Semver(6, 3, 15),
+        Some("maxlen") => v >= Semver(5, 1, 7),
+        Some("concurrency") => v >= Semver(5, 9, 0),
+        _ => false,
+    };
+    if detected && !client.writes_meta_version {
+        Expect::VersionUnknown
+    } else if resets && v < Semver(5, 66, 0) {
+        Expect::IncompatibleOptions
+    } else if parses {
+        Expect::QueueData
+    } else if plan["parentFailedHash"] == true && v >= Semver(5, 58, 2) && v < Semver(5, 79, 2) {
+        Expect::EqualFixed
+    } else {
+        Expect::Equal
+    }
+}
+
+/// What our side did with one case.
+#[derive(Debug)]
+enum Ours {
+    Results(Vec<&'static str>),
+    Refused(Expect, String),
+}
+
+fn ours(db: u8, plan: &Value, spec_version: Option<&str>) -> Ours {
     let ids: Vec<String> = plan["ids"]
         .as_array()
         .unwrap()
         .iter()
         .map(|i| i.as_str().unwrap().to_string())
         .collect();
+    let state = if plan["state"] == "completed" {
+        SourceState::Completed
+    } else {
+        SourceState::Failed
+    };
+    let (made, started) = (
+        plan["resetAttemptsMade"] == true,
+        plan["resetAttemptsStarted"] == true,
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = redis::Client::open(db_url(OURS)).unwrap();
+        let client = redis::Client::open(db_url(db)).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let keys = QueueKeys::new("bull", queue);
-        let state = if plan["state"] == "completed" {
-            SourceState::Completed
-        } else {
-            SourceState::Failed
-        };
+        let keys = QueueKeys::new("bull", plan["queue"].as_str().unwrap());
         let engine = RetryEngine::default();
         let probe = engine.probe(&mut conn, &keys, state).await.unwrap();
-        let version = QueueVersion::resolve(None, probe.meta_version.as_deref()).unwrap();
+        let version = match QueueVersion::resolve(spec_version, probe.meta_version.as_deref()) {
+            Ok(v) => v,
+            Err(e @ VersionError::Unknown) => {
+                return Ours::Refused(Expect::VersionUnknown, e.to_string());
+            }
+            Err(e) => panic!("version refused: {e}"),
+        };
+        if let Err(m) = version.check_options(made, started) {
+            return Ours::Refused(Expect::IncompatibleOptions, m);
+        }
         let req = BatchRequest {
             state,
-            version: version.clone(),
-            reset_attempts_made: plan["resetAttemptsMade"] == true,
-            reset_attempts_started: plan["resetAttemptsStarted"] == true,
+            version,
+            reset_attempts_made: made,
+            reset_attempts_started: started,
             dry_run: false,
-            ledger: Some((keys.ledger("diff/test"), "diff".into())),
+            ledger: Some((keys.ledger(RUN_KEY), "diff".into())),
             ledger_ttl: std::time::Duration::from_secs(600),
         };
-        let out = engine
-            .retry_batch(&mut conn, &keys, &req, &ids)
-            .await
-            .unwrap();
-        let names = out
-            .iter()
-            .map(|o| match o {
-                JobOutcome::Retried => "Retried",
-                JobOutcome::NotFound => "NotFound",
-                JobOutcome::NotInState => "NotInState",
-                other => panic!("unexpected outcome {other:?}"),
-            })
-            .collect();
-        (names, version.describe())
+        match engine.retry_batch(&mut conn, &keys, &req, &ids).await {
+            Ok(out) => Ours::Results(
+                out.iter()
+                    .map(|o| match o {
+                        JobOutcome::Retried => "Retried",
+                        JobOutcome::NotFound => "NotFound",
+                        JobOutcome::NotInState => "NotInState",
+                        other => panic!("unexpected outcome {other:?}"),
+                    })
+                    .collect(),
+            ),
+            Err(EngineError::QueueData(m)) => Ours::Refused(Expect::QueueData, m),
+            Err(e) => panic!("engine error: {e}"),
+        }
     })
 }
 
-/// Keys whose content differs, with both sides; our ledger key is ours alone and left out.
-fn differences(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
-    let ledger = |k: &String| k.contains(":jobretry:ledger:");
-    a.keys()
-        .chain(b.keys().filter(|k| !a.contains_key(*k)))
-        .filter(|k| !ledger(k) && a.get(*k) != b.get(*k))
-        .map(|k| {
-            format!(
-                "{k}:\n    BullMQ: {:?}\n    ours:   {:?}",
-                a.get(k),
-                b.get(k)
-            )
+/// A client's own results, in our result names.
+fn their_results(jobs: &Value) -> Vec<&'static str> {
+    jobs.as_array()
+        .unwrap()
+        .iter()
+        .map(|j| match j["result"].as_str().unwrap() {
+            "ok" => "Retried",
+            "missing" => "NotFound",
+            m if m.contains("is not in the") => "NotInState",
+            _ => "Error",
         })
         .collect()
 }
 
-#[test]
-fn our_retry_leaves_redis_exactly_as_bullmq_job_retry_does() {
-    let mut table = vec![format!(
-        "{:<16} | {:^12} | {:^12} | {:^12}",
-        "case", VERSIONS[0].1, VERSIONS[1].1, VERSIONS[2].1
-    )];
-    let mut failures = Vec::new();
-    for case in CASES {
-        let mut cells = Vec::new();
-        for (pkg, ver) in VERSIONS {
-            for db in [BUILD, THEIRS, OURS] {
-                redis_cmd(db, &["FLUSHDB"]);
-            }
-            let queue = format!("diff-{case}");
-            let plan = node(
-                "scenario.mjs",
-                &[
-                    "--redis",
-                    &db_url(BUILD),
-                    "--queue",
-                    &queue,
-                    "--case",
-                    case,
-                    "--bullmq",
-                    pkg,
-                ],
-            );
-            clone_state();
-            let their_results = theirs(pkg, &queue, &plan);
-            let (our_results, detected) = ours(&queue, &plan);
-            let diffs = differences(
-                &redis_dump_at(&db_url(THEIRS), true),
-                &redis_dump_at(&db_url(OURS), true),
-            );
-            let ledger: i64 = redis::cmd("EXISTS")
-                .arg(format!("bull:{queue}:jobretry:ledger:diff/test"))
-                .query(
-                    &mut redis::Client::open(db_url(OURS))
-                        .unwrap()
-                        .get_connection()
-                        .unwrap(),
-                )
-                .unwrap();
-            let retried = our_results.contains(&"Retried");
-            let ok = diffs.is_empty()
-                && their_results == our_results
-                && detected == ver
-                && (ledger == 1) == retried;
-            if !ok {
-                failures.push(format!(
-                    "{case} @ {ver} (detected {detected}): results BullMQ {their_results:?} ours {our_results:?}, ledger {ledger}\n  {}",
-                    diffs.join("\n  ")
-                ));
-            }
-            cells.push(if ok {
-                format!("equal {}", summary(&our_results))
+/// Judges one (case, mode) cell from what our side did and the databases after it; returns
+/// its table code, or the failure.
+fn judge(
+    client: &Client,
+    plan: &Value,
+    detected: bool,
+    got: &Ours,
+    dumps: &BTreeMap<u8, Dump>,
+    theirs: &Value,
+    fixed: &Value,
+) -> Result<char, String> {
+    let db = if detected { DETECTED } else { GIVEN };
+    let case = plan["case"].as_str().unwrap();
+    let want = expect(client, detected, plan);
+    let retried = matches!(got, Ours::Results(r) if r.contains(&"Retried"));
+    let ledger: bool = redis::cmd("EXISTS")
+        .arg(ledger_key(plan))
+        .query(&mut conn(db))
+        .unwrap();
+    let (reference, reference_db) = match want {
+        Expect::EqualFixed => (&fixed[case], FIXED),
+        Expect::Equal => (&theirs[case], THEIRS),
+        _ => (&Value::Null, BUILD),
+    };
+    let diffs = differences(&dumps[&reference_db], &dumps[&db], plan);
+    let verdict = match (got, want) {
+        (Ours::Results(r), Expect::Equal | Expect::EqualFixed) => {
+            let want_results = their_results(reference);
+            if *r == want_results {
+                Ok(())
             } else {
-                "DIFFERENT".to_string()
-            });
+                Err(format!("results: BullMQ {want_results:?}, ours {r:?}"))
+            }
         }
-        table.push(format!(
-            "{case:<16} | {:^12} | {:^12} | {:^12}",
-            cells[0], cells[1], cells[2]
-        ));
+        (Ours::Refused(kind, message), w) if *kind == w => {
+            // The run must say why, naming what to fix.
+            let names = match (w, plan["corrupt"].as_str()) {
+                (Expect::VersionUnknown, _) => "spec.queue.bullmqVersion",
+                (Expect::IncompatibleOptions, _) => "has no such option before",
+                (_, Some("pc")) => "priority counter",
+                (_, Some("maxlen")) => "opts.maxLenEvents",
+                _ => "field concurrency",
+            };
+            if message.contains(names) {
+                Ok(())
+            } else {
+                Err(format!("refused without naming {names:?}: {message}"))
+            }
+        }
+        (got, w) => Err(format!("expected {w:?}, got {got:?}")),
+    };
+    let mode = if detected { "detected" } else { "given" };
+    verdict
+        .and_then(|()| {
+            if !diffs.is_empty() {
+                Err(format!("Redis differs:\n    {}", diffs.join("\n    ")))
+            } else if ledger != retried {
+                Err(format!(
+                    "ledger present: {ledger}, a job retried: {retried}"
+                ))
+            } else if want == Expect::EqualFixed && !their_results(&theirs[case]).contains(&"Error")
+            {
+                Err(
+                    "this release was expected to fail half-way on the parent's :failed hash"
+                        .into(),
+                )
+            } else {
+                Ok(())
+            }
+        })
+        .map(|()| match want {
+            Expect::Equal => '=',
+            Expect::EqualFixed => '~',
+            Expect::VersionUnknown => 'U',
+            Expect::IncompatibleOptions => 'O',
+            Expect::QueueData => 'D',
+        })
+        .map_err(|e| format!("{case} @ {} ({mode}): {e}", client.title))
+}
+
+/// Builds, retries both ways and compares every case of one client; returns one table cell
+/// per case (detected, given) and the failures.
+fn compare(client: &Client, dir: &Path) -> (BTreeMap<String, String>, Vec<String>) {
+    for db in [BUILD, THEIRS, DETECTED, GIVEN, FIXED] {
+        let _: () = redis::cmd("FLUSHDB").query(&mut conn(db)).unwrap();
+    }
+    let built = fixture(
+        &client.scenario,
+        &[
+            "--redis",
+            &db_url(BUILD),
+            "--queue",
+            "diff",
+            "--cases",
+            "all",
+        ],
+    );
+    let file = dir.join(format!("plans-{}.json", client.title.replace(' ', "-")));
+    std::fs::write(&file, built.to_string()).unwrap();
+    let file = file.to_str().unwrap();
+    clone_state();
+    let theirs = fixture(
+        &client.reference,
+        &[
+            "--redis",
+            &db_url(THEIRS),
+            "--queue",
+            "diff",
+            "--plans",
+            file,
+        ],
+    );
+    let plans = built["plans"].as_array().unwrap();
+    let fixed = if (Semver(5, 58, 2)..Semver(5, 79, 2)).contains(&client.node) {
+        let cases: Vec<&str> = plans
+            .iter()
+            .filter(|p| p["parentFailedHash"] == true)
+            .map(|p| p["case"].as_str().unwrap())
+            .collect();
+        let args = [
+            "--redis",
+            &db_url(FIXED),
+            "--queue",
+            "diff",
+            "--plans",
+            file,
+            "--cases",
+            &cases.join(","),
+        ];
+        fixture(&npm("5.79.2").reference, &args)
+    } else {
+        Value::Null
+    };
+    let mut ran = Vec::new();
+    for plan in plans.iter().filter(|p| p["unavailable"].is_null()) {
+        for detected in [true, false] {
+            let db = if detected { DETECTED } else { GIVEN };
+            let spec = (!detected).then_some(client.spec_version.as_str());
+            ran.push((plan, detected, ours(db, plan, spec)));
+        }
+    }
+    let dumps: BTreeMap<u8, Dump> = [BUILD, THEIRS, DETECTED, GIVEN, FIXED]
+        .into_iter()
+        .map(|d| (d, dump(d)))
+        .collect();
+    let mut cells: BTreeMap<String, String> = plans
+        .iter()
+        .filter(|p| !p["unavailable"].is_null())
+        .map(|p| (p["case"].as_str().unwrap().to_string(), "-".to_string()))
+        .collect();
+    let mut failures = Vec::new();
+    for (plan, detected, got) in &ran {
+        let judged = judge(
+            client,
+            plan,
+            *detected,
+            got,
+            &dumps,
+            &theirs["results"],
+            &fixed["results"],
+        );
+        let code = judged.unwrap_or_else(|e| {
+            failures.push(e);
+            'X'
+        });
+        cells
+            .entry(plan["case"].as_str().unwrap().to_string())
+            .or_default()
+            .push(code);
+    }
+    (cells, failures)
+}
+
+#[test]
+fn our_retry_leaves_redis_exactly_as_each_bullmq_release_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let clients: Vec<Client> = NODE
+        .iter()
+        .map(|v| npm(v))
+        .chain(python_clients())
+        .collect();
+    assert!(
+        clients.len() >= NODE.len() + 2,
+        "the PyPI clients are missing: run with tests/run.sh (JOBRETRY_TEST_PYTHON, JOBRETRY_TEST_PYTHON2)"
+    );
+    // While developing: JOBRETRY_FIDELITY_ONLY=6.3.15,py runs only the columns named.
+    let only = std::env::var("JOBRETRY_FIDELITY_ONLY").unwrap_or_default();
+    let clients: Vec<Client> = clients
+        .into_iter()
+        .filter(|c| only.is_empty() || only.split(',').any(|o| c.title.starts_with(o)))
+        .collect();
+    let mut columns = Vec::new();
+    let mut failures = Vec::new();
+    for client in &clients {
+        let started = std::time::Instant::now();
+        let (cells, failed) = compare(client, dir.path());
+        eprintln!(
+            "{}: {} cases in {:.1}s",
+            client.title,
+            cells.len(),
+            started.elapsed().as_secs_f64()
+        );
+        columns.push((client.title.clone(), cells));
+        failures.extend(failed);
+    }
+    let cases: BTreeSet<&String> = columns.iter().flat_map(|(_, c)| c.keys()).collect();
+    let mut table = vec![format!(
+        "{:<22}|{}",
+        "case \\ release",
+        columns
+            .iter()
+            .map(|(t, _)| format!("{t:^9}|"))
+            .collect::<String>()
+    )];
+    for case in cases {
+        let row: String = columns
+            .iter()
+            .map(|(_, c)| format!("{:^9}|", c.get(case).map_or(".", String::as_str)))
+            .collect();
+        table.push(format!("{case:<22}|{row}"));
     }
     println!(
-        "\nDifferential: BullMQ Job.retry vs jobretry-operator, whole-database comparison\n{}\n",
+        "\nDifferential: each release's Job.retry vs jobretry-operator (version detected, given)\n\
+         = equal to BullMQ (keys, fields, lists, scores, events, expiry, result codes)\n\
+         ~ equal to 5.79.2 where this release fails half-way (the deliberate divergence)\n\
+         U refused, nothing changed: no version recorded (VersionUnknown)\n\
+         O refused, nothing changed: reset flags the release lacks (IncompatibleOptions)\n\
+         D refused, nothing changed: a corrupt value the release would choke on (QueueDataInvalid)\n\
+         - the release's client cannot build the case; . not built; X different\n{}\n",
         table.join("\n")
     );
     assert!(failures.is_empty(), "differences:\n{}", failures.join("\n"));
 }
 
-fn summary(results: &[&str]) -> String {
-    let code = |r: &&str| match *r {
-        "Retried" => "1",
-        "NotFound" => "-1",
-        _ => "-3",
-    };
-    let codes: Vec<&str> = results.iter().map(code).collect();
-    match codes.as_slice() {
-        [one, rest @ ..] if rest.len() > 3 && rest.iter().all(|c| c == one) => {
-            format!("({}x {one})", codes.len())
-        }
-        _ => format!("({})", codes.join(",")),
-    }
+/// The old ledger naming collided with a job whose custom id was `jobretry:ledger:<runKey>`
+/// (BullMQ 6.7 accepts it); the current name's id part is refused by BullMQ's custom-id rule
+/// (from 5.58.7), and a job hash at the ledger key (a release before that rule, or the
+/// Python client, which checks nothing) makes the script refuse the batch, changing nothing.
+#[test]
+fn no_job_can_be_mistaken_for_a_ledger() {
+    let _: () = redis::cmd("FLUSHDB").query(&mut conn(LEDGER_DB)).unwrap();
+    let built = fixture(
+        &npm("6.7.0").scenario,
+        &[
+            "--redis",
+            &db_url(LEDGER_DB),
+            "--queue",
+            "ledger",
+            "--cases",
+            "ledger-collision",
+        ],
+    );
+    let plan = &built["plans"][0];
+    assert!(
+        plan["newNameRefused"]
+            .as_str()
+            .is_some_and(|m| m.contains("Custom Id")),
+        "BullMQ 6.7 accepted a job id of the ledger naming: {plan}"
+    );
+    // A job hash where the ledger goes, as a client without the rule could write it.
+    let keys = QueueKeys::new("bull", plan["queue"].as_str().unwrap());
+    let mut con = conn(LEDGER_DB);
+    let _: () = redis::cmd("HSET")
+        .arg(keys.ledger(RUN_KEY))
+        .arg(&["name", "x", "data", "{}", "opts", "{}", "timestamp", "1"])
+        .query(&mut con)
+        .unwrap();
+    let before = dump(LEDGER_DB).content;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt.block_on(async {
+        let client = redis::Client::open(db_url(LEDGER_DB)).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let req = BatchRequest {
+            state: SourceState::Failed,
+            version: QueueVersion::resolve(Some("6.7.0"), None).unwrap(),
+            reset_attempts_made: false,
+            reset_attempts_started: false,
+            dry_run: false,
+            ledger: Some((keys.ledger(RUN_KEY), "diff".into())),
+            ledger_ttl: std::time::Duration::from_secs(600),
+        };
+        let ids = vec!["2".to_string()];
+        RetryEngine::default()
+            .retry_batch(&mut conn, &keys, &req, &ids)
+            .await
+            .unwrap_err()
+    });
+    assert!(
+        matches!(&err, EngineError::IncompatibleQueue(m) if m.contains("holds a BullMQ job")),
+        "{err}"
+    );
+    assert_eq!(
+        dump(LEDGER_DB).content,
+        before,
+        "the refused batch changed Redis"
+    );
 }

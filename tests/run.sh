@@ -2,7 +2,8 @@
 # The full test suite, on a fresh machine or a warm one:
 #   installs Redis (Debian) and the BullMQ fixtures (npm ci), builds the control plane from
 #   its Go modules (cached outside the repo), starts etcd + kube-apiserver + redis-server on
-#   loopback, then runs format and lint checks and every test, and stops the platform.
+#   loopback, and runs every test, then stops the platform. Format, lint and unit tests run
+#   first, before anything is installed.
 # Usage: tests/run.sh [extra cargo test args]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -10,18 +11,35 @@ cd "$ROOT"
 log() { printf '[tests %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 START=$SECONDS
 
+# Fast checks first: a formatting, lint or unit-test slip fails in seconds, before anything
+# is installed or started.
+log "cargo fmt --check"
+cargo fmt --check
+log "cargo clippy --all-targets --locked -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+log "cargo test --lib --bins --locked (unit tests)"
+UNIT_LOG=$(mktemp "${TMPDIR:-/tmp}/jobretry-unit.XXXXXX")
+cargo test --lib --bins --locked 2>&1 | tee "$UNIT_LOG"
+
 tests/platform/install-deps.sh
 log "npm ci (BullMQ fixtures)"
 (cd tests/bullmq && npm ci --no-audit --no-fund --loglevel=error)
 tests/platform/build-control-plane.sh >/dev/null
-# The PyPI bullmq client, in a venv cached outside the repo, keyed by its pinned version.
-VENV="${JOBRETRY_CACHE:-$HOME/.cache/jobretry-operator}/venv-$(tr -c 'a-z0-9.=\n' _ <tests/bullmq/py/requirements.txt | tr -d '\n')"
-if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import bullmq' 2>/dev/null; then
-  log "pip install -r tests/bullmq/py/requirements.txt into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/bullmq/py/requirements.txt
-fi
-export JOBRETRY_TEST_PYTHON="$VENV/bin/python"
+# The PyPI bullmq clients (3.x, and 2.x for the differential tests), each in a venv cached
+# outside the repo, keyed by its pinned version.
+venv_for() {
+  local req=$1 venv
+  venv="${JOBRETRY_CACHE:-$HOME/.cache/jobretry-operator}/venv-$(tr -c 'a-z0-9.=\n' _ <"$req" | tr -d '\n')"
+  if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import bullmq' 2>/dev/null; then
+    log "pip install -r $req into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  fi
+  echo "$venv/bin/python"
+}
+JOBRETRY_TEST_PYTHON=$(venv_for tests/bullmq/py/requirements.txt)
+JOBRETRY_TEST_PYTHON2=$(venv_for tests/bullmq/py/requirements-2.txt)
+export JOBRETRY_TEST_PYTHON JOBRETRY_TEST_PYTHON2
 export JOBRETRY_PLATFORM_TOPOLOGIES=1
 JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh); export JOBRETRY_TEST_HELM # tests/e2e_chart.rs
 
@@ -31,12 +49,9 @@ tests/platform/up.sh "$STATE"
 # shellcheck source=/dev/null
 . "$STATE/env"
 
-log "cargo fmt --check"
-cargo fmt --check
-log "cargo clippy --all-targets --locked -- -D warnings"
-cargo clippy --all-targets --locked -- -D warnings
-log "cargo test --locked"
-cargo test --locked "$@" -- --show-output 2>&1 | tee "$STATE/cargo-test.log"
+log "cargo test --locked --test '*' (end-to-end)"
+cargo test --locked --test '*' "$@" -- --show-output 2>&1 | tee "$STATE/cargo-test.log"
+cat "$UNIT_LOG" >>"$STATE/cargo-test.log" && rm -f "$UNIT_LOG"
 log "all checks passed in $((SECONDS - START))s"
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$STATE/cargo-test.log"

@@ -13,9 +13,20 @@ use redis::{
     sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
 };
 
+use super::engine::{Verdict, classify};
 use crate::crd::ConnectionMode;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connection could not be opened; the message carries no secret.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectError {
+    pub message: String,
+    /// A short, fixed label (see [`classify`]).
+    pub category: &'static str,
+    pub verdict: Verdict,
+}
 
 /// Where and how to connect; the URL is secret.
 #[derive(Clone)]
@@ -104,15 +115,26 @@ impl RedisTarget {
     }
 
     /// Opens a connection of the configured kind.
-    pub async fn connect(&self) -> Result<RedisConn, String> {
+    pub async fn connect(&self) -> Result<RedisConn, ConnectError> {
         let result = tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner()).await;
         match result {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(self.redact(&format!("cannot connect to Redis: {e}"))),
-            Err(_) => Err(format!(
-                "cannot connect to Redis: no answer within {}s",
-                CONNECT_TIMEOUT.as_secs()
-            )),
+            Ok(Err(e)) => {
+                let (category, verdict) = classify(&e);
+                Err(ConnectError {
+                    message: self.redact(&format!("cannot connect to Redis: {e}")),
+                    category,
+                    verdict,
+                })
+            }
+            Err(_) => Err(ConnectError {
+                message: format!(
+                    "cannot connect to Redis: no answer within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+                category: "connection",
+                verdict: Verdict::Transient,
+            }),
         }
     }
 

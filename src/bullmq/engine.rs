@@ -24,8 +24,6 @@ pub enum JobOutcome {
     NotInState,
     /// The run key's ledger already holds this job; `owner` is the tag of the run that wrote it.
     AlreadyProcessed { owner: String },
-    /// Not retried because the queue's BullMQ version is unknown and versions disagree.
-    Skipped(String),
     /// Redis refused this job's retry; nothing was changed for it.
     Error(String),
 }
@@ -55,15 +53,89 @@ pub struct QueueProbe {
 /// Errors of a whole batch: nothing of the batch was written.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// A queue key has a type BullMQ never gives it.
+    /// A queue key has a type BullMQ never gives it (or the ledger key holds a job).
     #[error("{0}")]
     IncompatibleQueue(String),
+    /// A queue value the retry must parse is invalid (`pc`, `meta.concurrency`,
+    /// `meta.opts.maxLenEvents`); the user can fix it in place.
+    #[error("{0}")]
+    QueueData(String),
     /// Redis could not be reached or answered with an error.
     #[error("Redis error: {0}")]
     Redis(#[from] redis::RedisError),
     /// The script answered something it never answers.
     #[error("unexpected reply from the retry script: {0}")]
     Protocol(String),
+}
+
+/// What fixes an error: time (transient), the user without touching the JobRetry (stalled:
+/// a password, an ACL, a corrupt value in Redis), or nothing (permanent: the run fails).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Transient,
+    Stalled,
+    Permanent,
+}
+
+impl EngineError {
+    /// A short, fixed label for metrics and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            EngineError::IncompatibleQueue(_) => "incompatible_queue",
+            EngineError::QueueData(_) => "queue_data",
+            EngineError::Redis(e) => classify(e).0,
+            EngineError::Protocol(_) => "protocol",
+        }
+    }
+
+    /// What fixes it.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            EngineError::IncompatibleQueue(_) | EngineError::Protocol(_) => Verdict::Permanent,
+            EngineError::QueueData(_) => Verdict::Stalled,
+            EngineError::Redis(e) => classify(e).1,
+        }
+    }
+}
+
+/// Sorts a Redis error by what fixes it. Only trouble that passes by itself (connections,
+/// timeouts, a busy, loading or failing-over server, memory pressure) is transient; refused
+/// credentials or ACL permissions wait for the user; anything else Redis refuses (a script
+/// error, an unknown command, keys in different slots) can never succeed as it is.
+pub fn classify(e: &redis::RedisError) -> (&'static str, Verdict) {
+    use redis::{ErrorKind as K, ServerErrorKind as S};
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return ("connection", Verdict::Transient);
+    }
+    let code = e.code().unwrap_or("");
+    match (e.kind(), code) {
+        (K::AuthenticationFailed, _) | (_, "WRONGPASS" | "NOAUTH") => ("auth", Verdict::Stalled),
+        (K::Server(S::NoPerm), _) | (_, "NOPERM") => ("permission", Verdict::Stalled),
+        (
+            K::Server(S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly)
+            | K::ClusterConnectionNotFound
+            | K::MasterNameNotFoundBySentinel
+            | K::NoValidReplicasFoundBySentinel,
+            _,
+        )
+        | (_, "BUSY" | "OOM" | "MISCONF" | "NOREPLICAS" | "LOADING") => {
+            ("unavailable", Verdict::Transient)
+        }
+        (K::Server(S::CrossSlot), _) => ("cross_slot", Verdict::Permanent),
+        _ if e
+            .detail()
+            .is_some_and(|d| d.contains("max number of clients")) =>
+        {
+            ("unavailable", Verdict::Transient)
+        }
+        (K::Server(S::ResponseError), _)
+            if e.detail().is_some_and(|d| d.contains("invalid password")) =>
+        {
+            ("auth", Verdict::Stalled)
+        }
+        (K::Server(_) | K::Extension, _) => ("refused", Verdict::Permanent),
+        _ => ("client", Verdict::Permanent),
+    }
 }
 
 /// Runs retries; cheap to clone, holds the loaded script.
@@ -112,10 +184,14 @@ impl RetryEngine {
         let inv = invocation(&self.script, keys, req, ids);
         let replies: Vec<String> = match inv.invoke_async(conn).await {
             Ok(r) => r,
-            // The script's own refusal: "JOBRETRY <why>" (nothing was written).
+            // The script's own refusals (nothing was written).
             Err(e) if e.code() == Some("JOBRETRY") => {
                 let why = e.detail().unwrap_or("a queue key has an unexpected type");
                 return Err(EngineError::IncompatibleQueue(why.trim().to_string()));
+            }
+            Err(e) if e.code() == Some("JOBRETRY_DATA") => {
+                let why = e.detail().unwrap_or("a queue value is invalid");
+                return Err(EngineError::QueueData(why.trim().to_string()));
             }
             Err(e) => return Err(e.into()),
         };
@@ -142,7 +218,7 @@ pub fn invocation<'a>(
     let (ledger_key, owner) = req
         .ledger
         .clone()
-        .unwrap_or_else(|| (keys.key("jobretry:ledger:-"), String::new()));
+        .unwrap_or_else(|| (keys.ledger("-"), String::new()));
     let mut inv = script.prepare_invoke();
     inv.key(keys.base());
     for suffix in [
@@ -160,8 +236,7 @@ pub fn invocation<'a>(
     }
     inv.key(ledger_key)
         .arg(req.state.as_str())
-        .arg(req.version.family.as_arg())
-        .arg(req.version.features)
+        .arg(req.version.script_flags())
         .arg(flag(req.reset_attempts_made))
         .arg(flag(req.reset_attempts_started))
         .arg(flag(req.dry_run))
@@ -185,7 +260,6 @@ fn decode(reply: &str) -> Result<JobOutcome, EngineError> {
                 .unwrap_or("")
                 .to_string(),
         },
-        ("S", msg) => JobOutcome::Skipped(msg.to_string()),
         ("E", msg) => JobOutcome::Error(msg.to_string()),
         _ => return Err(EngineError::Protocol(reply.to_string())),
     })
@@ -207,9 +281,96 @@ mod tests {
                 owner: "abc".into()
             }
         );
-        assert_eq!(decode("Sx y").unwrap(), JobOutcome::Skipped("x y".into()));
         assert_eq!(decode("Eboom").unwrap(), JobOutcome::Error("boom".into()));
         assert!(decode("7").is_err());
         assert!(decode("").is_err());
+    }
+
+    fn server(code: &str, detail: &str) -> redis::RedisError {
+        // A reply as Redis sends it, parsed by the client as any server error is.
+        let wire = format!("-{code} {detail}\r\n");
+        match redis::parse_redis_value(wire.as_bytes()) {
+            Ok(redis::Value::ServerError(e)) => e.into(),
+            other => panic!("not a server error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_passing_trouble_is_transient() {
+        use Verdict::*;
+        let io: redis::RedisError =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into();
+        let cases = [
+            (io, "connection", Transient),
+            (
+                server("LOADING", "Redis is loading"),
+                "unavailable",
+                Transient,
+            ),
+            (
+                server("BUSY", "Redis is busy running a script"),
+                "unavailable",
+                Transient,
+            ),
+            (
+                server("OOM", "command not allowed"),
+                "unavailable",
+                Transient,
+            ),
+            (
+                server("READONLY", "You can't write against a read only replica."),
+                "unavailable",
+                Transient,
+            ),
+            (
+                server("ERR", "max number of clients reached"),
+                "unavailable",
+                Transient,
+            ),
+            (
+                server("WRONGPASS", "invalid username-password pair"),
+                "auth",
+                Stalled,
+            ),
+            (
+                server("NOAUTH", "Authentication required."),
+                "auth",
+                Stalled,
+            ),
+            (
+                server("NOPERM", "this user has no permissions"),
+                "permission",
+                Stalled,
+            ),
+            (
+                server("ERR", "Error running script (call to f_1): @user_script:9"),
+                "refused",
+                Permanent,
+            ),
+            (
+                server("ERR", "unknown command 'ZMSCORE'"),
+                "refused",
+                Permanent,
+            ),
+            (
+                server("CROSSSLOT", "Keys in request don't hash to the same slot"),
+                "cross_slot",
+                Permanent,
+            ),
+        ];
+        for (err, category, verdict) in cases {
+            assert_eq!(classify(&err), (category, verdict), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_scripts_own_refusals_have_their_verdicts() {
+        let data = EngineError::QueueData("pc is abc".into());
+        assert_eq!(
+            (data.category(), data.verdict()),
+            ("queue_data", Verdict::Stalled)
+        );
+        let types = EngineError::IncompatibleQueue("wait is a string".into());
+        assert_eq!(types.verdict(), Verdict::Permanent);
     }
 }

@@ -32,11 +32,15 @@ impl QueueKeys {
         self.key(id)
     }
 
-    /// The exactly-once ledger of `run_key`. It lives under the queue's base so it shares the
-    /// queue's hash slot, and under `jobretry:` so no BullMQ job id (which cannot contain ':'
-    /// when BullMQ generates it) collides with it.
+    /// The exactly-once ledger of `run_key`: `P:Q:jobretry:ledger:run:<runKey>`. It lives
+    /// under the queue's base so it shares the queue's hash slot and the ACL key pattern a
+    /// user grants for the queue (`~P:Q:*`). Its id part has at least four ':'-separated
+    /// parts, which BullMQ's custom-id rule refuses (`Job.validateOptions`: an id containing
+    /// ':' must split into exactly three parts, the shape of scheduler job ids), so no job
+    /// added by a current client has this key. Releases before that rule accepted any
+    /// non-integer id: for those, the retry script also refuses a ledger key that holds a job.
     pub fn ledger(&self, run_key: &str) -> String {
-        self.key(&format!("jobretry:ledger:{run_key}"))
+        self.key(&format!("jobretry:ledger:run:{run_key}"))
     }
 }
 
@@ -50,7 +54,21 @@ mod tests {
         assert_eq!(k.base(), "bull:payments:");
         assert_eq!(k.key("wait"), "bull:payments:wait");
         assert_eq!(k.job("1042"), "bull:payments:1042");
-        assert_eq!(k.ledger("ns/a"), "bull:payments:jobretry:ledger:ns/a");
+        assert_eq!(k.ledger("ns/a"), "bull:payments:jobretry:ledger:run:ns/a");
+    }
+
+    #[test]
+    fn no_job_id_a_current_bullmq_accepts_names_a_ledger() {
+        // BullMQ's rule: a custom id with ':' must have exactly three parts.
+        let k = QueueKeys::new("bull", "q");
+        for run_key in ["ns/name", "x", "a:b", ":"] {
+            let id = k
+                .ledger(run_key)
+                .strip_prefix(k.base())
+                .unwrap()
+                .to_string();
+            assert!(id.split(':').count() >= 4, "{id}");
+        }
     }
 
     #[test]

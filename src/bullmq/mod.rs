@@ -6,7 +6,7 @@ pub mod engine;
 pub mod keys;
 pub mod version;
 
-pub use connection::{RedisConn, RedisTarget};
-pub use engine::{BatchRequest, JobOutcome, RetryEngine};
+pub use connection::{ConnectError, RedisConn, RedisTarget};
+pub use engine::{BatchRequest, EngineError, JobOutcome, RetryEngine, Verdict};
 pub use keys::QueueKeys;
-pub use version::{Family, QueueVersion};
+pub use version::{QueueVersion, VersionError};

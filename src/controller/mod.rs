@@ -28,7 +28,7 @@ use kube::{
 use tracing::{info, warn};
 
 use crate::{
-    bullmq::{RedisConn, RedisTarget, RetryEngine},
+    bullmq::{ConnectError, RedisConn, RedisTarget, RetryEngine},
     config::Config,
     crd::JobRetry,
     error::Error,
@@ -94,7 +94,7 @@ impl Context {
     }
 
     /// A connection to `target`: a cached one, or a new one that is then cached.
-    async fn connection(&self, target: &RedisTarget) -> Result<RedisConn, String> {
+    async fn connection(&self, target: &RedisTarget) -> Result<RedisConn, ConnectError> {
         let key = target.cache_key();
         let cached = self
             .connections

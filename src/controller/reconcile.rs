@@ -23,7 +23,10 @@ use tracing::{info, warn};
 
 use super::{Context, load, plan};
 use crate::{
-    bullmq::{BatchRequest, QueueKeys, QueueVersion, RedisConn, RedisTarget, engine::EngineError},
+    bullmq::{
+        BatchRequest, EngineError, QueueKeys, QueueVersion, RedisConn, RedisTarget, Verdict,
+        VersionError,
+    },
     crd::{JobRetry, JobRetryStatus, phase, reason},
     error::Error,
     status::{self, Stage},
@@ -31,6 +34,14 @@ use crate::{
 
 /// How long to wait before looking at an unusable Secret again.
 const STALLED_RECHECK: Duration = Duration::from_secs(10);
+
+/// The condition reason of a stalled Redis error category.
+fn stalled_reason(category: &str) -> &'static str {
+    match category {
+        "auth" | "permission" => reason::REDIS_ACCESS_DENIED,
+        _ => reason::REDIS_REFUSED,
+    }
+}
 
 /// Reconciles one JobRetry.
 pub async fn reconcile(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -116,7 +127,7 @@ impl Run {
             Ok(q) => q,
             Err(stop) => return Ok(stop),
         };
-        self.status.bullmq_version = Some(q.version.describe());
+        self.status.bullmq_version = Some(q.version.label.clone());
         let req = BatchRequest {
             state: spec.state,
             version: q.version.clone(),
@@ -144,19 +155,25 @@ impl Run {
         };
         let mut conn = match self.ctx.connection(&target).await {
             Ok(c) => c,
-            Err(m) => return Ok(Err(self.waiting(m))),
+            Err(e) => {
+                self.ctx.metrics.redis_failed(e.category);
+                // Nothing of the queue was touched yet: whatever is not transient is fixed
+                // in the Secret, the ACL or the server, so the run waits for it (stalled).
+                let verdict = match e.verdict {
+                    Verdict::Transient => Verdict::Transient,
+                    Verdict::Stalled | Verdict::Permanent => Verdict::Stalled,
+                };
+                let reason = stalled_reason(e.category);
+                return Ok(Err(self.held(verdict, reason, e.message)));
+            }
         };
         let keys = QueueKeys::new(&spec.queue.prefix, &spec.queue.name);
-        let version = match self.detect_version(&mut conn, &keys, &target).await {
+        let version = match self.detect_version(&mut conn, &keys).await {
             Ok(Ok(v)) => v,
-            Ok(Err(m)) => {
-                let failed = Outcome::Failed(reason::INCOMPATIBLE_QUEUE, m);
-                return Ok(Err((Action::await_change(), failed)));
+            Ok(Err((reason, m))) => {
+                return Ok(Err((Action::await_change(), Outcome::Failed(reason, m))));
             }
-            Err(m) => {
-                self.ctx.drop_connection(&target);
-                return Ok(Err(self.waiting(m)));
-            }
+            Err(e) => return Ok(Err(self.engine_failed(e, &target))),
         };
         Ok(Ok(OpenQueue {
             target,
@@ -166,33 +183,71 @@ impl Run {
         }))
     }
 
-    /// Probes the queue: `Err` is transient (Redis), `Ok(Err)` permanent (incompatible).
+    /// Probes the queue and resolves its version, then checks the spec's options against
+    /// that release. `Ok(Err)` is permanent (reason and message), `Err` a Redis error.
     async fn detect_version(
         &self,
         conn: &mut RedisConn,
         keys: &QueueKeys,
-        target: &RedisTarget,
-    ) -> Result<Result<QueueVersion, String>, String> {
+    ) -> Result<Result<QueueVersion, (&'static str, String)>, EngineError> {
         let spec = &self.obj.spec;
-        let probe = self
-            .ctx
-            .engine
-            .probe(conn, keys, spec.state)
-            .await
-            .map_err(|e| target.redact(&e.to_string()))?;
+        let probe = self.ctx.engine.probe(conn, keys, spec.state).await?;
         if !probe.exists {
-            return Ok(Err(format!(
-                "queue {:?} with prefix {:?} not found in Redis (neither {} nor {} exists); check spec.queue.name and spec.queue.prefix",
-                spec.queue.name,
-                spec.queue.prefix,
-                keys.key("meta"),
-                keys.key(spec.state.as_str()),
+            return Ok(Err((
+                reason::INCOMPATIBLE_QUEUE,
+                format!(
+                    "queue {:?} with prefix {:?} not found in Redis (neither {} nor {} exists); check spec.queue.name and spec.queue.prefix",
+                    spec.queue.name,
+                    spec.queue.prefix,
+                    keys.key("meta"),
+                    keys.key(spec.state.as_str()),
+                ),
             )));
         }
-        Ok(QueueVersion::resolve(
+        let version = match QueueVersion::resolve(
             spec.queue.bullmq_version.as_deref(),
             probe.meta_version.as_deref(),
-        ))
+        ) {
+            Ok(v) => v,
+            Err(e @ VersionError::Unknown) => {
+                return Ok(Err((reason::VERSION_UNKNOWN, e.to_string())));
+            }
+            Err(e) => return Ok(Err((reason::INCOMPATIBLE_QUEUE, e.to_string()))),
+        };
+        Ok(version
+            .check_options(spec.reset_attempts_made, spec.reset_attempts_started)
+            .map(|()| version)
+            .map_err(|m| (reason::INCOMPATIBLE_OPTIONS, m)))
+    }
+
+    /// What a failed Redis call means for the run, by what fixes it: time (wait with
+    /// backoff), the user fixing Redis or the Secret in place (stalled, rechecked with
+    /// backoff), or nothing (the run fails).
+    fn engine_failed(&self, e: EngineError, target: &RedisTarget) -> (Action, Outcome) {
+        let category = e.category();
+        if let EngineError::Redis(_) = e {
+            self.ctx.metrics.redis_failed(category);
+            self.ctx.drop_connection(target);
+        }
+        let reason = match &e {
+            EngineError::IncompatibleQueue(_) => reason::INCOMPATIBLE_QUEUE,
+            EngineError::QueueData(_) => reason::QUEUE_DATA_INVALID,
+            EngineError::Redis(_) if e.verdict() == Verdict::Stalled => stalled_reason(category),
+            EngineError::Redis(_) | EngineError::Protocol(_) => reason::REDIS_REFUSED,
+        };
+        self.held(e.verdict(), reason, target.redact(&e.to_string()))
+    }
+
+    /// The action and outcome of a run held up by `verdict`.
+    fn held(&self, verdict: Verdict, reason: &'static str, message: String) -> (Action, Outcome) {
+        match verdict {
+            Verdict::Transient => self.waiting(message),
+            Verdict::Stalled => (
+                Action::requeue(self.ctx.backoff(&self.uid).max(STALLED_RECHECK)),
+                Outcome::Stalled(reason, message),
+            ),
+            Verdict::Permanent => (Action::await_change(), Outcome::Failed(reason, message)),
+        }
     }
 
     /// Runs batches until the run is done, the status interval is used up, the rate limit
@@ -227,16 +282,7 @@ impl Run {
             let started = Instant::now();
             let outcomes = match self.ctx.engine.retry_batch(conn, keys, req, batch).await {
                 Ok(o) => o,
-                Err(EngineError::IncompatibleQueue(m)) => {
-                    return Ok((
-                        Action::await_change(),
-                        Outcome::Failed(reason::INCOMPATIBLE_QUEUE, m),
-                    ));
-                }
-                Err(e) => {
-                    self.ctx.drop_connection(target);
-                    return Ok(self.waiting(target.redact(&e.to_string())));
-                }
+                Err(e) => return Ok(self.engine_failed(e, target)),
             };
             self.ctx.reset_backoff(&self.uid);
             let rows: Vec<_> = batch

@@ -191,3 +191,27 @@ fn a_transient_wait_keeps_a_running_run_running() {
     );
     assert_eq!(fresh.phase.as_deref(), Some("Pending"));
 }
+
+#[test]
+fn a_resumed_run_that_then_waits_stalls_or_fails_is_no_longer_suspended() {
+    let now = Timestamp::now();
+    let waiting = Stage::Waiting {
+        reason: "RedisUnavailable",
+        message: "down",
+    };
+    let stalled = Stage::Stalled {
+        reason: "SecretInvalid",
+        message: "no key url",
+    };
+    let failed = Stage::Failed {
+        reason: "QueueDataInvalid",
+        message: "pc is abc",
+    };
+    for stage in [waiting, stalled, failed] {
+        let mut st = JobRetryStatus::default();
+        apply_stage(&mut st, &Stage::Suspended, Some(1), now);
+        assert_eq!(condition(&st, "Suspended").0, "True");
+        apply_stage(&mut st, &stage, Some(1), now);
+        assert_eq!(condition(&st, "Suspended").0, "False", "{stage:?}");
+    }
+}

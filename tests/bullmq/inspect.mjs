@@ -2,7 +2,7 @@
 // Reads jobs with bullmq's Job.fromId + job.getState().
 //
 //   node inspect.mjs --redis redis://127.0.0.1:6379/0 --queue q --ids 1,2,3 \
-//     [--prefix bull] [--bullmq bullmq|bullmq-5|bullmq-6-3]
+//     [--prefix bull] [--bullmq bullmq|bullmq-<version>]
 //
 // stdout: { "jobs": [ { id, exists, state, attemptsMade, attemptsStarted,
 //                       finishedOn, processedOn, failedReason, returnvalue, priority } ] }
@@ -21,7 +21,7 @@ import {
 
 const USAGE =
   'usage: inspect.mjs --redis URL --queue NAME --ids ID[,ID...] [--prefix bull] ' +
-  '[--bullmq bullmq|bullmq-5|bullmq-6-3] [--cluster | --sentinel NAME]';
+  '[--bullmq bullmq|bullmq-<version>] [--cluster | --sentinel NAME]';
 
 runMain('inspect.mjs', async (onCleanup) => {
   const values = parseCli({ ...TOPOLOGY_OPTIONS, ids: { type: 'string' } }, USAGE);

@@ -3,7 +3,7 @@
 // Every script:
 //   * parses its arguments with node's util.parseArgs (strict),
 //   * takes --redis URL, --queue NAME, --prefix P (default "bull"),
-//     --bullmq PKG (default "bullmq"; also "bullmq-5", "bullmq-6-3"),
+//     --bullmq PKG (default "bullmq", 6.7.0; also "bullmq-<version>", see package.json),
 //   * logs to stderr only and prints exactly ONE JSON document on stdout,
 //   * closes every connection it opened and exits 0 on success, or prints
 //     "<script>: error: <message>" on stderr and exits non-zero on failure.
@@ -24,7 +24,11 @@ import IORedis from 'ioredis';
 
 const require = createRequire(import.meta.url);
 
-export const ALLOWED_PACKAGES = ['bullmq', 'bullmq-5', 'bullmq-6-3'];
+/** The installed BullMQ releases: `bullmq` (6.7.0) and one `bullmq-<version>` npm alias per
+ *  release the differential tests cover (package.json). */
+export const ALLOWED_PACKAGES = Object.keys(require('./package.json').dependencies).filter((d) =>
+  /^bullmq(-\d+\.\d+\.\d+)?$/.test(d),
+);
 
 export const COMMON_OPTIONS = {
   redis: { type: 'string' },
@@ -215,9 +219,10 @@ export async function loadBullmq(pkg) {
 /**
  * Connection options handed to bullmq. bullmq itself creates (and closes) the
  * ioredis clients from these: Queue, Worker and QueueEvents each own theirs.
+ * Host, port, db and credentials rather than `url`: releases up to 5.9 ignore `url`.
  */
 export function connectionOpts(url) {
-  return { url, maxRetriesPerRequest: null };
+  return { ...parseRedisUrl(url), maxRetriesPerRequest: null };
 }
 
 /**

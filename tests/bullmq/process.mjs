@@ -7,7 +7,7 @@
 // promoted delayed job, ...).
 //
 //   node process.mjs --redis redis://127.0.0.1:6379/0 --queue q [--prefix bull] \
-//     [--bullmq bullmq|bullmq-5|bullmq-6-3] [--expect 0] [--timeout-ms 30000] \
+//     [--bullmq bullmq|bullmq-<version>] [--expect 0] [--timeout-ms 30000] \
 //     [--settle-ms 2000]
 //
 // Stops once --expect jobs were processed AND then --settle-ms passed without
@@ -33,7 +33,7 @@ import {
 
 const USAGE =
   'usage: process.mjs --redis URL --queue NAME [--prefix bull] ' +
-  '[--bullmq bullmq|bullmq-5|bullmq-6-3] [--expect N] [--timeout-ms 30000] [--settle-ms 2000] ' +
+  '[--bullmq bullmq|bullmq-<version>] [--expect N] [--timeout-ms 30000] [--settle-ms 2000] ' +
   '[--cluster | --sentinel NAME]';
 
 /** Compares two stream ids "ms-seq". */

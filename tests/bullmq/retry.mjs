@@ -4,7 +4,7 @@
 //
 //   node retry.mjs --redis redis://127.0.0.1:6379/0 --queue q --ids 1,2 \
 //     --state failed|completed [--reset-attempts-made] [--reset-attempts-started] \
-//     [--prefix bull] [--bullmq bullmq|bullmq-5|bullmq-6-3]
+//     [--prefix bull] [--bullmq bullmq|bullmq-<version>]
 //
 // stdout: { "jobs": [ { id, result } ] } with result "ok", "missing" (no such
 // job) or the error message bullmq threw (e.g. the job is not in that state).
@@ -27,7 +27,7 @@ import {
 const USAGE =
   'usage: retry.mjs --redis URL --queue NAME --ids ID[,ID...] --state failed|completed ' +
   '[--reset-attempts-made] [--reset-attempts-started] [--events-max-len N] [--prefix bull] ' +
-  '[--bullmq bullmq|bullmq-5|bullmq-6-3] [--cluster | --sentinel NAME]';
+  '[--bullmq bullmq|bullmq-<version>] [--cluster | --sentinel NAME]';
 
 runMain('retry.mjs', async (onCleanup) => {
   const values = parseCli(

@@ -3,7 +3,7 @@
 // state (completed / failed) with a real bullmq Worker.
 //
 //   node seed.mjs --redis redis://127.0.0.1:6379/0 --queue q --spec spec.json \
-//     [--prefix bull] [--bullmq bullmq|bullmq-5|bullmq-6-3] [--concurrency 1] \
+//     [--prefix bull] [--bullmq bullmq|bullmq-<version>] [--concurrency 1] \
 //     [--timeout-ms 60000]
 //
 // spec.json: { "jobs": [ { "key": "a", "name": "charge", "data": {...},
@@ -31,7 +31,7 @@ import {
 
 const USAGE =
   'usage: seed.mjs --redis URL --queue NAME --spec FILE [--prefix bull] ' +
-  '[--bullmq bullmq|bullmq-5|bullmq-6-3] [--concurrency 1] [--timeout-ms 60000] ' +
+  '[--bullmq bullmq|bullmq-<version>] [--concurrency 1] [--timeout-ms 60000] ' +
   '[--cluster | --sentinel NAME]';
 
 const UNFINISHED = ['wait', 'active', 'delayed', 'prioritized', 'paused', 'waiting-children'];

@@ -2,7 +2,7 @@
 // Self-test of the fixtures against a running Redis (it only uses queues named
 // selftest-<pkg>-<timestamp>, under the given prefix):
 //
-//   node selftest.mjs --redis redis://127.0.0.1:6390/0 [--bullmq bullmq,bullmq-5,bullmq-6-3]
+//   node selftest.mjs --redis redis://127.0.0.1:6390/0 [--bullmq bullmq,bullmq-5.81.5,bullmq-6.3.8]
 //     [--prefix bull] [--cluster | --sentinel NAME]   (passed on to every script;
 //     a cluster needs a hash-tagged prefix such as --prefix '{bull}')
 //
@@ -23,7 +23,7 @@ const { values } = parseArgs({
   options: {
     redis: { type: 'string' },
     prefix: { type: 'string', default: 'bull' },
-    bullmq: { type: 'string', default: 'bullmq,bullmq-5,bullmq-6-3' },
+    bullmq: { type: 'string', default: 'bullmq,bullmq-5.81.5,bullmq-6.3.8' },
     cluster: { type: 'boolean', default: false },
     sentinel: { type: 'string' },
   },
