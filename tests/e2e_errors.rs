@@ -1,6 +1,7 @@
 //! Bad input gets a clear condition and loses nothing: an unknown queue, an unsupported or
-//! unknown BullMQ version, an unreachable Redis (whose password must never show), all through
-//! the real API server and Redis.
+//! unknown BullMQ version, reset flags the release lacks, a corrupt value in the queue's
+//! keys, an unreachable Redis (whose password must never show), all through the real API
+//! server and Redis.
 
 mod common;
 
@@ -81,8 +82,19 @@ fn an_unsupported_version_fails_before_touching_any_job() {
     assert!(before == queue_dump(queue), "nothing may change in Redis");
 }
 
+fn raw() -> redis::Connection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+fn message(cond: &Value) -> &str {
+    cond["message"].as_str().unwrap_or_default()
+}
+
 #[test]
-fn an_unknown_version_retries_only_jobs_every_version_treats_alike() {
+fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
     let ns = TestNs::new("e2e-noversion");
     let queue = ns.name.as_str();
     let jobs = seed(
@@ -91,42 +103,141 @@ fn an_unknown_version_retries_only_jobs_every_version_treats_alike() {
         &json!({"jobs": [failing("plain", json!({})), failing("prio", json!({"priority": 4}))]}),
     );
     let (plain, prio) = (id_of(&jobs, "plain"), id_of(&jobs, "prio"));
-    // A queue whose meta records no version (as before BullMQ 5.20).
-    let mut con = redis::Client::open(redis_url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    // A queue whose meta records no version (BullMQ before 5.20, the Python client).
     let _: i64 = redis::cmd("HDEL")
         .arg(format!("bull:{queue}:meta"))
         .arg("version")
-        .query(&mut con)
+        .query(&mut raw())
         .unwrap();
+    let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
     assert!(
         ns.apply("u.yaml", &manifest("unknown", queue, &[&plain, &prio], ""))
             .ok
     );
-    assert!(ns.wait_condition("unknown", "Complete", "60s").ok);
-    let st = ns.get("unknown")["status"].clone();
-    assert_eq!(st["bullmqVersion"], "unknown");
-    assert_eq!(st["jobs"][0]["result"], "Retried");
-    assert_eq!(st["jobs"][1]["result"], "Error");
+    assert!(ns.wait_condition("unknown", "Failed", "60s").ok);
+    let jr = ns.get("unknown");
+    let failed = condition(&jr, "Failed");
+    assert_eq!(failed["reason"], "VersionUnknown");
     assert!(
-        st["jobs"][1]["message"]
-            .as_str()
-            .unwrap()
-            .contains("set spec.queue.bullmqVersion"),
-        "{st}"
+        message(&failed).contains("set spec.queue.bullmqVersion"),
+        "{failed}"
     );
-    let prio_failed: Option<f64> = redis::cmd("ZSCORE")
-        .arg(format!("bull:{queue}:failed"))
+    assert_eq!(jr["status"]["phase"], "Failed");
+    assert!(before == queue_dump(queue), "nothing may change in Redis");
+    // The fix the message names: say which release the workers run.
+    let given = "    bullmqVersion: \"6.7.0\"\n";
+    assert!(
+        ns.apply("g.yaml", &manifest("given", queue, &[&plain, &prio], given))
+            .ok
+    );
+    assert!(ns.wait_condition("given", "Complete", "60s").ok);
+    let st = ns.get("given")["status"].clone();
+    assert_eq!(st["bullmqVersion"], "6.7.0");
+    assert_eq!(st["counts"], json!({"Retried": 2}));
+    let in_prioritized: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("bull:{queue}:prioritized"))
         .arg(&prio)
-        .query(&mut con)
+        .query(&mut raw())
         .unwrap();
     assert!(
-        prio_failed.is_some(),
-        "the skipped job must stay in failed, untouched"
+        in_prioritized.is_some(),
+        "6.7.0 retries a prioritized job to prioritized"
     );
+}
+
+#[test]
+fn reset_flags_on_a_release_without_them_fail_before_touching_any_job() {
+    let ns = TestNs::new("e2e-options");
+    let queue = ns.name.as_str();
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [failing("a", json!({}))]}),
+    );
+    let a = id_of(&jobs, "a");
+    let before = queue_dump(queue);
+    let _op = Operator::start(&ns, &[]);
+    let yaml = jobretry_yaml(
+        "old",
+        queue,
+        &[&a],
+        "    bullmqVersion: \"5.65.1\"\n",
+        "  resetAttemptsMade: true\n",
+    );
+    assert!(ns.apply("o.yaml", &yaml).ok);
+    assert!(ns.wait_condition("old", "Failed", "60s").ok);
+    let failed = condition(&ns.get("old"), "Failed");
+    assert_eq!(failed["reason"], "IncompatibleOptions");
+    assert!(
+        message(&failed).contains("resetAttemptsMade") && message(&failed).contains("5.66.0"),
+        "{failed}"
+    );
+    assert!(before == queue_dump(queue), "nothing may change in Redis");
+}
+
+/// Tried as a new user would: a corrupt `pc` on a queue with prioritized jobs used to lose
+/// the jobs (out of failed, in no list) while the status said NotInState.
+#[test]
+fn a_corrupt_priority_counter_stalls_the_run_until_fixed_and_loses_nothing() {
+    let ns = TestNs::new("e2e-corrupt");
+    let queue = ns.name.as_str();
+    let jobs = seed(
+        ns.dir.path(),
+        queue,
+        &json!({"jobs": [failing("p1", json!({"priority": 5})), failing("p2", json!({"priority": 2})), failing("plain", json!({}))]}),
+    );
+    let ids: Vec<String> = ["p1", "p2", "plain"]
+        .iter()
+        .map(|k| id_of(&jobs, k))
+        .collect();
+    let pc = format!("bull:{queue}:pc");
+    let _: () = redis::cmd("SET")
+        .arg(&pc)
+        .arg("abc")
+        .query(&mut raw())
+        .unwrap();
+    let before = queue_dump(queue);
+    let _op = Operator::start(&ns, &[]);
+    assert!(
+        ns.apply("c.yaml", &jobretry_yaml("corrupt", queue, &ids, "", ""))
+            .ok
+    );
+    assert!(ns.wait_condition("corrupt", "Stalled", "60s").ok);
+    let jr = ns.get("corrupt");
+    let stalled = condition(&jr, "Stalled");
+    assert_eq!(stalled["reason"], "QueueDataInvalid");
+    assert!(
+        message(&stalled).contains(&pc) && message(&stalled).contains("abc"),
+        "{stalled}"
+    );
+    assert_ne!(
+        jr["status"]["phase"], "Failed",
+        "a user can fix the value in place"
+    );
+    assert!(jr["status"]["jobs"].is_null(), "no job was processed: {jr}");
+    assert!(before == queue_dump(queue), "nothing may change in Redis");
+    // The user repairs the counter; the run goes on by itself.
+    let _: () = redis::cmd("SET")
+        .arg(&pc)
+        .arg("41")
+        .query(&mut raw())
+        .unwrap();
+    assert!(ns.wait_condition("corrupt", "Complete", "90s").ok);
+    let st = ns.get("corrupt")["status"].clone();
+    assert_eq!(st["counts"], json!({"Retried": 3}));
+    let prioritized: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(format!("bull:{queue}:prioritized"))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query(&mut raw())
+        .unwrap();
+    let want = vec![
+        (ids[1].clone(), (2u64 * (1 << 32) + 43) as f64),
+        (ids[0].clone(), (5u64 * (1 << 32) + 42) as f64),
+    ];
+    assert_eq!(prioritized, want, "scores continue the repaired counter");
 }
 
 #[test]

@@ -388,3 +388,108 @@ fn tls_with_a_private_ca_from_the_secret() {
         .unwrap();
     assert_eq!(waiting, vec![a]);
 }
+
+/// The commands Redis gained after 5.0 (BullMQ's own minimum) that a 7.0 server has; a
+/// server with all of them disabled stands in for Redis 5.0, of which no binary is
+/// installable here.
+const AFTER_REDIS_5_0: [&str; 41] = [
+    "ACL",
+    "BITFIELD_RO",
+    "BLMOVE",
+    "BLMPOP",
+    "BZMPOP",
+    "COPY",
+    "EVAL_RO",
+    "EVALSHA_RO",
+    "EXPIRETIME",
+    "FAILOVER",
+    "FCALL",
+    "FCALL_RO",
+    "FUNCTION",
+    "GEOSEARCH",
+    "GEOSEARCHSTORE",
+    "GETDEL",
+    "GETEX",
+    "HELLO",
+    "HRANDFIELD",
+    "LCS",
+    "LMOVE",
+    "LMPOP",
+    "LPOS",
+    "PEXPIRETIME",
+    "RESET",
+    "SINTERCARD",
+    "SMISMEMBER",
+    "SORT_RO",
+    "SPUBLISH",
+    "SSUBSCRIBE",
+    "SUNSUBSCRIBE",
+    "XAUTOCLAIM",
+    "ZDIFF",
+    "ZDIFFSTORE",
+    "ZINTER",
+    "ZINTERCARD",
+    "ZMPOP",
+    "ZMSCORE",
+    "ZRANDMEMBER",
+    "ZRANGESTORE",
+    "ZUNION",
+];
+
+struct OwnRedis(std::process::Child);
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_redis_with_only_the_commands_of_redis_5_0() {
+    let ns = TestNs::new("e2e-redis5");
+    let port = free_port();
+    let mut conf = format!("port {port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\n");
+    for c in AFTER_REDIS_5_0 {
+        conf.push_str(&format!("rename-command {c} \"\"\n"));
+    }
+    let path = ns.dir.path().join("redis5.conf");
+    std::fs::write(&path, conf).unwrap();
+    let _server = OwnRedis(
+        std::process::Command::new("redis-server")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut con = eventually(
+        std::time::Duration::from_secs(10),
+        "redis-server up",
+        || {
+            redis::Client::open(url.as_str())
+                .ok()?
+                .get_connection()
+                .ok()
+        },
+    );
+    // The stand-in refuses the newer commands, from scripts too.
+    let refused = redis::cmd("EVAL")
+        .arg("return redis.call('ZMSCORE', 'x', 'a')")
+        .arg(0)
+        .query::<redis::Value>(&mut con)
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("Unknown Redis command"),
+        "{refused}"
+    );
+    ns.secret("redis5", &url);
+    run_case(
+        &ns,
+        ns.name.as_str(),
+        "bull",
+        &[],
+        "    secretRef:\n      name: redis5\n",
+        &url,
+    );
+}
