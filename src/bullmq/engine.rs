@@ -1,4 +1,4 @@
-//! The retry engine: runs our Lua script (`retry.lua`) on a batch of job ids and decodes one
+//! The retry engine: runs our Lua script (`core.lua` + `retry.lua`) on a batch of job ids and decodes one
 //! [`JobOutcome`] per id; also probes a queue (does it exist, which version wrote it).
 //!
 //! Guarantees: a batch is one atomic script call; the ledger entries for the jobs it retries
@@ -147,7 +147,7 @@ pub struct RetryEngine {
 impl Default for RetryEngine {
     fn default() -> Self {
         Self {
-            script: Script::new(include_str!("retry.lua")),
+            script: Script::new(concat!(include_str!("core.lua"), include_str!("retry.lua"))),
         }
     }
 }
@@ -182,19 +182,7 @@ impl RetryEngine {
         ids: &[String],
     ) -> Result<Vec<JobOutcome>, EngineError> {
         let inv = invocation(&self.script, keys, req, ids);
-        let replies: Vec<String> = match inv.invoke_async(conn).await {
-            Ok(r) => r,
-            // The script's own refusals (nothing was written).
-            Err(e) if e.code() == Some("JOBRETRY") => {
-                let why = e.detail().unwrap_or("a queue key has an unexpected type");
-                return Err(EngineError::IncompatibleQueue(why.trim().to_string()));
-            }
-            Err(e) if e.code() == Some("JOBRETRY_DATA") => {
-                let why = e.detail().unwrap_or("a queue value is invalid");
-                return Err(EngineError::QueueData(why.trim().to_string()));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let replies: Vec<String> = inv.invoke_async(conn).await.map_err(script_error)?;
         if replies.len() != ids.len() {
             return Err(EngineError::Protocol(format!(
                 "{} replies for {} ids",
@@ -206,13 +194,24 @@ impl RetryEngine {
     }
 }
 
-/// The call of a retry script (ours, or a variant under study in `benches/`) with the KEYS
-/// and ARGV documented in `retry.lua`'s header.
-pub fn invocation<'a>(
+/// An error of one of our scripts: its own refusals (nothing was written) or Redis's.
+pub(crate) fn script_error(e: redis::RedisError) -> EngineError {
+    let why = |fallback: &str| e.detail().unwrap_or(fallback).trim().to_string();
+    match e.code() {
+        Some("JOBRETRY") => {
+            EngineError::IncompatibleQueue(why("a queue key has an unexpected type"))
+        }
+        Some("JOBRETRY_DATA") => EngineError::QueueData(why("a queue value is invalid")),
+        _ => EngineError::Redis(e),
+    }
+}
+
+/// A call of one of our scripts with the queue's KEYS 1-11 and the run's ARGV 1-7, as
+/// documented in `core.lua`'s header.
+pub(crate) fn queue_invocation<'a>(
     script: &'a Script,
     keys: &QueueKeys,
     req: &BatchRequest,
-    ids: &[String],
 ) -> ScriptInvocation<'a> {
     let flag = |b: bool| if b { "1" } else { "0" };
     let (ledger_key, owner) = req
@@ -241,12 +240,24 @@ pub fn invocation<'a>(
         .arg(flag(req.reset_attempts_started))
         .arg(flag(req.dry_run))
         .arg(owner)
-        .arg(req.ledger_ttl.as_millis().max(1) as u64)
-        .arg(ids);
+        .arg(req.ledger_ttl.as_millis().max(1) as u64);
     inv
 }
 
-fn decode(reply: &str) -> Result<JobOutcome, EngineError> {
+/// The call of a retry script (ours, or a variant under study in `benches/`) with the KEYS
+/// and ARGV documented in `retry.lua`'s header.
+pub fn invocation<'a>(
+    script: &'a Script,
+    keys: &QueueKeys,
+    req: &BatchRequest,
+    ids: &[String],
+) -> ScriptInvocation<'a> {
+    let mut inv = queue_invocation(script, keys, req);
+    inv.arg(ids);
+    inv
+}
+
+pub(crate) fn decode(reply: &str) -> Result<JobOutcome, EngineError> {
     let (head, rest) = reply.split_at(reply.len().min(1));
     Ok(match (head, rest) {
         ("1", "") => JobOutcome::Retried,

@@ -42,6 +42,18 @@ impl QueueKeys {
     pub fn ledger(&self, run_key: &str) -> String {
         self.key(&format!("jobretry:ledger:run:{run_key}"))
     }
+
+    /// The record of a selector run of `run_key` (its cursor and counters, written by the
+    /// same script call as its retries): `P:Q:jobretry:record:run:<runKey>`.
+    pub fn record(&self, run_key: &str) -> String {
+        self.key(&format!("jobretry:record:run:{run_key}"))
+    }
+
+    /// The lock that lets one selector run at a time work on the queue's `state`:
+    /// `P:Q:jobretry:lock:state:<state>`.
+    pub fn lock(&self, state: &str) -> String {
+        self.key(&format!("jobretry:lock:state:{state}"))
+    }
 }
 
 #[cfg(test)]

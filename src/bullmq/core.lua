@@ -1,0 +1,263 @@
+--[[
+  jobretry-operator: the shared core of our retry scripts (retry.lua for job ids, select.lua
+  for selector pages). It is prepended to each of them when the script is built
+  (src/bullmq/engine.rs), so both retry a job through exactly the same code: what BullMQ's
+  Job.retry() (the reprocessJob script) of one release does, for many jobs in one call.
+
+  Our own code, written from the behaviour documented in the project's design notes. Uses
+  only commands Redis 5.0 has (BullMQ's own minimum).
+
+  The queue's keys, in this order, are KEYS[1..11] of both scripts:
+    1  P:Q:              job key base (job keys are P:Q:<id>)
+    2  P:Q:events        stream
+    3  P:Q:<state>       zset, "failed" or "completed"
+    4  P:Q:wait          list
+    5  P:Q:paused        list (BullMQ 5 puts retried jobs of a paused queue here)
+    6  P:Q:meta          hash
+    7  P:Q:active        list
+    8  P:Q:marker        zset
+    9  P:Q:prioritized   zset
+    10 P:Q:pc            string (priority counter)
+    11 ledger            hash: job id -> "1@<owner>" for every job this run key retried
+
+  Release flags (src/bullmq/version.rs), letters:
+    m = marker, events MAXLEN and the meta default (>= 5.1.7)
+    c = global concurrency check (>= 5.9.0)
+    p = flow parent update, in its fixed form (>= 5.58.2 / 5.79.2)
+    w = a paused queue's jobs go to wait, not paused (>= 6.0.0)
+    r = priority-aware: priority ~= 0 goes to prioritized (>= 6.3.15)
+
+  Per-job results: "1" retried, "W" would be retried (dry run), "-1" job hash missing,
+  "-3" not in the state set, "L<v>" in the ledger already, "E<msg>" refused for this job.
+  Whole-call error replies, after which nothing was written:
+    "JOBRETRY <msg>"       a queue key has the wrong type (or the ledger key holds a job)
+    "JOBRETRY_DATA <msg>"  a queue value the retry must parse is invalid (pc, meta.concurrency,
+                           meta opts.maxLenEvents); checked only when a job is to be retried,
+                           exactly where BullMQ's own script would parse it
+
+  Guarantee: every read, type check and value check happens before the first write, so a
+  refused job or call is never half-retried.
+]]
+local rcall = redis.call
+
+local function keyType(key)
+  return rcall("TYPE", key)["ok"]
+end
+
+-- Runs `cmd key <items>` in chunks that fit Lua's stack; concatenates the replies.
+local function chunked(cmd, key, list)
+  local out = {}
+  for i = 1, #list, 5000 do
+    local part = rcall(cmd, key, unpack(list, i, math.min(i + 4999, #list)))
+    if type(part) == "table" then
+      for _, v in ipairs(part) do out[#out + 1] = v end
+    end
+  end
+  return out
+end
+
+-- The run's settings and the queue's keys.
+local function newRun(state, flags, resetAtm, resetAts, dryRun, owner, ttl)
+  local function has(letter) return string.find(flags, letter, 1, true) ~= nil end
+  return {
+    base = KEYS[1], events = KEYS[2], stateKey = KEYS[3], wait = KEYS[4], paused = KEYS[5],
+    meta = KEYS[6], active = KEYS[7], marker = KEYS[8], prioritized = KEYS[9], pc = KEYS[10],
+    ledger = KEYS[11],
+    state = state, resetAtm = resetAtm == "1", resetAts = resetAts == "1",
+    dryRun = dryRun == "1", owner = owner, ttl = tonumber(ttl),
+    withMarker = has("m"), withConcurrency = has("c"), withParent = has("p"),
+    toWaitWhenPaused = has("w"), priorityAware = has("r"),
+  }
+end
+
+-- Queue keys must be absent or of BullMQ's type; the ledger must not be a job's hash.
+-- `extra` lists more {key, type} pairs of the calling script. Returns an error reply or nil.
+local function checkKeyTypes(extra)
+  local expected = { {KEYS[2], "stream"}, {KEYS[3], "zset"}, {KEYS[4], "list"}, {KEYS[5], "list"},
+    {KEYS[6], "hash"}, {KEYS[7], "list"}, {KEYS[8], "zset"}, {KEYS[9], "zset"},
+    {KEYS[10], "string"}, {KEYS[11], "hash"} }
+  for _, e in ipairs(extra or {}) do expected[#expected + 1] = e end
+  for _, e in ipairs(expected) do
+    local t = keyType(e[1])
+    if t ~= "none" and t ~= e[2] then
+      return redis.error_reply("JOBRETRY key " .. e[1] .. " is a " .. t .. ", expected a " .. e[2])
+    end
+  end
+  local opts = rcall("HGET", KEYS[11], "opts")
+  if opts and string.sub(opts, 1, 2) ~= "1@" then
+    return redis.error_reply("JOBRETRY the ledger key " .. KEYS[11] .. " holds a BullMQ job, not a ledger")
+  end
+  return nil
+end
+
+-- The job's stored opts, as BullMQ's client parses them before retrying; nil if unreadable.
+local function readOpts(raw)
+  if not raw then return {} end
+  local ok, decoded = pcall(cjson.decode, raw)
+  if not ok or type(decoded) ~= "table" then return nil end
+  return decoded
+end
+
+local function truthy(v)
+  return v ~= nil and v ~= false and v ~= 0 and v ~= "" and v ~= cjson.null
+end
+
+local parentTypes = { {":unsuccessful", "zset"}, {":failed", "hash"}, {":processed", "hash"},
+  {":dependencies", "set"} }
+
+-- Checks a flow parent's records; returns the parent key to update, false, or an error text.
+local function checkParent(parentKey)
+  local ok, exists = pcall(rcall, "EXISTS", parentKey)
+  if not ok then
+    return nil, "parent " .. parentKey .. " cannot be reached from the queue's hash slot: " ..
+      tostring(exists and exists.err or exists)
+  end
+  if exists == 0 then return false end
+  for _, p in ipairs(parentTypes) do
+    local t = keyType(parentKey .. p[1])
+    if t ~= "none" and t ~= p[2] then
+      return nil, "parent key " .. parentKey .. p[1] .. " is a " .. t .. ", expected a " .. p[2]
+    end
+  end
+  return parentKey
+end
+
+-- The job fields the retry reads: priority, parentKey, opts.
+local JOB_FIELDS = { "priority", "parentKey", "opts" }
+
+-- Plans the retry of job `id` (reads only), known to be in the state set. `f` holds its
+-- JOB_FIELDS as HMGET returned them. Returns the result code and, for "1"/"W", its move.
+local function planMove(R, id, f)
+  local jobKey = R.base .. id
+  if not (f[1] or f[2] or f[3]) and rcall("EXISTS", jobKey) == 0 then return "-1" end
+  local opts = readOpts(f[3])
+  if not opts then return "E" .. "the job's opts field is not valid JSON; BullMQ cannot load the job" end
+  local move = { id = id, key = jobKey, lifo = truthy(opts["lifo"]) }
+  if R.priorityAware then
+    local prio = tonumber(f[1]) or 0
+    if prio ~= prio then return "E" .. "the job's priority field " .. tostring(f[1]) .. " is not a number" end
+    if prio ~= 0 then move.prio = prio end
+  end
+  if R.withParent and f[2] then
+    local parent, perr = checkParent(f[2])
+    if perr then return "E" .. perr end
+    move.parent = parent
+  end
+  return R.dryRun and "W" or "1", move
+end
+
+-- A Redis integer as string2ll reads it (no sign '+', no leading zeros, no spaces).
+local function isRedisInteger(s, allowNegative)
+  if s == "0" then return true end
+  local pattern = allowNegative and "^%-?[1-9]%d*$" or "^[1-9]%d*$"
+  return string.find(s, pattern) ~= nil and #s <= 18
+end
+
+-- Reads and checks the queue-wide values the retry of `moves` parses, where BullMQ's script
+-- would parse them. Returns the facts for applyMoves, or nil and an error reply.
+local function readQueueValues(R, moves)
+  local function dataError(msg) return nil, redis.error_reply("JOBRETRY_DATA " .. msg) end
+  local meta = rcall("HMGET", R.meta, "paused", "concurrency", "opts.maxLenEvents")
+  local q = { paused = meta[1] ~= false, maxLen = meta[3] }
+  q.pausedOrMaxed = q.paused
+  if not q.paused and R.withConcurrency and meta[2] then
+    local limit = tonumber(meta[2])
+    if not limit then
+      return dataError(R.meta .. " field concurrency is " .. meta[2] .. ", not a number; fix or delete it (Queue.setGlobalConcurrency)")
+    end
+    q.pausedOrMaxed = rcall("LLEN", R.active) >= limit
+  end
+  if R.withMarker and q.maxLen and not isRedisInteger(q.maxLen, false) then
+    return dataError(R.meta .. " field opts.maxLenEvents is " .. q.maxLen .. ", not a non-negative integer; fix it (the queue's streams.events.maxLen)")
+  end
+  for _, m in ipairs(moves) do
+    if m.prio then
+      local pc = rcall("GET", R.pc)
+      if pc and not isRedisInteger(pc, true) then
+        return dataError("priority counter " .. R.pc .. " is " .. pc .. ", not an integer; fix it before retrying prioritized jobs")
+      end
+      break
+    end
+  end
+  return q
+end
+
+-- Writes the retries of `moves`, in an order whose end state equals one reprocessJob call
+-- per job, and records them in the ledger.
+local function applyMoves(R, moves, q)
+  local resetFields = { "finishedOn", "processedOn", R.state == "failed" and "failedReason" or "returnvalue" }
+  if R.resetAtm then resetFields[#resetFields + 1] = "atm" end
+  if R.resetAts then resetFields[#resetFields + 1] = "ats" end
+  local nf = #resetFields
+  local moved, fifo, lifo, prioritized = {}, {}, {}, {}
+  for k, m in ipairs(moves) do
+    moved[k] = m.id
+    rcall("HDEL", m.key, unpack(resetFields, 1, nf))
+    if m.prio then
+      prioritized[#prioritized + 1] = m
+    elseif m.lifo then
+      lifo[#lifo + 1] = m.id
+    else
+      fifo[#fifo + 1] = m.id
+    end
+  end
+  chunked("ZREM", R.stateKey, moved)
+
+  local target = R.wait
+  if q.paused and not R.toWaitWhenPaused then target = R.paused end
+  if #fifo > 0 then chunked("LPUSH", target, fifo) end
+  if #lifo > 0 then chunked("RPUSH", target, lifo) end
+  if #prioritized > 0 then
+    local last = rcall("INCRBY", R.pc, #prioritized)
+    local first = last - #prioritized + 1
+    for k, m in ipairs(prioritized) do
+      rcall("ZADD", R.prioritized, m.prio * 0x100000000 + (first + k - 1) % 0x100000000, m.id)
+    end
+  end
+  if R.withMarker and not q.pausedOrMaxed then rcall("ZADD", R.marker, 0, "0") end
+
+  for _, m in ipairs(moves) do
+    if m.parent then
+      local deps = m.parent .. ":dependencies"
+      if R.state == "failed" then
+        if rcall("ZREM", m.parent .. ":unsuccessful", m.key) == 1 or
+           rcall("HDEL", m.parent .. ":failed", m.key) == 1 then
+          rcall("SADD", deps, m.key)
+        end
+      elseif rcall("HDEL", m.parent .. ":processed", m.key) == 1 then
+        rcall("SADD", deps, m.key)
+      end
+    end
+  end
+
+  if R.withMarker then
+    local maxLen = q.maxLen
+    if not maxLen then
+      maxLen = 10000
+      rcall("HSET", R.meta, "opts.maxLenEvents", maxLen)
+    end
+    for _, id in ipairs(moved) do
+      rcall("XADD", R.events, "MAXLEN", "~", maxLen, "*", "event", "waiting", "jobId", id, "prev", R.state)
+    end
+  else
+    for _, id in ipairs(moved) do
+      rcall("XADD", R.events, "*", "event", "waiting", "jobId", id, "prev", R.state)
+    end
+  end
+
+  if R.owner ~= "" then
+    local entry = "1@" .. R.owner
+    local fields, nfld = {}, 0
+    for _, id in ipairs(moved) do
+      fields[nfld + 1] = id
+      fields[nfld + 2] = entry
+      nfld = nfld + 2
+      if nfld >= 5000 then
+        rcall("HSET", R.ledger, unpack(fields, 1, nfld))
+        nfld = 0
+      end
+    end
+    if nfld > 0 then rcall("HSET", R.ledger, unpack(fields, 1, nfld)) end
+    rcall("PEXPIRE", R.ledger, R.ttl)
+  end
+end

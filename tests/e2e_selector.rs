@@ -1,0 +1,590 @@
+//! Selector pages against real BullMQ 6.7.0 data: a Worker fails jobs of several names and
+//! reasons over a time span; each filter alone and combined retries exactly the jobs that
+//! BullMQ's own `getJobs` says match (computed here independently), in keyset order, once,
+//! and a real Worker then processes each of them once. Also: ties of equal finishedOn paged
+//! byte-wise one job at a time, the snapshot bound, a dry run that changes nothing and
+//! previews what the real run then retries, and the one-run-per-queue lock.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use common::*;
+use jobretry_operator::{
+    bullmq::{
+        BatchRequest, JobOutcome, PageOutcome, PageRequest, QueueKeys, QueueVersion, Selector,
+    },
+    crd::SourceState,
+};
+use serde_json::{Value, json};
+
+fn db_url(db: u8) -> String {
+    format!("{}/{db}", redis_url())
+}
+
+fn conn(db: u8) -> redis::Connection {
+    redis::Client::open(db_url(db))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+fn flush(db: u8) {
+    let _: () = redis::cmd("FLUSHDB").query(&mut conn(db)).unwrap();
+}
+
+/// Copies every key of `from` into `to` (replacing).
+fn copy_db(from: u8, to: u8) {
+    flush(to);
+    let mut con = conn(from);
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    for k in keys {
+        let _: i64 = redis::cmd("COPY")
+            .arg(&k)
+            .arg(&k)
+            .arg("DB")
+            .arg(to)
+            .query(&mut con)
+            .unwrap();
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Seeds failed jobs through a real Worker (10 at a time, so some share a finishedOn).
+fn seed_failed(db: u8, queue: &str, jobs: &[(&str, &str)], dir: &std::path::Path) {
+    let spec = json!({"jobs": jobs.iter().enumerate().map(|(i, (name, reason))| json!({
+        "key": format!("k{i}"), "name": name, "data": {"reason": reason}, "opts": {}, "outcome": "fail"
+    })).collect::<Vec<_>>()});
+    let path = dir.join(format!("{queue}-{}.json", now_ms()));
+    std::fs::write(&path, spec.to_string()).unwrap();
+    node(
+        "seed.mjs",
+        &[
+            "--redis",
+            &db_url(db),
+            "--queue",
+            queue,
+            "--spec",
+            path.to_str().unwrap(),
+            "--concurrency",
+            "10",
+        ],
+    );
+}
+
+/// BullMQ's own view of the failed jobs, oldest finishedOn first, ties by id byte-wise.
+fn listed(db: u8, queue: &str) -> Vec<Value> {
+    let mut jobs = node("list.mjs", &["--redis", &db_url(db), "--queue", queue])["jobs"]
+        .as_array()
+        .unwrap()
+        .clone();
+    jobs.sort_by(|a, b| {
+        (
+            a["finishedOn"].as_i64(),
+            a["id"].as_str().unwrap().as_bytes(),
+        )
+            .cmp(&(
+                b["finishedOn"].as_i64(),
+                b["id"].as_str().unwrap().as_bytes(),
+            ))
+    });
+    jobs
+}
+
+/// Glob matching written independently of the operator's Lua patterns.
+fn glob(pattern: &[char], name: &[char]) -> bool {
+    match (pattern.split_first(), name.split_first()) {
+        (None, _) => name.is_empty(),
+        (Some(('*', rest)), _) => (0..=name.len()).any(|i| glob(rest, &name[i..])),
+        (Some(('?', rest)), Some((_, n))) => glob(rest, n),
+        (Some((p, rest)), Some((c, n))) if p == c => glob(rest, n),
+        _ => false,
+    }
+}
+
+/// A selector's filters.
+#[derive(Clone, Default)]
+struct Filter {
+    names: Vec<String>,
+    reason: Option<String>,
+    after: Option<i64>,
+    before: Option<i64>,
+    max: Option<u64>,
+}
+
+impl Filter {
+    fn expected(&self, jobs: &[Value], upper: i64) -> Vec<String> {
+        let hit = |j: &&Value| {
+            let name: Vec<char> = j["name"].as_str().unwrap().chars().collect();
+            let when = j["finishedOn"].as_i64().unwrap();
+            (self.names.is_empty()
+                || self
+                    .names
+                    .iter()
+                    .any(|g| glob(&g.chars().collect::<Vec<_>>(), &name)))
+                && self.reason.as_ref().is_none_or(|r| {
+                    j["failedReason"]
+                        .as_str()
+                        .is_some_and(|f| f.contains(r.as_str()))
+                })
+                && self.after.is_none_or(|a| when >= a)
+                && when < self.before.map_or(upper, |b| b.min(upper))
+        };
+        let ids = jobs
+            .iter()
+            .filter(hit)
+            .map(|j| j["id"].as_str().unwrap().to_string());
+        ids.take(self.max.unwrap_or(u64::MAX) as usize).collect()
+    }
+
+    fn request(
+        &self,
+        queue: &str,
+        run_key: &str,
+        dry: bool,
+        upper: i64,
+        budget: u32,
+    ) -> PageRequest {
+        let keys = QueueKeys::new("bull", queue);
+        PageRequest {
+            run: BatchRequest {
+                state: SourceState::Failed,
+                version: QueueVersion::resolve(Some("6.7.0"), None).unwrap(),
+                reset_attempts_made: true,
+                reset_attempts_started: false,
+                dry_run: dry,
+                ledger: Some((keys.ledger(run_key), "selector-test".into())),
+                ledger_ttl: Duration::from_secs(600),
+            },
+            run_key: run_key.into(),
+            lock_ttl: Duration::from_secs(60),
+            lower: self.after,
+            upper: self.before.map_or(upper, |b| b.min(upper)),
+            max_jobs: self.max.unwrap_or(10_000),
+            budget,
+            dry_cursor: None,
+            dry_matched: 0,
+            reason_contains: self.reason.clone(),
+            names: self.names.clone(),
+        }
+    }
+}
+
+/// Everything a run did, page by page, until done.
+#[derive(Default)]
+struct Drained {
+    rows: Vec<(String, JobOutcome)>,
+    pages: usize,
+    scanned: u64,
+    names: BTreeMap<String, u64>,
+    reasons: BTreeMap<String, u64>,
+    oldest: Option<i64>,
+    newest: Option<i64>,
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// One page call.
+fn page(db: u8, queue: &str, req: &PageRequest) -> PageOutcome {
+    rt().block_on(async {
+        let client = redis::Client::open(db_url(db)).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        Selector::default()
+            .page(&mut c, &QueueKeys::new("bull", queue), req)
+            .await
+            .unwrap()
+    })
+}
+
+/// Pages until done, feeding a dry run its own cursor back as the controller does.
+fn drain(db: u8, queue: &str, mut req: PageRequest) -> Drained {
+    let mut d = Drained::default();
+    loop {
+        let PageOutcome::Page(p) = page(db, queue, &req) else {
+            panic!("the queue is busy")
+        };
+        d.pages += 1;
+        d.scanned = p.scanned;
+        d.rows.extend(p.rows);
+        for (n, c) in p.names {
+            *d.names.entry(n).or_default() += c;
+        }
+        for (r, c) in p.reasons {
+            *d.reasons.entry(r).or_default() += c;
+        }
+        d.oldest = d.oldest.or(p.oldest);
+        d.newest = p.newest.or(d.newest);
+        assert!(d.pages < 10_000, "the run does not end");
+        if p.done {
+            return d;
+        }
+        req.dry_cursor = p.cursor;
+        req.dry_matched = p.matched;
+    }
+}
+
+fn retried(d: &Drained) -> Vec<String> {
+    assert!(
+        d.rows.iter().all(|(_, o)| *o == JobOutcome::Retried),
+        "{:?}",
+        d.rows
+    );
+    d.rows.iter().map(|(id, _)| id.clone()).collect()
+}
+
+const NAMES: [&str; 4] = ["charge-eu", "charge-us", "refund", "émail"];
+const REASONS: [&str; 3] = ["ECONNRESET", "card declined", "socket ECONNRESET by peer"];
+
+/// Three waves of failures, 150 ms apart.
+fn seed_waves(db: u8, queue: &str, dir: &std::path::Path) -> Vec<(i64, i64)> {
+    let mut waves = Vec::new();
+    for wave in 0..3 {
+        let jobs: Vec<(&str, &str)> = (0..36)
+            .map(|i| (NAMES[(i + wave) % 4], REASONS[(i / 4 + wave) % 3]))
+            .collect();
+        let start = now_ms();
+        seed_failed(db, queue, &jobs, dir);
+        waves.push((start, now_ms()));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    waves
+}
+
+#[test]
+fn each_filter_alone_and_combined_retries_exactly_the_jobs_bullmq_lists() {
+    let (src, work) = (1, 2);
+    flush(src);
+    let dir = tempfile::tempdir().unwrap();
+    let queue = "sel-filters";
+    let waves = seed_waves(src, queue, dir.path());
+    let jobs = listed(src, queue);
+    assert_eq!(jobs.len(), 108);
+    let upper = now_ms();
+    let ties = jobs.len()
+        - jobs
+            .iter()
+            .map(|j| j["finishedOn"].as_i64())
+            .collect::<BTreeSet<_>>()
+            .len();
+    eprintln!(
+        "{} failed jobs, {ties} sharing a finishedOn with another",
+        jobs.len()
+    );
+    let second = (waves[1].0, waves[2].0);
+    let cases: Vec<(&str, Filter)> = vec![
+        ("all", Filter::default()),
+        (
+            "names",
+            Filter {
+                names: vec!["charge-*".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "names ?",
+            Filter {
+                names: vec!["?mail".into(), "refun?".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "reason",
+            Filter {
+                reason: Some("ECONNRESET".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "window",
+            Filter {
+                after: Some(second.0),
+                before: Some(second.1),
+                ..Default::default()
+            },
+        ),
+        (
+            "combined",
+            Filter {
+                names: vec!["charge-??".into()],
+                reason: Some("ECONNRESET".into()),
+                after: Some(second.0),
+                ..Default::default()
+            },
+        ),
+        (
+            "maxJobs",
+            Filter {
+                reason: Some("card".into()),
+                max: Some(7),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, filter) in cases {
+        copy_db(src, work);
+        let want = filter.expected(&jobs, upper);
+        assert!(!want.is_empty(), "{what}: the case selects nothing");
+        let d = drain(
+            work,
+            queue,
+            filter.request(queue, "ns/run", false, upper, 9),
+        );
+        assert_eq!(retried(&d), want, "{what}: retried jobs, in keyset order");
+        let left: BTreeSet<String> = listed(work, queue)
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            want.iter().all(|id| !left.contains(id)),
+            "{what}: a retried job is still failed"
+        );
+        assert_eq!(
+            left.len(),
+            jobs.len() - want.len(),
+            "{what}: other jobs stay failed"
+        );
+        eprintln!(
+            "{what}: {} of {} jobs retried in {} pages",
+            want.len(),
+            jobs.len(),
+            d.pages
+        );
+        if what == "combined" {
+            // A real Worker processes exactly the retried jobs, once each.
+            let out = node(
+                "process.mjs",
+                &[
+                    "--redis",
+                    &db_url(work),
+                    "--queue",
+                    queue,
+                    "--expect",
+                    &want.len().to_string(),
+                ],
+            );
+            let done: Vec<&str> = out["processed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["id"].as_str().unwrap())
+                .collect();
+            assert_eq!(done.len(), want.len(), "each retried job processed once");
+            assert_eq!(
+                done.iter().copied().collect::<BTreeSet<_>>(),
+                want.iter().map(String::as_str).collect::<BTreeSet<_>>()
+            );
+        }
+    }
+}
+
+#[test]
+fn ties_are_paged_byte_wise_one_job_at_a_time_without_a_skip_or_a_repeat() {
+    let db = 3;
+    flush(db);
+    let queue = "sel-ties";
+    let dir = tempfile::tempdir().unwrap();
+    seed_failed(db, queue, &[("seed", "x")], dir.path());
+    // Jobs written as BullMQ writes failed jobs, all with one finishedOn, with ids whose
+    // byte order differs from a locale's order.
+    let ids = ["B", "a", "a b", "b", "Ä", "ä", "10", "9", "_", "z"];
+    let mut con = conn(db);
+    for id in ids {
+        let key = format!("bull:{queue}:{id}");
+        let _: () = redis::cmd("HSET")
+            .arg(&key)
+            .arg(&[
+                "name",
+                "tie",
+                "data",
+                "{}",
+                "opts",
+                "{}",
+                "timestamp",
+                "1",
+                "finishedOn",
+                "1000",
+                "failedReason",
+                "boom",
+            ])
+            .query(&mut con)
+            .unwrap();
+        let _: () = redis::cmd("ZADD")
+            .arg(format!("bull:{queue}:failed"))
+            .arg(1000)
+            .arg(id)
+            .query(&mut con)
+            .unwrap();
+    }
+    let filter = Filter {
+        names: vec!["tie".into()],
+        ..Default::default()
+    };
+    let d = drain(
+        db,
+        queue,
+        filter.request(queue, "ns/ties", false, now_ms(), 1),
+    );
+    let mut want: Vec<&str> = ids.to_vec();
+    want.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    assert_eq!(retried(&d), want);
+    assert!(d.pages >= ids.len(), "one job per page: {} pages", d.pages);
+}
+
+#[test]
+fn a_dry_run_changes_nothing_and_previews_what_the_real_run_retries() {
+    let (src, work) = (5, 6);
+    flush(src);
+    let dir = tempfile::tempdir().unwrap();
+    let queue = "sel-dry";
+    seed_waves(src, queue, dir.path());
+    copy_db(src, work);
+    let upper = now_ms();
+    let filter = Filter {
+        reason: Some("ECONNRESET".into()),
+        ..Default::default()
+    };
+    let before = stable_dump(&db_url(work));
+    let dry = drain(work, queue, filter.request(queue, "ns/dry", true, upper, 7));
+    assert_eq!(
+        stable_dump(&db_url(work)),
+        before,
+        "a dry run wrote to Redis"
+    );
+    assert!(dry.rows.iter().all(|(_, o)| *o == JobOutcome::WouldRetry));
+    let real = drain(
+        work,
+        queue,
+        filter.request(queue, "ns/real", false, upper, 7),
+    );
+    let would: Vec<String> = dry.rows.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(
+        would,
+        retried(&real),
+        "the preview is what the real run retries"
+    );
+    assert_eq!(dry.names, real.names);
+    assert_eq!(dry.reasons, real.reasons);
+    assert_eq!((dry.oldest, dry.newest), (real.oldest, real.newest));
+    assert_eq!(dry.reasons.values().sum::<u64>(), would.len() as u64);
+    assert!(dry.reasons.keys().all(|r| r.contains("ECONNRESET")));
+}
+
+#[test]
+fn one_selector_run_per_queue_and_state_the_second_waits() {
+    let db = 7;
+    flush(db);
+    let dir = tempfile::tempdir().unwrap();
+    let queue = "sel-lock";
+    seed_failed(db, queue, &[("a", "x"); 20], dir.path());
+    let upper = now_ms();
+    let all = Filter::default();
+    let first = all.request(queue, "ns/first", false, upper, 5);
+    let PageOutcome::Page(p) = page(db, queue, &first) else {
+        panic!("free queue busy")
+    };
+    assert!(!p.done);
+    let second = all.request(queue, "ns/second", false, upper, 5);
+    assert_eq!(
+        page(db, queue, &second),
+        PageOutcome::Busy("ns/first".into())
+    );
+    // Its holder is never blocked, also after a restart (same run key).
+    let rest = drain(db, queue, first.clone());
+    assert_eq!(rest.rows.len() + p.rows.len(), 20);
+    // The first run is done: the lock is gone, the second runs (and finds nothing left).
+    let d = drain(db, queue, second);
+    assert!(d.rows.is_empty());
+}
+
+#[test]
+fn the_snapshot_holds_and_a_job_that_fails_again_is_never_taken_twice() {
+    let db = 8;
+    flush(db);
+    let dir = tempfile::tempdir().unwrap();
+    let queue = "sel-snap";
+    seed_failed(db, queue, &[("a", "x"); 12], dir.path());
+    let upper = now_ms();
+    let all = Filter::default();
+    let req = all.request(queue, "ns/snap", false, upper, 4);
+    let PageOutcome::Page(p) = page(db, queue, &req) else {
+        panic!("busy")
+    };
+    let first: Vec<String> = p.rows.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(first.len(), 4);
+    std::thread::sleep(Duration::from_millis(5));
+    // New failures after the run started are outside its snapshot (written as BullMQ's
+    // moveToFinished writes them: seed.mjs refuses a queue with waiting jobs).
+    let mut con = conn(db);
+    for i in 0..5 {
+        let id = format!("later-{i}");
+        let _: () = redis::cmd("HSET")
+            .arg(format!("bull:{queue}:{id}"))
+            .arg(&[
+                "name",
+                "a",
+                "data",
+                "{}",
+                "opts",
+                "{}",
+                "failedReason",
+                "later",
+            ])
+            .arg("finishedOn")
+            .arg(now_ms())
+            .query(&mut con)
+            .unwrap();
+        let _: () = redis::cmd("ZADD")
+            .arg(format!("bull:{queue}:failed"))
+            .arg(now_ms())
+            .arg(&id)
+            .query(&mut con)
+            .unwrap();
+    }
+    // A job the run retried fails again, stamped by a worker whose clock runs behind: its
+    // finishedOn lies inside the window, after the cursor.
+    let behind = upper - 1;
+    let _: () = redis::cmd("LREM")
+        .arg(format!("bull:{queue}:wait"))
+        .arg(0)
+        .arg(&first[0])
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("bull:{queue}:failed"))
+        .arg(behind)
+        .arg(&first[0])
+        .query(&mut con)
+        .unwrap();
+    let rest = drain(db, queue, req);
+    let mut all_rows = first.clone();
+    all_rows.extend(retried(&rest));
+    assert_eq!(all_rows.len(), 12, "{all_rows:?}");
+    assert_eq!(
+        all_rows.iter().collect::<BTreeSet<_>>().len(),
+        12,
+        "a job was taken twice"
+    );
+    let later: Vec<Value> = listed(db, queue)
+        .into_iter()
+        .filter(|j| j["failedReason"] == "later")
+        .collect();
+    assert_eq!(
+        later.len(),
+        5,
+        "jobs that failed after the snapshot stay failed"
+    );
+}
