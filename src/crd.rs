@@ -12,11 +12,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-/// Upper bound of `spec.jobIds` and of `spec.selector.maxJobs`.
+/// Upper bound of `spec.jobIds`, and the default of `spec.selector.maxJobs`.
 pub const MAX_JOB_IDS: usize = 10_000;
+/// Upper bound of `spec.selector.maxJobs`.
+pub const MAX_SELECTED_JOBS: u64 = 100_000_000;
+/// Upper bound of the bytes of all `spec.jobIds` together (400 KiB): with the status's own
+/// bound, the whole object stays well below etcd's 1.5 MiB request limit.
+pub const MAX_JOB_IDS_BYTES: usize = 400 * 1024;
 
-/// Spec fields that may change after creation: only `suspend`. Every other field is listed
-/// here and covered by the immutability rule built by [`immutability_rule`].
+/// Spec fields that may change after creation: only `suspend`. Every other field is listed here and covered by the immutability rule built by [`immutability_rule`].
 const IMMUTABLE_FIELDS: &[&str] = &[
     "queue",
     "connection",
@@ -30,8 +34,7 @@ const IMMUTABLE_FIELDS: &[&str] = &[
     "runKey",
 ];
 
-/// Builds the CEL transition rule that keeps every spec field but `suspend` unchanged:
-/// a field may be neither added, removed nor changed.
+/// Builds the CEL transition rule that keeps every spec field but `suspend` unchanged: a field may be neither added, removed nor changed.
 pub fn immutability_rule() -> String {
     IMMUTABLE_FIELDS
         .iter()
@@ -42,8 +45,7 @@ pub fn immutability_rule() -> String {
 
 /// A request to retry finished BullMQ jobs of one queue, once.
 ///
-/// Like a Kubernetes Job, a JobRetry is a one-shot request: its spec cannot change after
-/// creation (except `suspend`); to run again, create a new object.
+/// Like a Kubernetes Job, a JobRetry is a one-shot request: its spec cannot change after creation (except `suspend`); to run again, create a new object.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "jobretry.io",
@@ -70,6 +72,8 @@ pub fn immutability_rule() -> String {
 #[x_kube(
     cel,
     validation = Rule::new("has(self.jobIds) != has(self.selector)").message("exactly one of spec.jobIds and spec.selector must be set"),
+    validation = Rule::new("!has(self.jobIds) || self.jobIds.map(id, size(bytes(id))).sum() <= 409600").message("spec.jobIds hold more than 400 KiB of ids, more than the object can store (etcd limits it to 1.5 MiB with its status); split them into several JobRetries, or use a selector"),
+    validation = Rule::new("!has(self.selector) || !has(self.selector.failedReasonContains) || !has(self.state) || self.state == 'failed'").message("selector.failedReasonContains needs state failed: a completed job can keep a stale failedReason from an earlier attempt"),
     validation = Rule::new(immutability_rule()).message("spec is immutable after creation except spec.suspend; to retry again, create a new JobRetry")
 )]
 #[serde(rename_all = "camelCase")]
@@ -81,16 +85,13 @@ pub struct JobRetrySpec {
     /// The BullMQ state the jobs are retried from: `failed` (default) or `completed`.
     #[serde(default)]
     pub state: SourceState,
-    /// Explicit job ids to retry, in order (at most 10,000; an id listed twice is retried once).
-    /// Exactly one of `jobIds` and `selector` must be set.
+    /// Explicit job ids to retry, in order (at most 10,000; an id listed twice is retried once). Exactly one of `jobIds` and `selector` must be set.
     // An atomic list: server-side apply then tracks it as one field, not 10,000 (which made
     // every status write of a large run cost ~0.35 s of API-server time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 10000), inner(length(min = 1, max = 256)), extend("x-kubernetes-list-type" = "atomic"))]
     pub job_ids: Option<Vec<String>>,
-    /// A server-side filter over the source state's set.
-    /// Exactly one of `jobIds` and `selector` must be set. Not supported yet by this operator
-    /// version: a run with a selector ends Failed (reason SelectorUnsupported), touching nothing.
+    /// A server-side filter over the source state's set. Exactly one of `jobIds` and `selector` must be set. Not supported yet by this operator version: a run with a selector ends Failed (reason SelectorUnsupported), touching nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<Selector>,
     /// Reset the job's attempts-made counter, as BullMQ's `resetAttemptsMade` retry option does.
@@ -105,12 +106,10 @@ pub struct JobRetrySpec {
     /// Pace of the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
-    /// Pause (true) or resume (false) the run. Stops between batches, never halfway through a job.
-    /// The only field that may change after creation.
+    /// Pause (true) or resume (false) the run. Stops between batches, never halfway through a job. The only field that may change after creation.
     #[serde(default)]
     pub suspend: bool,
-    /// Identity of the run for exactly-once retries; default "<namespace>/<name>". Every job is
-    /// retried at most once per run key, even across re-created objects.
+    /// Identity of the run for exactly-once retries; default "<namespace>/<name>". Every job is retried at most once per run key, even across re-created objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub run_key: Option<String>,
@@ -150,9 +149,7 @@ fn default_prefix() -> String {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Connection {
-    /// The Secret, in the JobRetry's namespace, holding the Redis URL
-    /// (redis:// or rediss:// for TLS; user:password@ supported). An optional key `ca.crt`
-    /// in the same Secret is a CA certificate (PEM) to trust for rediss:// (standalone, cluster).
+    /// The Secret, in the JobRetry's namespace, holding the Redis URL (redis:// or rediss:// for TLS; user:password@ supported). An optional key `ca.crt` in the same Secret is a CA certificate (PEM) to trust for rediss:// (standalone, cluster).
     pub secret_ref: SecretKeyRef,
     /// Redis deployment kind: standalone (default), cluster or sentinel.
     #[serde(default)]
@@ -240,14 +237,14 @@ pub struct Selector {
     /// Only jobs that finished before this time (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_before: Option<Time>,
-    /// Hard cap on the number of matched jobs (default 10000).
+    /// Hard cap on the number of matched jobs: the run takes the oldest matches first and stops at this many (default 10000, at most 100000000).
     #[serde(default = "default_max_jobs")]
-    #[schemars(range(min = 1, max = 10000))]
-    pub max_jobs: u32,
+    #[schemars(range(min = 1, max = 100000000))]
+    pub max_jobs: u64,
 }
 
-fn default_max_jobs() -> u32 {
-    MAX_JOB_IDS as u32
+fn default_max_jobs() -> u64 {
+    MAX_JOB_IDS as u64
 }
 
 /// Pace of a run.

@@ -115,7 +115,7 @@ fn retries_failed_jobs_by_id_and_a_worker_processes_exactly_those() {
         .unwrap()
         .get_connection()
         .unwrap();
-    let ledger = format!("bull:{queue}:jobretry:ledger:{}/incident", ns.name);
+    let ledger = format!("bull:{queue}:jobretry:ledger:run:{}/incident", ns.name);
     let ttl_ms: i64 = redis::cmd("PTTL").arg(&ledger).query(&mut con).unwrap();
     assert!(
         ttl_ms > 7 * 24 * 3600 * 1000 - 120_000 && ttl_ms <= 7 * 24 * 3600 * 1000,

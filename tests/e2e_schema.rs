@@ -133,3 +133,42 @@ fn refuses_a_later_edit_of_job_ids_but_allows_suspend() {
         edited.stderr
     );
 }
+
+#[test]
+fn refuses_a_failed_reason_filter_on_completed_jobs() {
+    let yaml = VALID.replace("state: failed", "state: completed").replace(
+        "jobIds: [\"1042\", \"1043\"]",
+        "selector: {failedReasonContains: ECONNRESET}",
+    );
+    let msg = refused("completed-reason", &yaml);
+    assert!(
+        msg.contains("failedReasonContains needs state failed"),
+        "{msg}"
+    );
+}
+
+/// Tried as a new user would: 5,500 schema-valid ids of 256 characters made an object that
+/// etcd could store but no status write could ever update. The schema now refuses what
+/// cannot fit, and says what to do; the largest list that fits is stored.
+#[test]
+fn refuses_job_ids_the_object_cannot_store_and_stores_the_largest_that_fit() {
+    let create = |name: &str, n: usize, len: usize| {
+        let ids: Vec<String> = (0..n).map(|i| format!("\"{i:0len$}\"")).collect();
+        let yaml = VALID
+            .replace("NAME", name)
+            .replace("[\"1042\", \"1043\"]", &format!("[{}]", ids.join(",")));
+        let path = ns().dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        // `create`: client-side apply would add its own 256 KiB annotation limit.
+        ns().kubectl(&["create", "-f", path.to_str().unwrap()])
+    };
+    let out = create("too-large", 5_500, 256);
+    assert!(!out.ok, "the API server accepted 1.4 MB of job ids");
+    assert!(
+        out.stderr.contains("more than 400 KiB of ids"),
+        "{}",
+        out.stderr
+    );
+    let out = create("largest", 10_000, 40);
+    assert!(out.ok, "{}", out.stderr);
+}

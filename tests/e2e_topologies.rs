@@ -115,7 +115,7 @@ fn redis_cluster_with_a_hash_tagged_prefix() {
     let client = redis::cluster::ClusterClient::new(vec![url.as_str()]).unwrap();
     let mut con = client.get_connection().unwrap();
     let ledger: Vec<String> = redis::cmd("HKEYS")
-        .arg(format!("{{bull}}:{0}:jobretry:ledger:{0}/topo", ns.name))
+        .arg(format!("{{bull}}:{0}:jobretry:ledger:run:{0}/topo", ns.name))
         .query(&mut con)
         .unwrap();
     assert_eq!(
@@ -146,7 +146,7 @@ fn redis_sentinel_master_and_replica() {
     let mut con = replica.get_connection().unwrap();
     let ok = (0..50).any(|_| {
         let n: i64 = redis::cmd("HLEN")
-            .arg(format!("bull:{0}:jobretry:ledger:{0}/topo", ns.name))
+            .arg(format!("bull:{0}:jobretry:ledger:run:{0}/topo", ns.name))
             .query(&mut con)
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));

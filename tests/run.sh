@@ -50,7 +50,7 @@ tests/platform/up.sh "$STATE"
 . "$STATE/env"
 
 log "cargo test --locked --test '*' (end-to-end)"
-cargo test --locked --test '*' "$@" -- --show-output 2>&1 | tee "$STATE/cargo-test.log"
+cargo test --locked --no-fail-fast --test '*' "$@" -- --show-output 2>&1 | tee "$STATE/cargo-test.log"
 cat "$UNIT_LOG" >>"$STATE/cargo-test.log" && rm -f "$UNIT_LOG"
 log "all checks passed in $((SECONDS - START))s"
 # One closing line for the whole suite, summed over every test binary.

@@ -138,3 +138,31 @@ fn spec_is_immutable_except_suspend() {
         );
     }
 }
+
+#[test]
+fn failed_reason_filter_needs_state_failed() {
+    let sel = "queue: {name: q}\nconnection: {secretRef: {name: s}}\nselector: {failedReasonContains: ECONNRESET}\n";
+    assert!(JobRetrySpec::validate_cel(&spec(sel), None).is_ok());
+    let failed = format!("{sel}state: failed\n");
+    assert!(JobRetrySpec::validate_cel(&spec(&failed), None).is_ok());
+    let completed = format!("{sel}state: completed\n");
+    let err = JobRetrySpec::validate_cel(&spec(&completed), None).unwrap_err();
+    assert!(format!("{err:?}").contains("needs state failed"), "{err:?}");
+    let names = "queue: {name: q}\nconnection: {secretRef: {name: s}}\nselector: {names: [a]}\nstate: completed\n";
+    assert!(JobRetrySpec::validate_cel(&spec(names), None).is_ok());
+}
+
+#[test]
+fn job_ids_that_cannot_fit_in_the_object_are_refused() {
+    let ids = |n: usize, len: usize| {
+        let list: Vec<String> = (0..n).map(|i| format!("'{i:0len$}'")).collect();
+        format!(
+            "queue: {{name: q}}\nconnection: {{secretRef: {{name: s}}}}\njobIds: [{}]\n",
+            list.join(",")
+        )
+    };
+    // 10,000 ids of 40 bytes (390 KiB) fit; 5,500 ids of 256 bytes (1.3 MiB) cannot.
+    assert!(JobRetrySpec::validate_cel(&spec(&ids(10_000, 40)), None).is_ok());
+    let err = JobRetrySpec::validate_cel(&spec(&ids(5_500, 256)), None).unwrap_err();
+    assert!(format!("{err:?}").contains("400 KiB"), "{err:?}");
+}
