@@ -235,28 +235,75 @@ pub fn apply_stage(
     }
 }
 
+/// What a status write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The status was applied.
+    Applied,
+    /// The object already had this status; nothing was sent.
+    Unchanged,
+    /// The object this status belongs to is gone: deleted, or deleted and re-created under
+    /// the same name (another uid). Nothing was written; the run must stop.
+    Gone,
+}
+
+/// How many times a status write is retried when the object changed (same uid) meanwhile.
+const WRITE_ATTEMPTS: usize = 3;
+
 /// Writes `status` with server-side apply unless it equals the object's current status.
+///
+/// The write is bound to this object, not just its name: the patch carries the
+/// `resourceVersion` it was computed from, so the API server refuses it (409 Conflict) if the
+/// object changed meanwhile. Then the object is read again: another uid, or none, means it
+/// was deleted or re-created under the same name and the write is dropped ([`Written::Gone`]);
+/// the same uid (a user edited it, e.g. `suspend`) is written again on the new version.
+/// (A `metadata.uid` in the apply body is not enough: the API server ignores it on the
+/// status subresource.)
 pub async fn write(
     api: &Api<JobRetry>,
     obj: &JobRetry,
     status: &JobRetryStatus,
-) -> kube::Result<bool> {
+) -> kube::Result<Written> {
     if obj.status.as_ref() == Some(status) {
-        return Ok(false);
+        return Ok(Written::Unchanged);
     }
     let name = obj.metadata.name.as_deref().unwrap_or_default();
+    let mut version = obj.metadata.resource_version.clone();
+    for _ in 1..WRITE_ATTEMPTS {
+        match apply(api, name, version.as_deref(), status).await {
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            done => return done,
+        }
+        match api.get_opt(name).await? {
+            Some(now) if now.metadata.uid == obj.metadata.uid => {
+                version = now.metadata.resource_version
+            }
+            _ => return Ok(Written::Gone),
+        }
+    }
+    apply(api, name, version.as_deref(), status).await
+}
+
+/// One server-side apply of `status` on the object version `version`; 404 is
+/// [`Written::Gone`].
+async fn apply(
+    api: &Api<JobRetry>,
+    name: &str,
+    version: Option<&str>,
+    status: &JobRetryStatus,
+) -> kube::Result<Written> {
     let patch = json!({
         "apiVersion": "jobretry.io/v1alpha1",
         "kind": "JobRetry",
+        "metadata": { "resourceVersion": version },
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(true)
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
+        Ok(_) => Ok(Written::Applied),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Written::Gone),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

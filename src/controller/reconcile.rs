@@ -74,7 +74,9 @@ pub async fn reconcile(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action, 
         ctx,
     };
     let (stage_action, stage) = run.step().await?;
-    run.record(&stage).await?;
+    if run.record(&stage).await? == status::Written::Gone {
+        return Ok(Action::await_change());
+    }
     Ok(stage_action)
 }
 
@@ -331,7 +333,7 @@ impl Run {
     }
 
     /// Writes the status for `outcome` and publishes an event when the phase changes.
-    async fn record(&mut self, outcome: &Outcome) -> Result<(), Error> {
+    async fn record(&mut self, outcome: &Outcome) -> Result<status::Written, Error> {
         let stage = match outcome {
             Outcome::Running => Stage::Running,
             Outcome::Waiting(r, m, _) => Stage::Waiting {
@@ -356,9 +358,15 @@ impl Run {
             self.obj.metadata.generation,
             Timestamp::now(),
         );
-        status::write(&self.api, &self.obj, &self.status).await?;
+        let written = status::write(&self.api, &self.obj, &self.status).await?;
+        if written == status::Written::Gone {
+            info!(name = %self.obj.name_any(), namespace = %self.ns, "object deleted or replaced during the slice; its status is not written");
+            self.ctx.set_not_before(&self.uid, None);
+            self.ctx.reset_backoff(&self.uid);
+            return Ok(written);
+        }
         if old.phase == self.status.phase {
-            return Ok(());
+            return Ok(written);
         }
         if let Some(p) = self
             .status
@@ -373,7 +381,7 @@ impl Run {
             self.publish(&Outcome::Running).await;
         }
         self.publish(outcome).await;
-        Ok(())
+        Ok(written)
     }
 
     async fn publish(&self, outcome: &Outcome) {
