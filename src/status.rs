@@ -1,5 +1,7 @@
-//! Status of a JobRetry: pure builders (result rows, counts, the size rule, phases and
-//! kstatus-style conditions) and one server-side-apply writer that skips no-op patches.
+//! Status of a JobRetry: pure builders (result rows, counts, the size rule, conditions) and
+//! one server-side-apply writer that skips no-op patches and never writes on another object
+//! of the same name. Which phase and conditions a run has is the state machine's
+//! (`controller::machine`).
 //!
 //! Guarantees: counts stay exact however many rows are dropped; a condition's
 //! `lastTransitionTime` changes only when its status flips; `observedGeneration` is set.
@@ -16,7 +18,7 @@ use serde_json::json;
 
 use crate::{
     bullmq::JobOutcome,
-    crd::{JobResultRow, JobRetry, JobRetryStatus, condition, phase, reason},
+    crd::{JobResultRow, JobRetry, JobRetryStatus},
 };
 
 /// The field manager of every status write.
@@ -124,114 +126,6 @@ pub fn set_condition(
     match old {
         Some(i) => conditions[i] = cond,
         None => conditions.push(cond),
-    }
-}
-
-/// Where a run stands, as far as conditions are concerned.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stage<'a> {
-    /// Batches are being processed.
-    Running,
-    /// A transient problem (Redis or API unreachable); retried with backoff.
-    Waiting {
-        reason: &'a str,
-        message: &'a str,
-    },
-    /// Cannot proceed until the user changes something (e.g. the Secret); nothing ran yet.
-    Stalled {
-        reason: &'a str,
-        message: &'a str,
-    },
-    Suspended,
-    /// Terminal: every job processed.
-    Done,
-    /// Terminal: the run could not run.
-    Failed {
-        reason: &'a str,
-        message: &'a str,
-    },
-}
-
-/// Sets phase, times and every condition of `status` for `stage`.
-pub fn apply_stage(
-    status: &mut JobRetryStatus,
-    stage: &Stage,
-    generation: Option<i64>,
-    now: Timestamp,
-) {
-    status.observed_generation = generation;
-    let progress = format!(
-        "processed {} of {} jobs",
-        status.processed.unwrap_or(0),
-        status.matched.unwrap_or(0)
-    );
-    let c = &mut status.conditions;
-    let mut set =
-        |t: &str, s: bool, r: &str, m: &str| set_condition(c, t, s, r, m, generation, now);
-    let new_phase: &str = match stage {
-        Stage::Running => {
-            set(condition::RECONCILING, true, reason::PROGRESSING, &progress);
-            set(condition::READY, false, reason::PROGRESSING, &progress);
-            set(condition::STALLED, false, reason::PROGRESSING, "");
-            set(condition::SUSPENDED, false, reason::PROGRESSING, "");
-            phase::RUNNING
-        }
-        Stage::Waiting { reason, message } => {
-            set(condition::RECONCILING, true, reason, message);
-            set(condition::READY, false, reason, message);
-            set(condition::STALLED, false, reason, message);
-            set(condition::SUSPENDED, false, reason, "");
-            // A transient wait keeps a running run Running; anything else is Pending.
-            match status.phase.as_deref() {
-                Some(phase::RUNNING) => phase::RUNNING,
-                _ => phase::PENDING,
-            }
-        }
-        Stage::Stalled { reason, message } => {
-            set(condition::STALLED, true, reason, message);
-            set(condition::READY, false, reason, message);
-            set(condition::RECONCILING, false, reason, message);
-            set(condition::SUSPENDED, false, reason, "");
-            phase::PENDING
-        }
-        Stage::Suspended => {
-            let m = format!("suspended after {progress}");
-            set(condition::SUSPENDED, true, reason::SUSPENDED, &m);
-            set(condition::READY, false, reason::SUSPENDED, &m);
-            set(condition::RECONCILING, false, reason::SUSPENDED, &m);
-            set(condition::STALLED, false, reason::SUSPENDED, "");
-            phase::SUSPENDED
-        }
-        Stage::Done => {
-            let failed = status.failed.unwrap_or(0);
-            let (done, r) = if failed == 0 {
-                (phase::SUCCEEDED, reason::SUCCEEDED)
-            } else {
-                (phase::PARTIALLY_SUCCEEDED, reason::PARTIALLY_SUCCEEDED)
-            };
-            let m = format!(
-                "{progress}: {} retried, {failed} not retried",
-                status.retried.unwrap_or(0)
-            );
-            set(condition::COMPLETE, true, r, &m);
-            set(condition::READY, true, r, &m);
-            set(condition::RECONCILING, false, r, &m);
-            set(condition::STALLED, false, r, "");
-            set(condition::SUSPENDED, false, r, "");
-            done
-        }
-        Stage::Failed { reason, message } => {
-            set(condition::FAILED, true, reason, message);
-            set(condition::STALLED, true, reason, message);
-            set(condition::READY, false, reason, message);
-            set(condition::RECONCILING, false, reason, message);
-            set(condition::SUSPENDED, false, reason, "");
-            phase::FAILED
-        }
-    };
-    status.phase = Some(new_phase.to_string());
-    if phase::is_terminal(new_phase) && status.completion_time.is_none() {
-        status.completion_time = Some(Time(now));
     }
 }
 
