@@ -1,5 +1,7 @@
-//! Status of a JobRetry: pure builders (result rows, counts, the size rule, phases and
-//! kstatus-style conditions) and one server-side-apply writer that skips no-op patches.
+//! Status of a JobRetry: pure builders (result rows, counts, the size rule, conditions) and
+//! one server-side-apply writer that skips no-op patches and never writes on another object
+//! of the same name. Which phase and conditions a run has is the state machine's
+//! (`controller::machine`).
 //!
 //! Guarantees: counts stay exact however many rows are dropped; a condition's
 //! `lastTransitionTime` changes only when its status flips; `observedGeneration` is set.
@@ -16,7 +18,7 @@ use serde_json::json;
 
 use crate::{
     bullmq::JobOutcome,
-    crd::{JobResultRow, JobRetry, JobRetryStatus, condition, phase, reason},
+    crd::{JobResultRow, JobRetry, JobRetryStatus},
 };
 
 /// The field manager of every status write.
@@ -127,136 +129,75 @@ pub fn set_condition(
     }
 }
 
-/// Where a run stands, as far as conditions are concerned.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Stage<'a> {
-    /// Batches are being processed.
-    Running,
-    /// A transient problem (Redis or API unreachable); retried with backoff.
-    Waiting {
-        reason: &'a str,
-        message: &'a str,
-    },
-    /// Cannot proceed until the user changes something (e.g. the Secret); nothing ran yet.
-    Stalled {
-        reason: &'a str,
-        message: &'a str,
-    },
-    Suspended,
-    /// Terminal: every job processed.
-    Done,
-    /// Terminal: the run could not run.
-    Failed {
-        reason: &'a str,
-        message: &'a str,
-    },
+/// What a status write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The status was applied.
+    Applied,
+    /// The object already had this status; nothing was sent.
+    Unchanged,
+    /// The object this status belongs to is gone: deleted, or deleted and re-created under
+    /// the same name (another uid). Nothing was written; the run must stop.
+    Gone,
 }
 
-/// Sets phase, times and every condition of `status` for `stage`.
-pub fn apply_stage(
-    status: &mut JobRetryStatus,
-    stage: &Stage,
-    generation: Option<i64>,
-    now: Timestamp,
-) {
-    status.observed_generation = generation;
-    let progress = format!(
-        "processed {} of {} jobs",
-        status.processed.unwrap_or(0),
-        status.matched.unwrap_or(0)
-    );
-    let c = &mut status.conditions;
-    let mut set =
-        |t: &str, s: bool, r: &str, m: &str| set_condition(c, t, s, r, m, generation, now);
-    let new_phase: &str = match stage {
-        Stage::Running => {
-            set(condition::RECONCILING, true, reason::PROGRESSING, &progress);
-            set(condition::READY, false, reason::PROGRESSING, &progress);
-            set(condition::STALLED, false, reason::PROGRESSING, "");
-            set(condition::SUSPENDED, false, reason::PROGRESSING, "");
-            phase::RUNNING
-        }
-        Stage::Waiting { reason, message } => {
-            set(condition::RECONCILING, true, reason, message);
-            set(condition::READY, false, reason, message);
-            set(condition::STALLED, false, reason, message);
-            set(condition::SUSPENDED, false, reason, "");
-            // A transient wait keeps a running run Running; anything else is Pending.
-            match status.phase.as_deref() {
-                Some(phase::RUNNING) => phase::RUNNING,
-                _ => phase::PENDING,
-            }
-        }
-        Stage::Stalled { reason, message } => {
-            set(condition::STALLED, true, reason, message);
-            set(condition::READY, false, reason, message);
-            set(condition::RECONCILING, false, reason, message);
-            set(condition::SUSPENDED, false, reason, "");
-            phase::PENDING
-        }
-        Stage::Suspended => {
-            let m = format!("suspended after {progress}");
-            set(condition::SUSPENDED, true, reason::SUSPENDED, &m);
-            set(condition::READY, false, reason::SUSPENDED, &m);
-            set(condition::RECONCILING, false, reason::SUSPENDED, &m);
-            set(condition::STALLED, false, reason::SUSPENDED, "");
-            phase::SUSPENDED
-        }
-        Stage::Done => {
-            let failed = status.failed.unwrap_or(0);
-            let (done, r) = if failed == 0 {
-                (phase::SUCCEEDED, reason::SUCCEEDED)
-            } else {
-                (phase::PARTIALLY_SUCCEEDED, reason::PARTIALLY_SUCCEEDED)
-            };
-            let m = format!(
-                "{progress}: {} retried, {failed} not retried",
-                status.retried.unwrap_or(0)
-            );
-            set(condition::COMPLETE, true, r, &m);
-            set(condition::READY, true, r, &m);
-            set(condition::RECONCILING, false, r, &m);
-            set(condition::STALLED, false, r, "");
-            set(condition::SUSPENDED, false, r, "");
-            done
-        }
-        Stage::Failed { reason, message } => {
-            set(condition::FAILED, true, reason, message);
-            set(condition::STALLED, true, reason, message);
-            set(condition::READY, false, reason, message);
-            set(condition::RECONCILING, false, reason, message);
-            set(condition::SUSPENDED, false, reason, "");
-            phase::FAILED
-        }
-    };
-    status.phase = Some(new_phase.to_string());
-    if phase::is_terminal(new_phase) && status.completion_time.is_none() {
-        status.completion_time = Some(Time(now));
-    }
-}
+/// How many times a status write is retried when the object changed (same uid) meanwhile.
+const WRITE_ATTEMPTS: usize = 3;
 
 /// Writes `status` with server-side apply unless it equals the object's current status.
+///
+/// The write is bound to this object, not just its name: the patch carries the
+/// `resourceVersion` it was computed from, so the API server refuses it (409 Conflict) if the
+/// object changed meanwhile. Then the object is read again: another uid, or none, means it
+/// was deleted or re-created under the same name and the write is dropped ([`Written::Gone`]);
+/// the same uid (a user edited it, e.g. `suspend`) is written again on the new version.
+/// (A `metadata.uid` in the apply body is not enough: the API server ignores it on the
+/// status subresource.)
 pub async fn write(
     api: &Api<JobRetry>,
     obj: &JobRetry,
     status: &JobRetryStatus,
-) -> kube::Result<bool> {
+) -> kube::Result<Written> {
     if obj.status.as_ref() == Some(status) {
-        return Ok(false);
+        return Ok(Written::Unchanged);
     }
     let name = obj.metadata.name.as_deref().unwrap_or_default();
+    let mut version = obj.metadata.resource_version.clone();
+    for _ in 1..WRITE_ATTEMPTS {
+        match apply(api, name, version.as_deref(), status).await {
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            done => return done,
+        }
+        match api.get_opt(name).await? {
+            Some(now) if now.metadata.uid == obj.metadata.uid => {
+                version = now.metadata.resource_version
+            }
+            _ => return Ok(Written::Gone),
+        }
+    }
+    apply(api, name, version.as_deref(), status).await
+}
+
+/// One server-side apply of `status` on the object version `version`; 404 is
+/// [`Written::Gone`].
+async fn apply(
+    api: &Api<JobRetry>,
+    name: &str,
+    version: Option<&str>,
+    status: &JobRetryStatus,
+) -> kube::Result<Written> {
     let patch = json!({
         "apiVersion": "jobretry.io/v1alpha1",
         "kind": "JobRetry",
+        "metadata": { "resourceVersion": version },
         "status": status,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(true)
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
+        Ok(_) => Ok(Written::Applied),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Written::Gone),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Run control through the real API server: progress is visible while a large run goes on,
 //! suspend stops it between batches and resume finishes it exactly, deleting a running
-//! JobRetry stops it, and a large run keeps its status small (only non-success rows).
+//! JobRetry stops it, a large run keeps its status small (only non-success rows), and an
+//! object replaced under the same name mid-slice never receives the old object's progress.
 
 mod common;
 
@@ -164,4 +165,113 @@ fn deleting_a_running_jobretry_stops_it() {
         op.logs()
     );
     assert!(left > 0, "the run was stopped before it finished");
+}
+
+/// Blocks the test Redis for `ms` milliseconds with a busy script (other clients' commands
+/// wait, they are not refused below Redis's 5 s script limit).
+fn block_redis(ms: u64) -> std::thread::JoinHandle<()> {
+    let mut con = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    std::thread::spawn(move || {
+        let _: i64 = redis::cmd("EVAL")
+            .arg(
+                "local t0 = redis.call('TIME') \
+                 while true do \
+                   local t = redis.call('TIME') \
+                   if (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) >= tonumber(ARGV[1]) * 1000 then return 1 end \
+                 end",
+            )
+            .arg(0)
+            .arg(ms)
+            .query(&mut con)
+            .unwrap();
+    })
+}
+
+#[test]
+fn a_replaced_jobretry_starts_its_own_status_from_zero() {
+    const N: usize = 30;
+    let ns = TestNs::new("e2e-replace");
+    let queue = ns.name.clone();
+    let spec: Vec<Value> = (0..N)
+        .map(|i| json!({"key": format!("k{i}"), "name": "charge", "data": {}, "opts": {}, "outcome": "fail"}))
+        .collect();
+    let ids: Vec<String> = seed(ns.dir.path(), &queue, &json!({ "jobs": spec }))
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    let op = Operator::start(&ns, &[]);
+    let yaml = manifest("again", &queue, &ids, 3);
+    assert!(ns.apply("r.yaml", &yaml).ok);
+    eventually(Duration::from_secs(30), "the first run to progress", || {
+        (processed(&ns, "again").0 >= 6).then_some(())
+    });
+
+    // Hold Redis so that the next slice of the first object is in flight (it read the object
+    // before the replace and writes its status after it), then replace the object.
+    let busy = block_redis(3500);
+    std::thread::sleep(Duration::from_millis(1800));
+    let old = ns.get("again");
+    let old_uid = old["metadata"]["uid"].as_str().unwrap().to_string();
+    let old_processed = old["status"]["processed"].as_u64().unwrap() as usize;
+    let path = ns.dir.path().join("r.yaml");
+    let out = ns.kubectl(&["replace", "--force", "-f", path.to_str().unwrap()]);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    let first = eventually(
+        Duration::from_secs(30),
+        "the new object's first progress",
+        || {
+            let o = ns.get("again");
+            let p = o["status"]["processed"].as_u64().unwrap_or(0);
+            (o["metadata"]["uid"] != old_uid.as_str() && p > 0).then_some(p)
+        },
+    );
+    busy.join().unwrap();
+    println!("old object: processed {old_processed}; new object: first progress {first}");
+    assert!(
+        first <= 3,
+        "the new object must start from 0, one batch at a time, not from the old run's count: {first}\n{}",
+        op.logs()
+    );
+
+    assert!(
+        ns.wait_condition("again", "Complete", "60s").ok,
+        "{}",
+        op.logs()
+    );
+    let st = ns.get("again")["status"].clone();
+    let rows = st["jobs"].as_array().unwrap();
+    let seen: BTreeSet<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        (st["processed"].as_u64(), rows.len(), seen.len()),
+        (Some(N as u64), N, N),
+        "{st}"
+    );
+    let result = |id: &str| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["result"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    for id in &ids[..old_processed] {
+        assert_eq!(
+            result(id),
+            "AlreadyProcessed",
+            "job {id} was retried by the old object, under the same run key: {st}"
+        );
+    }
+    let counts = st["counts"].as_object().unwrap();
+    assert!(
+        counts
+            .keys()
+            .all(|k| k == "Retried" || k == "AlreadyProcessed"),
+        "{st}"
+    );
+    assert!(
+        counts.get("Retried").is_some_and(|n| n.as_u64() > Some(0)),
+        "{st}"
+    );
+    assert_eq!(failed_count(&queue), 0, "every job retried once");
 }

@@ -1,9 +1,12 @@
 //! The JobRetry controller: `run()` wires the watch, `reconcile` drives one object a step,
 //! `error_policy` decides how soon to retry.
 //!
-//! A reconcile reads as a short pipeline (see `reconcile.rs`): load → plan → execute → record.
+//! A reconcile reads as a short pipeline (see `reconcile.rs`): load → plan → execute → record;
+//! what a slice's result means for the run (status, requeue, events) is the pure state
+//! machine's (`machine.rs`).
 
 mod load;
+pub mod machine;
 pub mod plan;
 mod reconcile;
 
@@ -45,10 +48,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The controller's cache of JobRetry objects: what a run checks between batches.
     pub store: Store<JobRetry>,
-    /// Per object (uid): consecutive transient failures, for backoff.
-    failures: Mutex<HashMap<String, u32>>,
-    /// Per object (uid): earliest time of its next batch (rate limit).
-    not_before: Mutex<HashMap<String, Instant>>,
+    /// Per object (uid): what a run keeps between reconciles besides its status.
+    memory: Mutex<HashMap<String, Memory>>,
     /// Open Redis connections by target, reused across reconciles and objects.
     connections: Mutex<HashMap<u64, RedisConn>>,
 }
@@ -71,26 +72,33 @@ impl Context {
             config,
             metrics,
             store,
-            failures: Mutex::default(),
-            not_before: Mutex::default(),
+            memory: Mutex::default(),
             connections: Mutex::default(),
         }
     }
 
-    /// Records one more transient failure of `uid`; returns the delay before the next try
-    /// (1 s doubling up to 60 s).
-    fn backoff(&self, uid: &str) -> Duration {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(uid.to_string()).or_insert(0);
-        *n = n.saturating_add(1);
-        Duration::from_secs(1u64 << (*n - 1).min(6)).min(Duration::from_secs(60))
+    /// What the run of object `uid` keeps between reconciles.
+    fn memory(&self, uid: &str) -> Memory {
+        let map = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(uid).copied().unwrap_or_default()
     }
 
-    fn reset_backoff(&self, uid: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid);
+    /// Keeps `memory` for object `uid` (forgets it when it is empty).
+    fn remember(&self, uid: &str, memory: Memory) {
+        let mut map = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        if memory == Memory::default() {
+            map.remove(uid);
+        } else {
+            map.insert(uid.to_string(), memory);
+        }
+    }
+
+    /// Records one more failed reconcile of `uid`; returns the delay before the next try.
+    fn backoff(&self, uid: &str) -> Duration {
+        let mut memory = self.memory(uid);
+        memory.failures = memory.failures.saturating_add(1);
+        self.remember(uid, memory);
+        machine::backoff(memory.failures)
     }
 
     /// A connection to `target`: a cached one, or a new one that is then cached.
@@ -121,20 +129,22 @@ impl Context {
             .remove(&target.cache_key());
     }
 
+    /// How long the rate limit still holds back the next batch of `uid`.
     fn wait_for_rate_limit(&self, uid: &str) -> Option<Duration> {
-        let map = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(uid)
+        self.memory(uid)
+            .not_before
             .and_then(|t| t.checked_duration_since(Instant::now()))
             .filter(|d| !d.is_zero())
     }
+}
 
-    fn set_not_before(&self, uid: &str, at: Option<Instant>) {
-        let mut map = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
-        match at {
-            Some(t) => map.insert(uid.to_string(), t),
-            None => map.remove(uid),
-        };
-    }
+/// What a run keeps in memory between reconciles besides its status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Memory {
+    /// Consecutive failed tries, for backoff.
+    failures: u32,
+    /// The earliest start of its next batch (rate limit).
+    not_before: Option<Instant>,
 }
 
 /// Retries transient errors with backoff; permanent ones wait for the object to change.
