@@ -363,6 +363,7 @@ async fn production_request<C: ConnectionLike>(
         dry_run: false,
         ledger: Some((keys.ledger(run_key), "benchowner000000".into())),
         ledger_ttl: LEDGER_TTL,
+        record: Some(keys.record(run_key)),
     }
 }
 
@@ -374,7 +375,7 @@ async fn invoke_variant<C: ConnectionLike>(
     req: &BatchRequest,
     ids: &[String],
 ) -> Vec<String> {
-    engine::invocation(script, keys, req, ids)
+    engine::invocation(script, keys, req, ids, 0)
         .invoke_async(c)
         .await
         .unwrap()
@@ -395,7 +396,7 @@ fn engine_run(cfg: &Cfg, ids: &[String], batch: usize, variant: Option<&Script>)
         match variant {
             None => {
                 engine
-                    .retry_batch(&mut c, &keys, &req, &warm)
+                    .retry_batch(&mut c, &keys, &req, &warm, 0)
                     .await
                     .unwrap();
             }
@@ -404,12 +405,14 @@ fn engine_run(cfg: &Cfg, ids: &[String], batch: usize, variant: Option<&Script>)
             }
         }
         let mut retried = 0usize;
+        let mut position = 0u64;
         let meter = Meter::start(cfg);
         for chunk in ids.chunks(batch) {
+            position += chunk.len() as u64;
             match variant {
                 None => {
                     let out = engine
-                        .retry_batch(&mut c, &keys, &req, chunk)
+                        .retry_batch(&mut c, &keys, &req, chunk, position)
                         .await
                         .unwrap();
                     retried += out.iter().filter(|o| **o == JobOutcome::Retried).count();

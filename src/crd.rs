@@ -62,7 +62,10 @@ pub fn immutability_rule() -> String {
     printcolumn = r#"{"name":"PHASE","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"MATCHED","type":"integer","jsonPath":".status.matched"}"#,
     printcolumn = r#"{"name":"RETRIED","type":"integer","jsonPath":".status.retried"}"#,
-    printcolumn = r#"{"name":"FAILED","type":"integer","jsonPath":".status.failed"}"#,
+    printcolumn = r#"{"name":"SKIPPED","type":"integer","jsonPath":".status.skipped"}"#,
+    printcolumn = r#"{"name":"ERRORS","type":"integer","jsonPath":".status.errors"}"#,
+    printcolumn = r#"{"name":"SCANNED","type":"integer","jsonPath":".status.selection.scanned","priority":1}"#,
+    printcolumn = r#"{"name":"REMAINING","type":"integer","jsonPath":".status.selection.remaining","priority":1}"#,
     printcolumn(
         name = "AGE",
         type_ = "date",
@@ -288,9 +291,18 @@ pub struct JobRetryStatus {
     /// Jobs moved back to waiting (or prioritized).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried: Option<u64>,
-    /// Processed jobs whose result is neither Retried nor WouldRetry.
+    /// Processed jobs not retried because BullMQ's retry does not apply: NotFound, NotInState or AlreadyProcessed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failed: Option<u64>,
+    pub skipped: Option<u64>,
+    /// Processed jobs whose retry Redis refused (Error rows); nothing was changed for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<u64>,
+    /// Progress of a selector run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<SelectionStatus>,
+    /// What a selector dry run found: what the real run would retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Preview>,
     /// Exact number of processed jobs per result.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub counts: BTreeMap<String, u64>,
@@ -305,6 +317,52 @@ pub struct JobRetryStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Progress of a selector run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SelectionStatus {
+    /// Only jobs that finished before this time are candidates: the selector's finishedBefore, or the run's start if earlier; frozen when the run starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper_bound: Option<Time>,
+    /// Jobs of the source state examined so far.
+    #[serde(default)]
+    pub scanned: u64,
+    /// An estimate of the jobs left to examine in the window.
+    #[serde(default)]
+    pub remaining: u64,
+}
+
+/// What a selector dry run found.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Preview {
+    /// Jobs the selector matches (up to maxJobs): what the real run would retry.
+    #[serde(default)]
+    pub matched: u64,
+    /// finishedOn of the oldest match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest: Option<Time>,
+    /// finishedOn of the newest match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<Time>,
+    /// The 10 most frequent job names among the matches, with their counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub names: Vec<ValueCount>,
+    /// The 10 most frequent failed reasons among the matches (first 200 bytes), with their counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub reasons: Vec<ValueCount>,
+}
+
+/// A value and how many matches have it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ValueCount {
+    pub value: String,
+    pub count: u64,
 }
 
 /// The result of one job.
@@ -368,6 +426,8 @@ pub mod reason {
     /// Redis refused the work in a way that cannot succeed as it is (Failed).
     pub const REDIS_REFUSED: &str = "RedisRefused";
     pub const SELECTOR_UNSUPPORTED: &str = "SelectorUnsupported";
+    /// Another selector run holds the queue and state; this one waits for it to end.
+    pub const QUEUE_BUSY: &str = "QueueBusy";
     pub const LEDGER_CONFLICT: &str = "LedgerConflict";
 }
 

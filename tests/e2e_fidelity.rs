@@ -310,8 +310,9 @@ fn ours(db: u8, plan: &Value, spec_version: Option<&str>) -> Ours {
             dry_run: false,
             ledger: Some((keys.ledger(RUN_KEY), "diff".into())),
             ledger_ttl: std::time::Duration::from_secs(600),
+            record: None,
         };
-        match engine.retry_batch(&mut conn, &keys, &req, &ids).await {
+        match engine.retry_batch(&mut conn, &keys, &req, &ids, 0).await {
             Ok(out) => Ours::Results(
                 out.iter()
                     .map(|o| match o {
@@ -625,10 +626,11 @@ fn no_job_can_be_mistaken_for_a_ledger() {
             dry_run: false,
             ledger: Some((keys.ledger(RUN_KEY), "diff".into())),
             ledger_ttl: std::time::Duration::from_secs(600),
+            record: None,
         };
         let ids = vec!["2".to_string()];
         RetryEngine::default()
-            .retry_batch(&mut conn, &keys, &req, &ids)
+            .retry_batch(&mut conn, &keys, &req, &ids, 0)
             .await
             .unwrap_err()
     });

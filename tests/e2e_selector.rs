@@ -164,6 +164,7 @@ impl Filter {
                 dry_run: dry,
                 ledger: Some((keys.ledger(run_key), "selector-test".into())),
                 ledger_ttl: Duration::from_secs(600),
+                record: None,
             },
             run_key: run_key.into(),
             lock_ttl: Duration::from_secs(60),

@@ -115,7 +115,10 @@ fn redis_cluster_with_a_hash_tagged_prefix() {
     let client = redis::cluster::ClusterClient::new(vec![url.as_str()]).unwrap();
     let mut con = client.get_connection().unwrap();
     let ledger: Vec<String> = redis::cmd("HKEYS")
-        .arg(format!("{{bull}}:{0}:jobretry:ledger:run:{0}/topo", ns.name))
+        .arg(format!(
+            "{{bull}}:{0}:jobretry:ledger:run:{0}/topo",
+            ns.name
+        ))
         .query(&mut con)
         .unwrap();
     assert_eq!(

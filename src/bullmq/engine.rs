@@ -38,6 +38,9 @@ pub struct BatchRequest {
     pub dry_run: bool,
     /// Ledger key and owner tag; `None` disables the ledger.
     pub ledger: Option<(String, String)>,
+    /// The run record's key, where an id run keeps its position (per owner), written in the
+    /// same call as each batch; `None`: the position is not recorded.
+    pub record: Option<String>,
     pub ledger_ttl: Duration,
 }
 
@@ -173,15 +176,32 @@ impl RetryEngine {
         })
     }
 
-    /// Retries `ids` in one atomic call and returns one outcome per id, in order.
+    /// The position an id run of `owner` recorded with its last batch (0 if none).
+    pub async fn recorded_position<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        record: &str,
+        owner: &str,
+    ) -> Result<u64, EngineError> {
+        let pos: Option<u64> = redis::cmd("HGET")
+            .arg(record)
+            .arg(format!("ids:{owner}"))
+            .query_async(conn)
+            .await?;
+        Ok(pos.unwrap_or(0))
+    }
+
+    /// Retries `ids` in one atomic call and returns one outcome per id, in order; records
+    /// `position_after` as the run's position in the same call (see [`BatchRequest::record`]).
     pub async fn retry_batch<C: ConnectionLike>(
         &self,
         conn: &mut C,
         keys: &QueueKeys,
         req: &BatchRequest,
         ids: &[String],
+        position_after: u64,
     ) -> Result<Vec<JobOutcome>, EngineError> {
-        let inv = invocation(&self.script, keys, req, ids);
+        let inv = invocation(&self.script, keys, req, ids, position_after);
         let replies: Vec<String> = inv.invoke_async(conn).await.map_err(script_error)?;
         if replies.len() != ids.len() {
             return Err(EngineError::Protocol(format!(
@@ -251,8 +271,13 @@ pub fn invocation<'a>(
     keys: &QueueKeys,
     req: &BatchRequest,
     ids: &[String],
+    position_after: u64,
 ) -> ScriptInvocation<'a> {
     let mut inv = queue_invocation(script, keys, req);
+    match &req.record {
+        Some(record) => inv.key(record).arg(position_after),
+        None => inv.key(keys.record("-")).arg(""),
+    };
     inv.arg(ids);
     inv
 }

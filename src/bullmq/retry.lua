@@ -4,7 +4,8 @@
   core.lua (prepended when the script is built), which documents KEYS 1-11, the release
   flags, the result codes and the error replies.
 
-  KEYS 1-11: the queue's keys (core.lua)
+  KEYS 1-11: the queue's keys (core.lua); 12 the run record (hash), where the run's position
+  in its id list is kept, per object (field "ids:<owner>"), in the same call as the batch.
   ARGV:
     1  state              "failed" | "completed"
     2  flags              release flags (core.lua)
@@ -12,19 +13,26 @@
     4  resetAttemptsStarted "1" | "0"
     5  dryRun             "1" | "0"
     6  owner              ledger owner tag ("" = no ledger)
-    7  ledger TTL in ms
-    8… job ids
+    7  ledger TTL in ms (also of the record)
+    8  the run's position after this batch ("" = do not record it)
+    9… job ids
 
   Returns one result string per id, in order.
 ]]
 local R = newRun(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-local refused = checkKeyTypes()
-if refused then return refused end
 
+local refusedRecord = checkKeyTypes({ {KEYS[12], "hash"} })
+if refusedRecord then return refusedRecord end
 local ids = {}
-for i = 8, #ARGV do ids[#ids + 1] = ARGV[i] end
+for i = 9, #ARGV do ids[#ids + 1] = ARGV[i] end
 local results = {}
 if #ids == 0 then return results end
+local function recordPosition()
+  if ARGV[8] ~= "" and not R.dryRun and R.owner ~= "" then
+    rcall("HSET", KEYS[12], "ids:" .. R.owner, ARGV[8])
+    rcall("PEXPIRE", KEYS[12], R.ttl)
+  end
+end
 
 local ledger = {}
 if R.owner ~= "" then ledger = chunked("HMGET", R.ledger, ids) end
@@ -53,10 +61,14 @@ for i, id in ipairs(ids) do
   results[i] = r
   if move then moves[#moves + 1] = move end
 end
-if #moves == 0 then return results end
+if #moves == 0 then
+  recordPosition()
+  return results
+end
 
 local q, dataError = readQueueValues(R, moves)
 if not q then return dataError end
 if R.dryRun then return results end
 applyMoves(R, moves, q)
+recordPosition()
 return results

@@ -17,7 +17,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use self::stage::{Stage, apply_stage};
 use crate::{
     bullmq::Verdict,
-    crd::{JobResultRow, JobRetrySpec, JobRetryStatus, phase, reason},
+    crd::{JobResultRow, JobRetrySpec, JobRetryStatus, Preview, SelectionStatus, phase, reason},
     status,
 };
 
@@ -63,6 +63,16 @@ pub struct Slice {
     pub bullmq_version: Option<String>,
     /// The rows of the batches this slice ran, in order.
     pub rows: Vec<JobResultRow>,
+    /// Jobs the run had processed before this slice, as the run's record in Redis says (not
+    /// as the status says: a user can write the status); status mirrors it.
+    pub processed_before: Option<u64>,
+    /// A selector run's progress after this slice.
+    pub selection: Option<SelectionStatus>,
+    /// A selector dry run's preview after this slice.
+    pub preview: Option<Preview>,
+    /// The run starts over (a dry run whose progress was lost with the operator's memory):
+    /// what the status counted so far is dropped first.
+    pub restart: bool,
     /// How the slice ended.
     pub result: SliceResult,
 }
@@ -75,6 +85,10 @@ impl Slice {
             run_key: None,
             bullmq_version: None,
             rows: Vec::new(),
+            processed_before: None,
+            selection: None,
+            preview: None,
+            restart: false,
             result,
         }
     }
@@ -128,6 +142,9 @@ pub enum RunError {
     /// A spec option that the queue's BullMQ release does not have.
     #[error("{0}")]
     IncompatibleOptions(String),
+    /// Another selector run holds the queue and state; this one waits for it.
+    #[error("{0}")]
+    QueueBusy(String),
 }
 
 impl RunError {
@@ -143,6 +160,7 @@ impl RunError {
             RunError::IncompatibleQueue(_) => "incompatible_queue",
             RunError::VersionUnknown(_) => "version_unknown",
             RunError::IncompatibleOptions(_) => "incompatible_options",
+            RunError::QueueBusy(_) => "queue_busy",
         }
     }
 
@@ -160,6 +178,7 @@ impl RunError {
             RunError::IncompatibleQueue(_) => reason::INCOMPATIBLE_QUEUE,
             RunError::VersionUnknown(_) => reason::VERSION_UNKNOWN,
             RunError::IncompatibleOptions(_) => reason::INCOMPATIBLE_OPTIONS,
+            RunError::QueueBusy(_) => reason::QUEUE_BUSY,
         }
     }
 
@@ -167,7 +186,7 @@ impl RunError {
     /// (permanent: the run fails).
     pub fn verdict(&self) -> Verdict {
         match self {
-            RunError::RedisUnavailable(_) => Verdict::Transient,
+            RunError::RedisUnavailable(_) | RunError::QueueBusy(_) => Verdict::Transient,
             RunError::SecretInvalid(_)
             | RunError::RedisAccessDenied(_)
             | RunError::RedisConnectionRefused(_)
@@ -234,6 +253,14 @@ pub fn step(
         };
     }
     let mut status = old.clone();
+    if slice.restart {
+        restart(&mut status);
+    }
+    if let Some(p) = slice.processed_before {
+        status.processed = Some(p);
+    }
+    status.selection = slice.selection.or(status.selection.take());
+    status.preview = slice.preview.or(status.preview.take());
     let batches_ran = !slice.rows.is_empty();
     record_slice(
         &mut status,
@@ -255,6 +282,19 @@ pub fn step(
         requeue,
         events,
     }
+}
+
+/// Drops what the status counted of a run that starts over.
+fn restart(status: &mut JobRetryStatus) {
+    status.processed = None;
+    status.retried = None;
+    status.skipped = None;
+    status.errors = None;
+    status.counts.clear();
+    status.jobs.clear();
+    status.jobs_truncated = false;
+    status.selection = None;
+    status.preview = None;
 }
 
 /// Records what the slice planned and loaded; the run starts when its queue is open.
@@ -343,10 +383,11 @@ fn milestone(s: &JobRetryStatus, stage: &Stage, requeue: Requeue) -> Milestone {
         Stage::Done => normal(
             "Completed",
             format!(
-                "{} of {} jobs retried, {} not",
+                "{} of {} jobs retried, {} skipped, {} errors",
                 s.retried.unwrap_or(0),
                 s.matched.unwrap_or(0),
-                s.failed.unwrap_or(0)
+                s.skipped.unwrap_or(0),
+                s.errors.unwrap_or(0)
             ),
         ),
         Stage::Suspended => normal("Suspended", "run suspended".to_string()),

@@ -30,8 +30,9 @@ use kube::{
 };
 use tracing::{info, warn};
 
+use self::plan::DryScan;
 use crate::{
-    bullmq::{ConnectError, RedisConn, RedisTarget, RetryEngine},
+    bullmq::{ConnectError, RedisConn, RedisTarget, RetryEngine, Selector},
     config::Config,
     crd::JobRetry,
     error::Error,
@@ -52,6 +53,10 @@ pub struct Context {
     memory: Mutex<HashMap<String, Memory>>,
     /// Open Redis connections by target, reused across reconciles and objects.
     connections: Mutex<HashMap<u64, RedisConn>>,
+    /// Runs selector pages.
+    pub selector: Selector,
+    /// Per object (uid): what its selector dry run found so far.
+    dry: Mutex<HashMap<String, DryScan>>,
 }
 
 impl Context {
@@ -74,6 +79,8 @@ impl Context {
             store,
             memory: Mutex::default(),
             connections: Mutex::default(),
+            selector: Selector::default(),
+            dry: Mutex::default(),
         }
     }
 
@@ -91,6 +98,28 @@ impl Context {
         } else {
             map.insert(uid.to_string(), memory);
         }
+    }
+
+    /// Keeps the page budget of object `uid`'s selector run.
+    fn set_budget(&self, uid: &str, budget: u32) {
+        let mut memory = self.memory(uid);
+        memory.budget = budget;
+        self.remember(uid, memory);
+    }
+
+    /// What object `uid`'s selector dry run found so far, if the operator remembers it.
+    fn dry_scan(&self, uid: &str) -> Option<DryScan> {
+        let map = self.dry.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(uid).cloned()
+    }
+
+    /// Keeps (or, with `None`, forgets) what object `uid`'s dry run found.
+    fn set_dry_scan(&self, uid: &str, scan: Option<DryScan>) {
+        let mut map = self.dry.lock().unwrap_or_else(|e| e.into_inner());
+        match scan {
+            Some(s) => map.insert(uid.to_string(), s),
+            None => map.remove(uid),
+        };
     }
 
     /// Records one more failed reconcile of `uid`; returns the delay before the next try.
@@ -145,6 +174,8 @@ struct Memory {
     failures: u32,
     /// The earliest start of its next batch (rate limit).
     not_before: Option<Instant>,
+    /// Jobs a selector page examines (adapted to how long the last page took); 0: not yet.
+    budget: u32,
 }
 
 /// Retries transient errors with backoff; permanent ones wait for the object to change.

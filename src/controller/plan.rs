@@ -1,26 +1,22 @@
-//! Plan step, pure: which job ids a run covers, which slice the next batch takes, and the
-//! run key.
+//! Plan step, pure: which job ids a run covers, which slice the next batch takes, the run
+//! key, and a selector's snapshot bound and dry-run preview.
 
-use crate::crd::JobRetrySpec;
+use std::collections::HashMap;
 
-/// The distinct ids of the run, in order of first appearance, or why the spec cannot be
-/// planned yet.
-pub fn target_ids(spec: &JobRetrySpec) -> Result<Vec<String>, String> {
-    match (&spec.job_ids, &spec.selector) {
-        (Some(ids), None) => {
-            let mut seen = std::collections::HashSet::new();
-            Ok(ids
-                .iter()
-                .filter(|id| seen.insert(id.as_str()))
-                .cloned()
-                .collect())
-        }
-        (None, Some(_)) => Err(
-            "spec.selector is not supported yet by this operator version; list spec.jobIds instead"
-                .into(),
-        ),
-        _ => Err("exactly one of spec.jobIds and spec.selector must be set".into()),
-    }
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+use crate::{
+    bullmq::{Cursor, Page},
+    crd::{JobRetrySpec, Preview, ValueCount},
+};
+
+/// The distinct ids of the run, in order of first appearance.
+pub fn target_ids(ids: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    ids.iter()
+        .filter(|id| seen.insert(id.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// The run key: `spec.runKey`, else `<namespace>/<name>`.
@@ -48,6 +44,76 @@ pub fn next_batch(ids: &[String], processed: u64, size: usize) -> &[String] {
     &ids[start..(start + size).min(ids.len())]
 }
 
+/// A selector run's snapshot: only jobs that finished before this (ms) are candidates; the
+/// selector's `finishedBefore`, or the run's start if earlier. Once frozen, it stays.
+pub fn upper_bound(frozen: Option<i64>, finished_before: Option<i64>, now: i64) -> i64 {
+    frozen.unwrap_or_else(|| finished_before.map_or(now, |b| b.min(now)))
+}
+
+/// Most distinct names or reasons a dry run counts (beyond, new values are not counted).
+pub const PREVIEW_VALUES: usize = 10_000;
+
+/// What a selector dry run has found so far; it lives in the operator's memory (a restart
+/// scans again from the start: a dry run writes nothing anywhere).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DryScan {
+    pub cursor: Option<Cursor>,
+    pub matched: u64,
+    pub scanned: u64,
+    pub names: HashMap<String, u64>,
+    pub reasons: HashMap<String, u64>,
+    pub oldest: Option<i64>,
+    pub newest: Option<i64>,
+}
+
+impl DryScan {
+    /// Adds one page's findings.
+    pub fn add(&mut self, page: &Page) {
+        self.cursor = page.cursor.clone().or(self.cursor.take());
+        self.matched = page.matched;
+        // A dry page reports what it scanned itself (a real run's record keeps the total).
+        self.scanned += page.scanned;
+        for (counts, values) in [
+            (&mut self.names, &page.names),
+            (&mut self.reasons, &page.reasons),
+        ] {
+            for (v, n) in values {
+                if counts.len() < PREVIEW_VALUES || counts.contains_key(v) {
+                    *counts.entry(v.clone()).or_default() += n;
+                }
+            }
+        }
+        self.oldest = self.oldest.or(page.oldest);
+        self.newest = page.newest.or(self.newest);
+    }
+
+    /// The preview in status: counts, bounds and the 10 most frequent names and reasons.
+    pub fn preview(&self) -> Preview {
+        let time = |ms: i64| Timestamp::from_millisecond(ms).ok().map(Time);
+        Preview {
+            matched: self.matched,
+            oldest: self.oldest.and_then(time),
+            newest: self.newest.and_then(time),
+            names: top(&self.names),
+            reasons: top(&self.reasons),
+        }
+    }
+}
+
+/// The 10 most frequent values, most frequent first (ties by value).
+fn top(counts: &HashMap<String, u64>) -> Vec<ValueCount> {
+    let mut all: Vec<ValueCount> = counts
+        .iter()
+        .map(|(value, count)| ValueCount {
+            value: value.clone(),
+            count: *count,
+        })
+        .collect();
+    all.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
+    all.truncate(10);
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,7 +128,7 @@ mod tests {
     #[test]
     fn plans_ids_in_batches() {
         let s = spec(IDS);
-        let ids = target_ids(&s).unwrap();
+        let ids = target_ids(s.job_ids.as_deref().unwrap());
         assert_eq!(next_batch(&ids, 0, 2), ["1", "2"]);
         assert_eq!(next_batch(&ids, 2, 2), ["3"]);
         assert!(next_batch(&ids, 3, 2).is_empty());
@@ -74,15 +140,7 @@ mod tests {
         let s = spec(
             "queue: {name: q}\nconnection: {secretRef: {name: s}}\njobIds: ['7','3','7','1','3']\n",
         );
-        assert_eq!(target_ids(&s).unwrap(), ["7", "3", "1"]);
-    }
-
-    #[test]
-    fn selector_is_reported_unsupported() {
-        let s = spec(
-            "queue: {name: q}\nconnection: {secretRef: {name: s}}\nselector: {names: ['a*']}\n",
-        );
-        assert!(target_ids(&s).unwrap_err().contains("not supported yet"));
+        assert_eq!(target_ids(s.job_ids.as_deref().unwrap()), ["7", "3", "1"]);
     }
 
     #[test]
@@ -100,5 +158,48 @@ mod tests {
         assert_eq!(batch_size(500, 0), 500);
         assert_eq!(batch_size(500, 20), 20);
         assert_eq!(batch_size(500, 2000), 500);
+    }
+
+    #[test]
+    fn the_snapshot_is_the_earlier_of_finished_before_and_the_start_and_stays() {
+        assert_eq!(upper_bound(None, None, 5_000), 5_000);
+        assert_eq!(upper_bound(None, Some(3_000), 5_000), 3_000);
+        assert_eq!(upper_bound(None, Some(9_000), 5_000), 5_000);
+        assert_eq!(upper_bound(Some(4_000), Some(3_000), 9_000), 4_000);
+    }
+
+    #[test]
+    fn a_dry_run_previews_the_ten_most_frequent_values_over_all_pages() {
+        let page = |names: &[(&str, u64)], matched, oldest, newest| Page {
+            matched,
+            names: names.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+            reasons: vec![("ECONNRESET".into(), names.iter().map(|(_, c)| c).sum())],
+            oldest,
+            newest,
+            ..Default::default()
+        };
+        let mut scan = DryScan::default();
+        scan.add(&page(
+            &[("charge", 5), ("refund", 1)],
+            6,
+            Some(1_000),
+            Some(2_000),
+        ));
+        scan.add(&page(&[("refund", 6)], 12, Some(3_000), Some(4_000)));
+        scan.add(&page(&[], 12, None, None));
+        let letters: Vec<(String, u64)> = (b'a'..=b'l')
+            .map(|c| ((c as char).to_string(), 1))
+            .collect();
+        let many: Vec<(&str, u64)> = letters.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+        scan.add(&page(&many, 24, Some(5_000), Some(6_000)));
+        let p = scan.preview();
+        assert_eq!(p.matched, 24);
+        assert_eq!(p.names.len(), 10);
+        assert_eq!((p.names[0].value.as_str(), p.names[0].count), ("refund", 7));
+        assert_eq!((p.names[1].value.as_str(), p.names[1].count), ("charge", 5));
+        assert_eq!(p.names[2].value, "a");
+        assert_eq!(p.reasons[0].count, 24);
+        assert_eq!(p.oldest.unwrap().0.as_millisecond(), 1_000);
+        assert_eq!(p.newest.unwrap().0.as_millisecond(), 6_000);
     }
 }

@@ -22,6 +22,8 @@ use kube::{
 };
 use tracing::{info, warn};
 
+mod selector;
+
 use super::{
     Context, Memory, load,
     machine::{self, Facts, Milestone, Requeue, RunError, Slice, SliceResult},
@@ -103,20 +105,23 @@ struct OpenQueue {
 }
 
 impl Run {
-    /// Load and plan, then execute as many batches as one status interval allows.
+    /// Load and plan, then execute as many batches (or selector pages) as one status
+    /// interval allows.
     async fn slice(&mut self) -> Result<Slice, Error> {
         let spec = self.obj.spec.clone();
-        let ids = match plan::target_ids(&spec) {
-            Ok(ids) => ids,
-            Err(m) => {
+        let run_key = plan::run_key(&spec, &self.ns, &self.obj.name_any());
+        let ids = match (&spec.job_ids, &spec.selector) {
+            (Some(ids), None) => Some(plan::target_ids(ids)),
+            (None, Some(_)) => None,
+            _ => {
+                let e = "exactly one of spec.jobIds and spec.selector must be set".to_string();
                 return Ok(Slice::ended(SliceResult::Error(
-                    RunError::SelectorUnsupported(m),
+                    RunError::SelectorUnsupported(e),
                 )));
             }
         };
-        let run_key = plan::run_key(&spec, &self.ns, &self.obj.name_any());
         let mut slice = Slice {
-            matched: Some(ids.len() as u64),
+            matched: ids.as_ref().map(|ids| ids.len() as u64),
             run_key: Some(run_key.clone()),
             ..Slice::ended(SliceResult::Done)
         };
@@ -136,8 +141,13 @@ impl Run {
             dry_run: spec.dry_run,
             ledger: Some((q.keys.ledger(&run_key), self.owner_tag())),
             ledger_ttl: self.ctx.config.ledger_retention(),
+            record: Some(q.keys.record(&run_key)),
         };
-        self.execute(&mut q, &req, &ids, &mut slice).await;
+        match (ids, &spec.selector) {
+            (Some(ids), _) => self.execute(&mut q, &req, &ids, &mut slice).await,
+            (None, Some(sel)) => self.select(sel, &mut q, &req, &run_key, &mut slice).await,
+            (None, None) => {}
+        }
         Ok(slice)
     }
 
@@ -245,19 +255,43 @@ impl Run {
         let size = plan::batch_size(cfg.batch_size, rate);
         let deadline = Instant::now() + cfg.status_interval();
         let tag = self.owner_tag();
-        let before = self.obj.status.as_ref().and_then(|s| s.processed);
+        // Where the run stands: the record in Redis (written with each batch), never the
+        // status, which a user can write; a dry run records nothing and keeps it in status.
+        let before = if req.dry_run {
+            self.obj
+                .status
+                .as_ref()
+                .and_then(|s| s.processed)
+                .unwrap_or(0)
+        } else {
+            let record = req.record.as_deref().unwrap_or_default();
+            match self
+                .ctx
+                .engine
+                .recorded_position(&mut q.conn, record, &tag)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    slice.result = SliceResult::Error(self.engine_failed(e, &q.target));
+                    return;
+                }
+            }
+        };
+        slice.processed_before = Some(before);
         loop {
-            let done = before.unwrap_or(0) + slice.rows.len() as u64;
+            let done = before + slice.rows.len() as u64;
             let batch = plan::next_batch(ids, done, size);
             if batch.is_empty() {
                 slice.result = SliceResult::Done;
                 return;
             }
             let started = Instant::now();
+            let after = done + batch.len() as u64;
             let outcomes = match self
                 .ctx
                 .engine
-                .retry_batch(&mut q.conn, &q.keys, req, batch)
+                .retry_batch(&mut q.conn, &q.keys, req, batch, after)
                 .await
             {
                 Ok(o) => o,
@@ -332,6 +366,7 @@ impl Run {
         let memory = Memory {
             failures: t.failures,
             not_before,
+            budget: self.ctx.memory(&self.uid).budget,
         };
         self.ctx.remember(
             &self.uid,

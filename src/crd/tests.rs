@@ -55,7 +55,16 @@ fn names_match_the_contract() {
     assert_eq!(
         cols,
         [
-            "QUEUE", "STATE", "PHASE", "MATCHED", "RETRIED", "FAILED", "AGE"
+            "QUEUE",
+            "STATE",
+            "PHASE",
+            "MATCHED",
+            "RETRIED",
+            "SKIPPED",
+            "ERRORS",
+            "SCANNED",
+            "REMAINING",
+            "AGE"
         ]
     );
 }

@@ -71,8 +71,8 @@ fn keeps_every_row_up_to_the_limit() {
     assert_eq!(st.jobs.len(), 5);
     assert!(!st.jobs_truncated);
     assert_eq!(
-        (st.processed, st.retried, st.failed),
-        (Some(5), Some(3), Some(2))
+        (st.processed, st.retried, st.skipped, st.errors),
+        (Some(5), Some(3), Some(2), Some(0))
     );
 }
 
@@ -89,9 +89,33 @@ fn beyond_the_limit_keeps_only_failures_and_exact_counts() {
     assert_eq!(st.counts.get("Retried"), Some(&11));
     assert_eq!(st.counts.get("NotFound"), Some(&10));
     assert_eq!(
-        (st.processed, st.retried, st.failed),
+        (st.processed, st.retried, st.skipped),
         (Some(23), Some(11), Some(12))
     );
+}
+
+#[test]
+fn rows_are_bounded_in_bytes_whatever_their_number() {
+    let mut st = JobRetryStatus::default();
+    let long = |i: usize| JobResultRow {
+        id: format!("{i:0256}"),
+        result: "NotFound".into(),
+        code: Some(-1),
+        message: Some("job does not exist".into()),
+    };
+    add_rows(&mut st, (0..5_500).map(long).collect(), 10_000);
+    let bytes = serde_json::to_vec(&st).unwrap().len();
+    assert!(bytes < ROW_BYTES + 4096, "status of {bytes} bytes");
+    assert!(st.jobs_truncated && !st.jobs.is_empty());
+    assert_eq!((st.processed, st.skipped), (Some(5_500), Some(5_500)));
+}
+
+#[test]
+fn errors_are_counted_apart_from_skipped_jobs() {
+    let mut st = JobRetryStatus::default();
+    add_rows(&mut st, rows(2, "Error"), 5);
+    add_rows(&mut st, rows(1, "AlreadyProcessed"), 5);
+    assert_eq!((st.skipped, st.errors), (Some(1), Some(2)));
 }
 
 #[test]

@@ -136,14 +136,14 @@ fn done_conditions(
     progress: String,
 ) -> (&'static str, Vec<Cond<'static>>) {
     use condition::*;
-    let failed = status.failed.unwrap_or(0);
-    let (done, r) = if failed == 0 {
+    let (skipped, errors) = (status.skipped.unwrap_or(0), status.errors.unwrap_or(0));
+    let (done, r) = if skipped + errors == 0 {
         (phase::SUCCEEDED, reason::SUCCEEDED)
     } else {
         (phase::PARTIALLY_SUCCEEDED, reason::PARTIALLY_SUCCEEDED)
     };
     let m = format!(
-        "{progress}: {} retried, {failed} not retried",
+        "{progress}: {} retried, {skipped} skipped, {errors} errors",
         status.retried.unwrap_or(0)
     );
     let conds = vec![

@@ -32,7 +32,7 @@ fn slice(rows: Vec<JobResultRow>, result: SliceResult) -> Slice {
         run_key: Some("payments/incident".into()),
         bullmq_version: Some("6.7.0".into()),
         rows,
-        result,
+        ..Slice::ended(result)
     }
 }
 
@@ -98,7 +98,7 @@ fn a_run_starts_progresses_and_completes_with_milestone_events_only() {
     assert_eq!(st.observed_generation, Some(1));
     assert_eq!(t.requeue, Requeue::AwaitChange);
     assert_eq!(reasons(&t), ["Completed"]);
-    assert_eq!(t.events[0].note, "3 of 4 jobs retried, 1 not");
+    assert_eq!(t.events[0].note, "3 of 4 jobs retried, 1 skipped, 0 errors");
 }
 
 #[test]
@@ -390,4 +390,57 @@ fn condition_transition_times_change_only_when_status_flips() {
         (c.last_transition_time.0, c.message.clone())
     };
     assert_eq!(ready(&t1), (at(0), "processed 2 of 4 jobs".to_string()));
+}
+
+#[test]
+fn the_position_comes_from_the_record_not_from_a_forged_status() {
+    let facts = Facts::default();
+    let forged = JobRetryStatus {
+        processed: Some(60),
+        ..Default::default()
+    };
+    let mut s = batches(&["1", "2"]);
+    s.processed_before = Some(0);
+    let t = step(&forged, 0, &facts, s, Timestamp::now());
+    assert_eq!(t.status.processed, Some(2));
+}
+
+#[test]
+fn a_dry_run_that_starts_over_drops_what_it_counted() {
+    let facts = Facts {
+        row_limit: 100,
+        ..Default::default()
+    };
+    let mut old = JobRetryStatus::default();
+    status::add_rows(&mut old, rows(&["1", "2", "3"], "WouldRetry"), 100);
+    let mut s = slice(
+        rows(&["1"], "WouldRetry"),
+        SliceResult::Batches { last_batch: 1 },
+    );
+    s.restart = true;
+    let t = step(&old, 0, &facts, s, Timestamp::now());
+    assert_eq!((t.status.processed, t.status.jobs.len()), (Some(1), 1));
+    assert_eq!(t.status.counts.get("WouldRetry"), Some(&1));
+}
+
+#[test]
+fn a_busy_queue_waits_reconciling_with_reason_queue_busy() {
+    let t = step(
+        &JobRetryStatus::default(),
+        0,
+        &Facts::default(),
+        error(RunError::QueueBusy("payments/first holds the queue".into())),
+        Timestamp::now(),
+    );
+    let c = t
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Reconciling")
+        .unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "QueueBusy")
+    );
+    assert_eq!(t.requeue, Requeue::After(Duration::from_secs(1)));
 }

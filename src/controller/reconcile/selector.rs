@@ -1,0 +1,151 @@
+//! The selector path of a slice: pages of the source state's set (`bullmq::Selector`), each
+//! one atomic Redis call that filters, retries and advances the run's cursor, as many as one
+//! status interval allows; each page's size adapts so that no call keeps Redis busy long.
+//!
+//! Guarantees: the snapshot bound is frozen at the run's first slice; real runs take their
+//! position from the record in Redis, dry runs from the operator's memory (a dry run writes
+//! nothing, so a restarted operator scans it again from the start).
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+use super::{OpenQueue, Run};
+use crate::{
+    bullmq::{BatchRequest, PageOutcome, PageRequest, select::next_budget},
+    controller::{
+        machine::{RunError, Slice, SliceResult},
+        plan::{self, DryScan},
+    },
+    crd::{SelectionStatus, Selector},
+    status,
+};
+
+/// Each page call should keep Redis busy about this long at most.
+const PAGE_TARGET: Duration = Duration::from_millis(4);
+/// Jobs examined per page: at first, and the bounds the adaptation keeps to.
+const PAGE_FIRST: u32 = 500;
+const PAGE_MIN: u32 = 20;
+const PAGE_MAX: u32 = 5_000;
+/// How long the queue-and-state lock outlives its holder's last page.
+const LOCK_TTL: Duration = Duration::from_secs(60);
+
+fn ms(t: &Time) -> i64 {
+    t.0.as_millisecond()
+}
+
+impl Run {
+    /// Runs selector pages until the run is done, the status interval is used up, the rate
+    /// limit asks for a pause, or the object was suspended or deleted meanwhile.
+    pub(super) async fn select(
+        &mut self,
+        sel: &Selector,
+        q: &mut OpenQueue,
+        run: &BatchRequest,
+        run_key: &str,
+        slice: &mut Slice,
+    ) {
+        let old = self.obj.status.clone().unwrap_or_default();
+        let frozen = old
+            .selection
+            .as_ref()
+            .and_then(|s| s.upper_bound.as_ref())
+            .map(ms);
+        let now = Timestamp::now().as_millisecond();
+        let upper = plan::upper_bound(frozen, sel.finished_before.as_ref().map(ms), now);
+        let mut dry = self.ctx.dry_scan(&self.uid);
+        if run.dry_run && dry.is_none() {
+            // Nothing of an earlier scan is left: start over (and say so if it had begun).
+            slice.restart = old.selection.as_ref().is_some_and(|s| s.scanned > 0);
+            dry = Some(DryScan::default());
+        }
+        let rate = self.jobs_per_second();
+        let mut budget = self.ctx.memory(&self.uid).budget;
+        let deadline = Instant::now() + self.ctx.config.status_interval();
+        let mut req = PageRequest {
+            run: run.clone(),
+            run_key: run_key.to_string(),
+            lock_ttl: LOCK_TTL,
+            lower: sel.finished_after.as_ref().map(ms),
+            upper,
+            max_jobs: sel.max_jobs,
+            budget: 0,
+            dry_cursor: None,
+            dry_matched: 0,
+            reason_contains: sel.failed_reason_contains.clone(),
+            names: sel.names.clone().unwrap_or_default(),
+        };
+        let tag = self.owner_tag();
+        loop {
+            budget = if budget == 0 { PAGE_FIRST } else { budget };
+            req.budget = if rate > 0 { budget.min(rate) } else { budget };
+            if let Some(d) = &dry {
+                req.dry_cursor = d.cursor.clone();
+                req.dry_matched = d.matched;
+            }
+            let started = Instant::now();
+            let page = match self.ctx.selector.page(&mut q.conn, &q.keys, &req).await {
+                Ok(PageOutcome::Page(p)) => p,
+                Ok(PageOutcome::Busy(holder)) => {
+                    let m = format!(
+                        "another selector run ({holder}) is retrying {} jobs of this queue; this one starts when it ends",
+                        run.state.as_str()
+                    );
+                    slice.result = SliceResult::Error(RunError::QueueBusy(m));
+                    return;
+                }
+                Err(e) => {
+                    slice.result = SliceResult::Error(self.engine_failed(e, &q.target));
+                    return;
+                }
+            };
+            let took = started.elapsed();
+            budget = next_budget(budget, took, PAGE_TARGET, PAGE_MIN, PAGE_MAX);
+            self.ctx.set_budget(&self.uid, budget);
+            if slice.processed_before.is_none() {
+                let first = page.matched.saturating_sub(page.rows.len() as u64);
+                slice.processed_before = Some(if run.dry_run && slice.restart {
+                    0
+                } else {
+                    first
+                });
+            }
+            let rows: Vec<_> = page
+                .rows
+                .iter()
+                .map(|(id, o)| status::job_row(id, o, run.state.as_str(), &tag))
+                .collect();
+            self.ctx
+                .metrics
+                .batch_done(took.as_secs_f64(), rows.iter().map(|r| r.result.as_str()));
+            let in_page = rows.len();
+            slice.rows.extend(rows);
+            slice.matched = Some(page.matched);
+            // A real run's record counts what it scanned; a dry run counts it here.
+            let mut scanned = page.scanned;
+            if let Some(d) = dry.as_mut() {
+                d.add(&page);
+                scanned = d.scanned;
+                slice.preview = Some(d.preview());
+            }
+            slice.selection = Some(SelectionStatus {
+                upper_bound: Timestamp::from_millisecond(upper).ok().map(Time),
+                scanned,
+                remaining: page.remaining,
+            });
+            self.last_batch_started = Some(started);
+            if page.done {
+                slice.result = SliceResult::Done;
+                self.ctx.set_dry_scan(&self.uid, None);
+                return;
+            }
+            if rate > 0 || Instant::now() >= deadline || self.stopped_meanwhile() {
+                slice.result = SliceResult::Batches {
+                    last_batch: in_page,
+                };
+                self.ctx.set_dry_scan(&self.uid, dry);
+                return;
+            }
+        }
+    }
+}
