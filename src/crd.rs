@@ -88,13 +88,13 @@ pub struct JobRetrySpec {
     /// The BullMQ state the jobs are retried from: `failed` (default) or `completed`.
     #[serde(default)]
     pub state: SourceState,
-    /// Explicit job ids to retry, in order (at most 10,000; an id listed twice is retried once). Exactly one of `jobIds` and `selector` must be set.
+    /// Explicit job ids to retry, in order (at most 10,000 and 400 KiB in all; an id listed twice is retried once; beyond, use a selector). Exactly one of `jobIds` and `selector` must be set.
     // An atomic list: server-side apply then tracks it as one field, not 10,000 (which made
     // every status write of a large run cost ~0.35 s of API-server time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 10000), inner(length(min = 1, max = 256)), extend("x-kubernetes-list-type" = "atomic"))]
     pub job_ids: Option<Vec<String>>,
-    /// A server-side filter over the source state's set. Exactly one of `jobIds` and `selector` must be set. Not supported yet by this operator version: a run with a selector ends Failed (reason SelectorUnsupported), touching nothing.
+    /// A server-side filter over the source state's set: jobs that finished before the run started (and match every filter given) are retried, oldest first, up to maxJobs. Exactly one of `jobIds` and `selector` must be set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<Selector>,
     /// Reset the job's attempts-made counter, as BullMQ's `resetAttemptsMade` retry option does.
@@ -226,15 +226,15 @@ impl SourceState {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Selector {
-    /// Glob patterns (`*`, `?`) on the job name; a job matches if any pattern matches.
+    /// Glob patterns on the whole job name (`*` any run of characters, `?` one character); a job matches if any pattern matches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 256)))]
     pub names: Option<Vec<String>>,
-    /// Only jobs whose failedReason contains this text.
+    /// Only jobs whose failedReason contains this text (plain, case-sensitive); only with state failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub failed_reason_contains: Option<String>,
-    /// Only jobs that finished at or after this time (RFC 3339).
+    /// Only jobs that finished (finishedOn, the job's score in the state's set) at or after this time (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_after: Option<Time>,
     /// Only jobs that finished before this time (RFC 3339).

@@ -589,3 +589,208 @@ fn the_snapshot_holds_and_a_job_that_fails_again_is_never_taken_twice() {
         "jobs that failed after the snapshot stay failed"
     );
 }
+
+// ---- Through the operator: what a user applies and reads. ----
+
+fn selector_yaml(name: &str, queue: &str, selector: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: {name}\nspec:\n  queue:\n    name: {queue}\n  connection:\n    secretRef:\n      name: redis\n  selector:\n{selector}{extra}"
+    )
+}
+
+fn condition(jr: &Value, t: &str) -> Value {
+    jr["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == t)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn row_ids(jr: &Value, result: &str) -> Vec<String> {
+    jr["status"]["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["result"] == result)
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_selector_jobretry_previews_then_retries_exactly_the_matching_jobs() {
+    let ns = TestNs::new("e2e-select");
+    let queue = ns.name.as_str();
+    seed_waves(0, queue, ns.dir.path());
+    let jobs = listed(0, queue);
+    let _op = Operator::start(&ns, &[]);
+    let sel = "    names: [\"charge-*\"]\n    failedReasonContains: ECONNRESET\n";
+    let filter = Filter {
+        names: vec!["charge-*".into()],
+        reason: Some("ECONNRESET".into()),
+        ..Default::default()
+    };
+    // The dry run: a preview in status, and nothing changed in Redis.
+    let before = queue_dump(queue);
+    let dry = ns.apply(
+        "dry.yaml",
+        &selector_yaml("preview", queue, sel, "  dryRun: true\n"),
+    );
+    assert!(dry.ok, "{}", dry.stderr);
+    assert!(ns.wait_condition("preview", "Complete", "60s").ok);
+    let upper = now_ms();
+    let want = filter.expected(&jobs, upper);
+    let jr = ns.get("preview");
+    let preview = &jr["status"]["preview"];
+    assert_eq!(preview["matched"], want.len() as u64, "{jr}");
+    assert_eq!(row_ids(&jr, "WouldRetry"), want);
+    let names: u64 = preview["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(names, want.len() as u64);
+    assert!(
+        preview["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["value"].as_str().unwrap().contains("ECONNRESET"))
+    );
+    assert_eq!(jr["status"]["selection"]["scanned"], jobs.len() as u64);
+    assert!(before == queue_dump(queue), "a dry run changed Redis");
+    // The real run retries exactly what the preview said.
+    let real = ns.apply(
+        "real.yaml",
+        &selector_yaml("incident", queue, sel, "  resetAttemptsMade: true\n"),
+    );
+    assert!(real.ok, "{}", real.stderr);
+    assert!(ns.wait_condition("incident", "Complete", "60s").ok);
+    let jr = ns.get("incident");
+    let st = &jr["status"];
+    assert_eq!(st["phase"], "Succeeded", "{jr}");
+    assert_eq!(
+        (st["matched"].as_u64(), st["retried"].as_u64()),
+        (Some(want.len() as u64), Some(want.len() as u64))
+    );
+    assert_eq!(row_ids(&jr, "Retried"), want, "rows in keyset order");
+    assert!(st["selection"]["upperBound"].is_string());
+    assert_eq!(st["selection"]["remaining"], 0);
+    let table = ns.kubectl(&["get", "jobretry", "incident", "-o", "wide"]);
+    assert!(
+        table.stdout.contains("SKIPPED") && table.stdout.contains("SCANNED"),
+        "{}",
+        table.stdout
+    );
+    let out = node(
+        "process.mjs",
+        &[
+            "--redis",
+            &redis_url(),
+            "--queue",
+            queue,
+            "--expect",
+            &want.len().to_string(),
+        ],
+    );
+    let done: BTreeSet<&str> = out["processed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        out["processed"].as_array().unwrap().len(),
+        want.len(),
+        "each once"
+    );
+    assert_eq!(
+        done,
+        want.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    );
+}
+
+#[test]
+fn a_second_selector_run_on_the_queue_waits_busy_then_runs() {
+    let ns = TestNs::new("e2e-busy");
+    let queue = ns.name.as_str();
+    seed_failed(0, queue, &[("a", "x"); 40], ns.dir.path());
+    let _op = Operator::start(&ns, &[]);
+    let sel = "    names: [\"*\"]\n";
+    let slow = "  rateLimit:\n    jobsPerSecond: 10\n";
+    assert!(
+        ns.apply("first.yaml", &selector_yaml("first", queue, sel, slow))
+            .ok
+    );
+    eventually(Duration::from_secs(30), "the first run started", || {
+        (ns.get("first")["status"]["phase"] == "Running").then_some(())
+    });
+    let second = format!("{slow}  state: failed\n");
+    assert!(
+        ns.apply("second.yaml", &selector_yaml("second", queue, sel, &second))
+            .ok
+    );
+    let busy = eventually(Duration::from_secs(30), "the second run waits", || {
+        let c = condition(&ns.get("second"), "Reconciling");
+        (c["reason"] == "QueueBusy").then_some(c)
+    });
+    assert_eq!(busy["status"], "True");
+    assert!(
+        busy["message"].as_str().unwrap().contains("/first"),
+        "{busy}"
+    );
+    assert!(ns.wait_condition("first", "Complete", "60s").ok);
+    assert!(ns.wait_condition("second", "Complete", "90s").ok);
+    assert_eq!(ns.get("first")["status"]["retried"], 40);
+    assert_eq!(
+        ns.get("second")["status"]["matched"],
+        0,
+        "nothing left for the second run"
+    );
+}
+
+/// Tried as a new user would: `status.processed: 60` written through the status subresource
+/// before the operator saw the object made it skip 60 ids and report Succeeded.
+#[test]
+fn a_forged_status_cannot_make_a_run_skip_jobs() {
+    let ns = TestNs::new("e2e-forged");
+    let queue = ns.name.as_str();
+    seed_failed(0, queue, &[("a", "x"); 80], ns.dir.path());
+    let ids: Vec<String> = listed(0, queue)
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    let yaml = jobretry_yaml("forged", queue, &ids, "", "  suspend: true\n");
+    assert!(ns.apply("f.yaml", &yaml).ok);
+    let patch = r#"{"status":{"processed":60,"retried":60,"counts":{"Retried":60}}}"#;
+    let out = ns.kubectl(&[
+        "patch",
+        "jobretry",
+        "forged",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        patch,
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    let _op = Operator::start(&ns, &[]);
+    let out = ns.kubectl(&[
+        "patch",
+        "jobretry",
+        "forged",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":false}}"#,
+    ]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(ns.wait_condition("forged", "Complete", "60s").ok);
+    let left: i64 = redis::cmd("ZCARD")
+        .arg(format!("bull:{queue}:failed"))
+        .query(&mut conn(0))
+        .unwrap();
+    assert_eq!(left, 0, "every job was retried");
+    let st = ns.get("forged")["status"].clone();
+    assert_eq!(st["processed"], 80, "{st}");
+}
