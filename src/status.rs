@@ -91,12 +91,7 @@ pub fn add_rows(status: &mut JobRetryStatus, rows: Vec<JobResultRow>, row_limit:
         *status.counts.entry(row.result.clone()).or_insert(0) += 1;
     }
     status.processed = Some(processed);
-    let count = |r: &str| status.counts.get(r).copied().unwrap_or(0);
-    status.retried = Some(count(result::RETRIED));
-    status.skipped = Some(
-        count(result::NOT_FOUND) + count(result::NOT_IN_STATE) + count(result::ALREADY_PROCESSED),
-    );
-    status.errors = Some(count(result::ERROR));
+    set_totals(status);
     status.jobs.extend(rows);
     let before = status.jobs.len();
     if processed as usize > row_limit || status.jobs_truncated {
@@ -114,6 +109,24 @@ pub fn add_rows(status: &mut JobRetryStatus, rows: Vec<JobResultRow>, row_limit:
         .count();
     status.jobs.truncate(fit);
     status.jobs_truncated = status.jobs_truncated || status.jobs.len() < before;
+}
+
+/// Sets `retried`, `skipped` and `errors` from the counts.
+pub fn set_totals(status: &mut JobRetryStatus) {
+    let count = |r: &str| status.counts.get(r).copied().unwrap_or(0);
+    status.retried = Some(count(result::RETRIED));
+    status.skipped = Some(
+        count(result::NOT_FOUND) + count(result::NOT_IN_STATE) + count(result::ALREADY_PROCESSED),
+    );
+    status.errors = Some(count(result::ERROR));
+}
+
+/// Replaces the counts with a run's exact totals (a selector run's record in Redis), and
+/// `processed` and the totals with theirs.
+pub fn set_counts(status: &mut JobRetryStatus, counts: std::collections::BTreeMap<String, u64>) {
+    status.processed = Some(counts.values().sum());
+    status.counts = counts;
+    set_totals(status);
 }
 
 /// Sets condition `type_` in `conditions`; keeps `lastTransitionTime` unless status flips.

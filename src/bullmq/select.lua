@@ -28,14 +28,15 @@
     18… name patterns     Lua patterns, anchored (a job matches if any does; none = any name)
 
   The record (real runs): cs, cid (cursor), scanned, matched, upper (frozen at the first call,
-  wins over ARGV 11), done. Its presence makes a re-created object with the same run key go
-  on where the run stopped.
+  wins over ARGV 11), done, and n:<code> (results by code: "1", "-1", "-3", "E"). Its
+  presence makes a re-created object with the same run key go on where the run stopped.
 
   Reply: { status ("more" | "done" | "busy"), cursor score, cursor id, scanned (total),
            matched (total), remaining (estimate: jobs left in the window after the cursor),
            { id, result, id, result, ... } for this call's matches,
            { name, count, ... }, { reason, count, ... } of this call's matches,
-           oldest and newest finishedOn of this call's matches ("" if none) }
+           oldest and newest finishedOn of this call's matches ("" if none),
+           { code, count, ... } of the whole run (real runs; empty for dry runs) }
   "busy": another run holds the lock; element 2 names it; nothing was written.
 ]]
 local R = newRun(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
@@ -55,6 +56,19 @@ if holder ~= "" then
   if current and current ~= holder then return { "busy", current } end
 end
 
+-- The run's results so far by code, from the record: exact whatever status writes a crash lost.
+local function totals()
+  local out = {}
+  local all = rcall("HGETALL", recordKey)
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 2) == "n:" then
+      out[#out + 1] = string.sub(all[i], 3)
+      out[#out + 1] = all[i + 1]
+    end
+  end
+  return out
+end
+
 -- Where the run stands.
 local cs, cid, scanned, matched, upper = ARGV[14], ARGV[15], 0, tonumber(ARGV[16]) or 0, ARGV[11]
 if not R.dryRun then
@@ -65,7 +79,7 @@ if not R.dryRun then
     cs, cid = "", ""
   end
   if rec[6] == "1" then
-    return { "done", cs, cid, scanned, matched, 0, {}, {}, {}, "", "" }
+    return { "done", cs, cid, scanned, matched, 0, {}, {}, {}, "", "", totals() }
   end
 end
 local stateKey = R.stateKey
@@ -151,6 +165,10 @@ if #moves > 0 then
 end
 if not R.dryRun then
   if q then applyMoves(R, moves, q) end
+  for i = 2, #results, 2 do
+    local r = results[i]
+    rcall("HINCRBY", recordKey, "n:" .. (string.sub(r, 1, 1) == "E" and "E" or r), 1)
+  end
   rcall("HSET", recordKey, "cs", cs, "cid", cid, "scanned", scanned, "matched", matched,
     "upper", upper, "done", done and "1" or "0")
   rcall("PEXPIRE", recordKey, R.ttl)
@@ -169,4 +187,4 @@ if not done then
   remaining = rcall("ZCOUNT", stateKey, cs == "" and ARGV[10] or "(" .. cs, "(" .. upper)
 end
 return { done and "done" or "more", cs, cid, scanned, matched, remaining, results,
-  flat(names), flat(reasons), oldest, newest }
+  flat(names), flat(reasons), oldest, newest, R.dryRun and {} or totals() }

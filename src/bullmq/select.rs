@@ -62,6 +62,8 @@ pub struct Page {
     /// finishedOn of this call's first and last match.
     pub oldest: Option<i64>,
     pub newest: Option<i64>,
+    /// A real run's results so far by outcome, from its record (exact across crashes).
+    pub totals: Vec<(JobOutcome, u64)>,
 }
 
 /// The answer of a page call.
@@ -161,6 +163,7 @@ fn decode_page(reply: Vec<Value>) -> Result<PageOutcome, EngineError> {
                 reasons,
                 oldest,
                 newest,
+                totals,
             ],
         ) => {
             let (score, id) = (text(cs)?, text(cid)?);
@@ -185,6 +188,16 @@ fn decode_page(reply: Vec<Value>) -> Result<PageOutcome, EngineError> {
                 reasons: counted(reasons)?,
                 oldest: when(oldest)?,
                 newest: when(newest)?,
+                totals: counted(totals)?
+                    .into_iter()
+                    .map(|(code, n)| {
+                        let outcome = match code.as_str() {
+                            "E" => JobOutcome::Error(String::new()),
+                            c => decode(c)?,
+                        };
+                        Ok((outcome, n))
+                    })
+                    .collect::<Result<_, EngineError>>()?,
             }))
         }
         _ => Err(EngineError::Protocol(format!("page reply: {reply:?}"))),

@@ -10,7 +10,7 @@
 //! job or batch; transient errors back off 1 s doubling to 60 s; every condition is set on
 //! every transition, so none (e.g. `Suspended`) outlives the stage that set it.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
@@ -70,6 +70,10 @@ pub struct Slice {
     pub selection: Option<SelectionStatus>,
     /// A selector dry run's preview after this slice.
     pub preview: Option<Preview>,
+    /// A selector run's exact counts after this slice, from its record in Redis: they
+    /// replace what the rows add up to, so rows a crash lost are neither missed nor counted
+    /// twice.
+    pub counts: Option<BTreeMap<String, u64>>,
     /// The run starts over (a dry run whose progress was lost with the operator's memory):
     /// what the status counted so far is dropped first.
     pub restart: bool,
@@ -88,6 +92,7 @@ impl Slice {
             processed_before: None,
             selection: None,
             preview: None,
+            counts: None,
             restart: false,
             result,
         }
@@ -271,6 +276,9 @@ pub fn step(
     );
     if batches_ran {
         status::add_rows(&mut status, slice.rows, facts.row_limit);
+    }
+    if let Some(counts) = slice.counts {
+        status::set_counts(&mut status, counts);
     }
     let failures = if batches_ran { 0 } else { failures };
     let (stage, failures, requeue) = decide(&slice.result, failures, facts);

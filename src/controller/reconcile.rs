@@ -255,14 +255,19 @@ impl Run {
         let size = plan::batch_size(cfg.batch_size, rate);
         let deadline = Instant::now() + cfg.status_interval();
         let tag = self.owner_tag();
-        // Where the run stands: the record in Redis (written with each batch), never the
-        // status, which a user can write; a dry run records nothing and keeps it in status.
+        // Where the run stands. The status may be behind the record in Redis (written with
+        // each batch) after a crash lost a status write: the run then replays from the status,
+        // which the ledger makes harmless and which brings back the lost rows. It may not be
+        // ahead of it: a user can write the status, and must not make the run skip ids. A dry
+        // run records nothing and keeps its position in status.
+        let in_status = self
+            .obj
+            .status
+            .as_ref()
+            .and_then(|s| s.processed)
+            .unwrap_or(0);
         let before = if req.dry_run {
-            self.obj
-                .status
-                .as_ref()
-                .and_then(|s| s.processed)
-                .unwrap_or(0)
+            in_status
         } else {
             let record = req.record.as_deref().unwrap_or_default();
             match self
@@ -271,7 +276,7 @@ impl Run {
                 .recorded_position(&mut q.conn, record, &tag)
                 .await
             {
-                Ok(p) => p,
+                Ok(p) => p.min(in_status),
                 Err(e) => {
                     slice.result = SliceResult::Error(self.engine_failed(e, &q.target));
                     return;

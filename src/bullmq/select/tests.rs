@@ -42,6 +42,7 @@ fn decodes_a_page_and_a_busy_reply() {
         Value::Array(vec![s("ECONNRESET"), Value::Int(2), s(""), Value::Int(1)]),
         s("1700000000100"),
         s("1700000000123"),
+        Value::Array(vec![s("1"), s("7"), s("E"), s("1")]),
     ];
     let PageOutcome::Page(p) = decode_page(reply).unwrap() else {
         panic!("not a page")
@@ -57,6 +58,13 @@ fn decodes_a_page_and_a_busy_reply() {
     assert_eq!((p.scanned, p.matched, p.remaining), (10, 3, 90));
     assert_eq!(p.rows[1], ("41".to_string(), JobOutcome::NotFound));
     assert_eq!(p.rows[2].1, JobOutcome::WouldRetry);
+    assert_eq!(
+        p.totals,
+        vec![
+            (JobOutcome::Retried, 7),
+            (JobOutcome::Error(String::new()), 1)
+        ]
+    );
     assert_eq!(p.names, vec![("charge".to_string(), 3)]);
     assert_eq!(p.reasons.len(), 2);
     assert_eq!(

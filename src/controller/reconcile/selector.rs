@@ -120,6 +120,13 @@ impl Run {
                 .batch_done(took.as_secs_f64(), rows.iter().map(|r| r.result.as_str()));
             let in_page = rows.len();
             slice.rows.extend(rows);
+            if !run.dry_run {
+                let counts = page.totals.iter().map(|(o, n)| {
+                    let row = status::job_row("", o, run.state.as_str(), &tag);
+                    (row.result, *n)
+                });
+                slice.counts = Some(counts.collect());
+            }
             slice.matched = Some(page.matched);
             // A real run's record counts what it scanned; a dry run counts it here.
             let mut scanned = page.scanned;
