@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use common::*;
 use serde_json::{Value, json};
@@ -495,4 +495,89 @@ fn a_redis_with_only_the_commands_of_redis_5_0() {
         "    secretRef:\n      name: redis5\n",
         &url,
     );
+}
+
+fn reason_of(jr: &Value, t: &str) -> (String, String) {
+    let c = jr["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == t)
+        .cloned()
+        .unwrap_or(Value::Null);
+    (
+        c["status"].as_str().unwrap_or("").into(),
+        c["reason"].as_str().unwrap_or("").into(),
+    )
+}
+
+/// A wrong password or a missing ACL permission is not Redis trouble that passes by itself:
+/// the run stalls, saying why, and goes on by itself once the Secret or the ACL is fixed.
+#[test]
+fn a_wrong_password_or_a_missing_permission_stalls_until_fixed() {
+    let ns = TestNs::new("e2e-denied");
+    let queue = ns.name.as_str();
+    let spec = json!({"jobs": [
+        {"key": "a", "name": "charge", "data": {}, "opts": {}, "outcome": "fail"},
+        {"key": "b", "name": "charge", "data": {}, "opts": {}, "outcome": "fail"},
+    ]});
+    let jobs = seed(ns.dir.path(), queue, &spec);
+    let (a, b) = (id_of(&jobs, "a"), id_of(&jobs, "b"));
+    let mut con = redis::Client::open(redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut user = |name: &str, password: &str, keys: &str| {
+        let rules = [
+            "SETUSER",
+            name,
+            "on",
+            &format!(">{password}"),
+            keys,
+            "+@all",
+            "-@dangerous",
+            "+info",
+        ];
+        let _: () = redis::cmd("ACL").arg(&rules[..]).query(&mut con).unwrap();
+    };
+    let url = |name: &str, password: &str| {
+        redis_url().replacen("redis://", &format!("redis://{name}:{password}@"), 1)
+    };
+    let good = format!("{queue}-pw");
+    user(queue, &good, &format!("~bull:{queue}:*"));
+    // A wrong password in the Secret.
+    ns.secret("redis", &url(queue, "not-the-password"));
+    let op = Operator::start(&ns, &[]);
+    assert!(
+        ns.apply(
+            "a.yaml",
+            &jobretry_yaml("wrongpass", queue, &[a.as_str()], "", "")
+        )
+        .ok
+    );
+    let jr = eventually(Duration::from_secs(30), "stalled on the password", || {
+        let jr = ns.get("wrongpass");
+        (reason_of(&jr, "Stalled").0 == "True").then_some(jr)
+    });
+    assert_eq!(reason_of(&jr, "Stalled").1, "RedisAccessDenied", "{jr}");
+    assert_eq!(jr["status"]["phase"], "Pending");
+    ns.secret("redis", &url(queue, &good));
+    let waited = ns.wait_condition("wrongpass", "Complete", "90s");
+    assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
+    // A user whose ACL does not cover the queue's keys.
+    let other = format!("{queue}-other");
+    user(&other, &good, "~somewhere-else:*");
+    ns.secret("other", &url(&other, &good));
+    let yaml =
+        jobretry_yaml("noperm", queue, &[b.as_str()], "", "").replace("name: redis", "name: other");
+    assert!(ns.apply("b.yaml", &yaml).ok);
+    let jr = eventually(Duration::from_secs(30), "stalled on the ACL", || {
+        let jr = ns.get("noperm");
+        (reason_of(&jr, "Stalled").0 == "True").then_some(jr)
+    });
+    assert_eq!(reason_of(&jr, "Stalled").1, "RedisAccessDenied", "{jr}");
+    user(&other, &good, &format!("~bull:{queue}:*"));
+    let waited = ns.wait_condition("noperm", "Complete", "90s");
+    assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
+    assert_eq!(ns.get("noperm")["status"]["counts"], json!({"Retried": 1}));
 }

@@ -132,7 +132,9 @@ pub fn classify(e: &redis::RedisError) -> (&'static str, Verdict) {
             ("unavailable", Verdict::Transient)
         }
         (K::Server(S::ResponseError), _)
-            if e.detail().is_some_and(|d| d.contains("invalid password")) =>
+            if e.detail().is_some_and(|d| {
+                d.contains("invalid password") || d.contains("without any password configured")
+            }) =>
         {
             ("auth", Verdict::Stalled)
         }
@@ -376,6 +378,14 @@ mod tests {
             (
                 server("NOPERM", "this user has no permissions"),
                 "permission",
+                Stalled,
+            ),
+            (
+                server(
+                    "ERR",
+                    "AUTH <password> called without any password configured",
+                ),
+                "auth",
                 Stalled,
             ),
             (
