@@ -67,14 +67,22 @@ impl RedisTarget {
         if parsed.host_str().is_none_or(str::is_empty) {
             return Err("the Redis URL has no host".to_string());
         }
-        let mut secrets = Vec::new();
+        // What a text could carry the secret in: the URL, or its credentials as they stand in
+        // a URL. Never the bare password: replacing a short password wherever its letters
+        // occur would mangle every message (`conn***ct`) and so reveal it. Messages are built
+        // without the URL in the first place; this only guards what a library might echo.
+        let mut secrets = vec![url.clone()];
         if let Some(pw) = parsed.password().filter(|p| !p.is_empty()) {
-            secrets.push(pw.to_string());
+            let user = parsed.username();
+            let mut forms = vec![pw.to_string()];
             if let Ok(decoded) = percent_decode(pw) {
-                secrets.push(decoded);
+                forms.push(decoded);
+            }
+            for form in forms {
+                secrets.push(format!("{user}:{form}@"));
+                secrets.push(format!(":{form}@"));
             }
         }
-        secrets.push(url.clone());
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Ok(Self {
             url,
@@ -268,10 +276,21 @@ mod tests {
             None,
         )
         .unwrap();
-        let text = "failed for redis://app:s3cr%21t@redis.example:6379/0 with s3cr!t and s3cr%21t";
+        let text =
+            "failed for redis://app:s3cr%21t@redis.example:6379/0 (app:s3cr!t@redis.example)";
         let out = t.redact(text);
         assert!(!out.contains("s3cr"), "{out}");
         assert!(!format!("{t:?}").contains("s3cr"));
+    }
+
+    #[test]
+    fn a_one_character_password_is_neither_shown_nor_revealed_by_masking() {
+        let t =
+            RedisTarget::new("redis://:e@127.0.0.1:1/0", ConnectionMode::Standalone, None).unwrap();
+        let text = "cannot connect to Redis: Connection refused (os error 111)";
+        assert_eq!(t.redact(text), text, "no letter of a message is masked");
+        let echoed = t.redact("bad URL redis://:e@127.0.0.1:1/0 for user :e@127.0.0.1");
+        assert!(!echoed.contains(":e@"), "{echoed}");
     }
 
     #[test]
