@@ -12,16 +12,6 @@ fn manifest(name: &str, queue: &str, ids: &[&str], extra_queue: &str) -> String 
     jobretry_yaml(name, queue, ids, extra_queue, "")
 }
 
-fn condition(jr: &Value, t: &str) -> Value {
-    jr["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == t)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 fn failing(key: &str, opts: Value) -> Value {
     json!({"key": key, "name": "charge", "data": {}, "opts": opts, "outcome": "fail"})
 }

@@ -115,17 +115,6 @@ fn python_clients() -> Vec<Client> {
         .collect()
 }
 
-fn db_url(db: u8) -> String {
-    format!("{}/{db}", redis_url())
-}
-
-fn conn(db: u8) -> redis::Connection {
-    redis::Client::open(db_url(db))
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
 /// Runs a fixture command in tests/bullmq and parses its JSON output.
 fn fixture(cmd: &[String], args: &[&str]) -> Value {
     let out = run(Command::new(&cmd[0])
@@ -143,7 +132,7 @@ fn fixture(cmd: &[String], args: &[&str]) -> Value {
 
 /// Copies every key of BUILD into the other databases.
 fn clone_state() {
-    let mut con = conn(BUILD);
+    let mut con = db_conn(BUILD);
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
     for k in keys {
         for db in [THEIRS, DETECTED, GIVEN, FIXED] {
@@ -167,7 +156,7 @@ struct Dump {
 
 fn dump(db: u8) -> Dump {
     let content = redis_dump_at(&db_url(db), true);
-    let mut con = conn(db);
+    let mut con = db_conn(db);
     let expiring = content
         .keys()
         .filter(|k| redis::cmd("PTTL").arg(k).query::<i64>(&mut con).unwrap() >= 0)
@@ -360,7 +349,7 @@ fn judge(
     let retried = matches!(got, Ours::Results(r) if r.contains(&"Retried"));
     let ledger: bool = redis::cmd("EXISTS")
         .arg(ledger_key(plan))
-        .query(&mut conn(db))
+        .query(&mut db_conn(db))
         .unwrap();
     let (reference, reference_db) = match want {
         Expect::EqualFixed => (&fixed[case], FIXED),
@@ -427,7 +416,7 @@ fn judge(
 /// per case (detected, given) and the failures.
 fn compare(client: &Client, dir: &Path) -> (BTreeMap<String, String>, Vec<String>) {
     for db in [BUILD, THEIRS, DETECTED, GIVEN, FIXED] {
-        let _: () = redis::cmd("FLUSHDB").query(&mut conn(db)).unwrap();
+        let _: () = redis::cmd("FLUSHDB").query(&mut db_conn(db)).unwrap();
     }
     let built = fixture(
         &client.scenario,
@@ -583,7 +572,9 @@ fn our_retry_leaves_redis_exactly_as_each_bullmq_release_does() {
 /// Python client, which checks nothing) makes the script refuse the batch, changing nothing.
 #[test]
 fn no_job_can_be_mistaken_for_a_ledger() {
-    let _: () = redis::cmd("FLUSHDB").query(&mut conn(LEDGER_DB)).unwrap();
+    let _: () = redis::cmd("FLUSHDB")
+        .query(&mut db_conn(LEDGER_DB))
+        .unwrap();
     let built = fixture(
         &npm("6.7.0").scenario,
         &[
@@ -604,7 +595,7 @@ fn no_job_can_be_mistaken_for_a_ledger() {
     );
     // A job hash where the ledger goes, as a client without the rule could write it.
     let keys = QueueKeys::new("bull", plan["queue"].as_str().unwrap());
-    let mut con = conn(LEDGER_DB);
+    let mut con = db_conn(LEDGER_DB);
     let _: () = redis::cmd("HSET")
         .arg(keys.ledger(RUN_KEY))
         .arg(&["name", "x", "data", "{}", "opts", "{}", "timestamp", "1"])

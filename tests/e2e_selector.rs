@@ -21,25 +21,14 @@ use jobretry_operator::{
 };
 use serde_json::{Value, json};
 
-fn db_url(db: u8) -> String {
-    format!("{}/{db}", redis_url())
-}
-
-fn conn(db: u8) -> redis::Connection {
-    redis::Client::open(db_url(db))
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
 fn flush(db: u8) {
-    let _: () = redis::cmd("FLUSHDB").query(&mut conn(db)).unwrap();
+    let _: () = redis::cmd("FLUSHDB").query(&mut db_conn(db)).unwrap();
 }
 
 /// Copies every key of `from` into `to` (replacing).
 fn copy_db(from: u8, to: u8) {
     flush(to);
-    let mut con = conn(from);
+    let mut con = db_conn(from);
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
     for k in keys {
         let _: i64 = redis::cmd("COPY")
@@ -402,7 +391,7 @@ fn ties_are_paged_byte_wise_one_job_at_a_time_without_a_skip_or_a_repeat() {
     // Jobs written as BullMQ writes failed jobs, all with one finishedOn, with ids whose
     // byte order differs from a locale's order.
     let ids = ["B", "a", "a b", "b", "Ä", "ä", "10", "9", "_", "z"];
-    let mut con = conn(db);
+    let mut con = db_conn(db);
     for id in ids {
         let key = format!("bull:{queue}:{id}");
         let _: () = redis::cmd("HSET")
@@ -529,7 +518,7 @@ fn the_snapshot_holds_and_a_job_that_fails_again_is_never_taken_twice() {
     std::thread::sleep(Duration::from_millis(5));
     // New failures after the run started are outside its snapshot (written as BullMQ's
     // moveToFinished writes them: seed.mjs refuses a queue with waiting jobs).
-    let mut con = conn(db);
+    let mut con = db_conn(db);
     for i in 0..5 {
         let id = format!("later-{i}");
         let _: () = redis::cmd("HSET")
@@ -596,16 +585,6 @@ fn selector_yaml(name: &str, queue: &str, selector: &str, extra: &str) -> String
     format!(
         "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: {name}\nspec:\n  queue:\n    name: {queue}\n  connection:\n    secretRef:\n      name: redis\n  selector:\n{selector}{extra}"
     )
-}
-
-fn condition(jr: &Value, t: &str) -> Value {
-    jr["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == t)
-        .cloned()
-        .unwrap_or(Value::Null)
 }
 
 fn row_ids(jr: &Value, result: &str) -> Vec<String> {
@@ -788,7 +767,7 @@ fn a_forged_status_cannot_make_a_run_skip_jobs() {
     assert!(ns.wait_condition("forged", "Complete", "60s").ok);
     let left: i64 = redis::cmd("ZCARD")
         .arg(format!("bull:{queue}:failed"))
-        .query(&mut conn(0))
+        .query(&mut db_conn(0))
         .unwrap();
     assert_eq!(left, 0, "every job was retried");
     let st = ns.get("forged")["status"].clone();

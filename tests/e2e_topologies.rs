@@ -498,17 +498,9 @@ fn a_redis_with_only_the_commands_of_redis_5_0() {
 }
 
 fn reason_of(jr: &Value, t: &str) -> (String, String) {
-    let c = jr["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == t)
-        .cloned()
-        .unwrap_or(Value::Null);
-    (
-        c["status"].as_str().unwrap_or("").into(),
-        c["reason"].as_str().unwrap_or("").into(),
-    )
+    let c = condition(jr, t);
+    let text = |k: &str| c[k].as_str().unwrap_or("").to_string();
+    (text("status"), text("reason"))
 }
 
 /// A wrong password or a missing ACL permission is not Redis trouble that passes by itself:

@@ -35,6 +35,30 @@ pub fn redis_url() -> String {
     env("JOBRETRY_TEST_REDIS_URL")
 }
 
+/// The test Redis, database `db`.
+pub fn db_url(db: u8) -> String {
+    format!("{}/{db}", redis_url())
+}
+
+/// A connection to the test Redis, database `db`.
+pub fn db_conn(db: u8) -> redis::Connection {
+    redis::Client::open(db_url(db))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
+/// The condition `t` of a JobRetry (as JSON), or null.
+pub fn condition(jr: &Value, t: &str) -> Value {
+    jr["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == t)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 /// Output of a finished command.
 pub struct Out {
     pub ok: bool,
