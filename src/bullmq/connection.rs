@@ -113,12 +113,12 @@ impl RedisTarget {
             .fold(text.to_string(), |acc, s| acc.replace(s.as_str(), "***"))
     }
 
-    /// A key identifying this target (URL, mode, master) for a connection cache; the URL
-    /// itself is not kept in it.
+    /// A key identifying everything that shapes a connection (URL, mode, master, CA) for a
+    /// connection cache; the URL itself is not kept in it.
     pub fn cache_key(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&self.url, self.mode as u8, &self.sentinel_master).hash(&mut h);
+        (&self.url, self.mode as u8, &self.sentinel_master, &self.ca).hash(&mut h);
         h.finish()
     }
 
@@ -291,6 +291,19 @@ mod tests {
         assert_eq!(t.redact(text), text, "no letter of a message is masked");
         let echoed = t.redact("bad URL redis://:e@127.0.0.1:1/0 for user :e@127.0.0.1");
         assert!(!echoed.contains(":e@"), "{echoed}");
+    }
+
+    #[test]
+    fn connections_differing_in_any_setting_are_cached_apart() {
+        let url = "rediss://h:6380";
+        let plain = RedisTarget::new(url, ConnectionMode::Standalone, None).unwrap();
+        let with_ca = plain
+            .clone()
+            .with_ca(Some(b"-----BEGIN CERTIFICATE-----".to_vec()));
+        let cluster = RedisTarget::new(url, ConnectionMode::Cluster, None).unwrap();
+        assert_ne!(plain.cache_key(), with_ca.cache_key());
+        assert_ne!(plain.cache_key(), cluster.cache_key());
+        assert_eq!(plain.cache_key(), plain.clone().cache_key());
     }
 
     #[test]

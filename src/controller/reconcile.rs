@@ -394,7 +394,12 @@ impl Run {
     }
 
     async fn publish(&self, m: &Milestone, phase: Option<&str>) {
-        info!(name = %self.obj.name_any(), namespace = %self.ns, ?phase, reason = %m.reason, "{}", m.note);
+        let (name, phase) = (self.obj.name_any(), phase.unwrap_or(""));
+        if m.warning {
+            warn!(%name, namespace = %self.ns, phase, reason = %m.reason, "{}", m.note);
+        } else {
+            info!(%name, namespace = %self.ns, phase, reason = %m.reason, "{}", m.note);
+        }
         let event = Event {
             type_: if m.warning {
                 EventType::Warning
