@@ -495,6 +495,31 @@ fn a_redis_with_only_the_commands_of_redis_5_0() {
         "    secretRef:\n      name: redis5\n",
         &url,
     );
+    // A selector run on the same server: more failed jobs, one page script.
+    let queue = format!("{}-sel", ns.name);
+    let spec = json!({"jobs": (0..6).map(|i| json!({"key": format!("s{i}"), "name": if i % 2 == 0 { "charge" } else { "email" }, "data": {}, "opts": {}, "outcome": "fail"})).collect::<Vec<_>>()});
+    let path = ns.dir.path().join("sel.json");
+    std::fs::write(&path, spec.to_string()).unwrap();
+    node(
+        "seed.mjs",
+        &[
+            "--redis",
+            &url,
+            "--queue",
+            &queue,
+            "--spec",
+            path.to_str().unwrap(),
+        ],
+    );
+    let yaml = format!(
+        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: sel\nspec:\n  queue:\n    name: {queue}\n  connection:\n    secretRef:\n      name: redis5\n  selector:\n    names: [charge]\n"
+    );
+    assert!(ns.apply("sel.yaml", &yaml).ok);
+    let _op = Operator::start(&ns, &[]);
+    let waited = ns.wait_condition("sel", "Complete", "60s");
+    assert!(waited.ok, "{}\n{}", waited.stderr, _op.logs());
+    let st = ns.get("sel")["status"].clone();
+    assert_eq!(st["counts"], json!({"Retried": 3}), "{st}");
 }
 
 fn reason_of(jr: &Value, t: &str) -> (String, String) {
