@@ -1,0 +1,135 @@
+//! GitOps health: the chart's Argo CD health check (`charts/jobretry-operator/argocd-health.lua`)
+//! run by Debian's `lua5.4` on statuses the operator really produced, one object per phase,
+//! through the real API server and Redis.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// A JSON value as a Lua table constructor (null: absent).
+fn lua(v: &Value) -> String {
+    match v {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => {
+            let mut out = String::from("\"");
+            for b in s.bytes() {
+                match b {
+                    b'"' | b'\\' => out.push_str(&format!("\\{}", b as char)),
+                    0x20..=0x7e => out.push(b as char),
+                    _ => out.push_str(&format!("\\{b:03}")),
+                }
+            }
+            out.push('"');
+            out
+        }
+        Value::Array(items) => format!(
+            "{{{}}}",
+            items.iter().map(lua).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("[{}] = {}", lua(&Value::String(k.clone())), lua(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Argo CD's verdict on `obj`: (status, message).
+fn health(dir: &std::path::Path, obj: &Value) -> (String, String) {
+    let file = dir.join("obj.lua");
+    std::fs::write(&file, format!("obj = {}\n", lua(obj))).unwrap();
+    let script = repo().join("charts/jobretry-operator/argocd-health.lua");
+    let chunk = format!(
+        "dofile({:?}); local hs = dofile({:?}); io.write(hs.status, '\\n', hs.message)",
+        file.to_str().unwrap(),
+        script.to_str().unwrap()
+    );
+    let out = run(std::process::Command::new("lua5.4").args(["-e", &chunk]));
+    assert!(out.ok, "lua5.4: {}", out.stderr);
+    let (status, message) = out.stdout.split_once('\n').unwrap();
+    (status.to_string(), message.to_string())
+}
+
+fn failing(n: usize) -> Value {
+    json!({"jobs": (0..n).map(|i| json!({"key": format!("k{i}"), "name": "charge", "data": {}, "opts": {}, "outcome": "fail"})).collect::<Vec<_>>()})
+}
+
+#[test]
+fn the_argocd_health_check_reads_every_phase_the_operator_writes() {
+    let ns = TestNs::new("e2e-gitops");
+    let queue = ns.name.as_str();
+    let jobs = seed(ns.dir.path(), queue, &failing(24));
+    let ids: Vec<String> = jobs
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    let _op = Operator::start(&ns, &[]);
+    let apply = |name: &str, ids: &[&str], queue_extra: &str, extra: &str| {
+        let out = ns.apply(
+            &format!("{name}.yaml"),
+            &jobretry_yaml(name, queue, ids, queue_extra, extra),
+        );
+        assert!(out.ok, "{}", out.stderr);
+    };
+    apply("done", &[&ids[0]], "", "");
+    apply("partial", &[&ids[1], "no-such-job"], "", "");
+    apply(
+        "slow",
+        &ids[2..].iter().map(String::as_str).collect::<Vec<_>>(),
+        "",
+        "  rateLimit:\n    jobsPerSecond: 1\n",
+    );
+    apply("paused", &[&ids[3]], "", "  suspend: true\n");
+    apply("unknown", &["1"], "    bullmqVersion: \"4.0.0\"\n", "");
+    let nosecret =
+        jobretry_yaml("nosecret", queue, &["1"], "", "").replace("name: redis", "name: missing");
+    assert!(ns.apply("nosecret.yaml", &nosecret).ok);
+    let wait =
+        |name: &str, cond: &str| assert!(ns.wait_condition(name, cond, "60s").ok, "{name} {cond}");
+    wait("done", "Complete");
+    wait("partial", "Complete");
+    wait("unknown", "Failed");
+    wait("paused", "Suspended");
+    wait("nosecret", "Stalled");
+    let running = eventually(Duration::from_secs(30), "the slow run is running", || {
+        let jr = ns.get("slow");
+        (jr["status"]["phase"] == "Running").then_some(jr)
+    });
+    let cases = [
+        (
+            "done",
+            "Healthy",
+            "1 retried, 0 skipped, 0 errors of 1 matched",
+        ),
+        (
+            "partial",
+            "Healthy",
+            "partially succeeded: 1 retried, 1 skipped",
+        ),
+        (
+            "unknown",
+            "Degraded",
+            "IncompatibleQueue: BullMQ 4.0.0 is not supported",
+        ),
+        ("paused", "Suspended", "suspended after 0 of"),
+        ("nosecret", "Degraded", "SecretInvalid: Secret"),
+    ];
+    for (name, status, message) in cases {
+        let (s, m) = health(ns.dir.path(), &ns.get(name));
+        assert_eq!(s, status, "{name}: {m}");
+        assert!(m.contains(message), "{name}: {m:?} lacks {message:?}");
+    }
+    let (s, m) = health(ns.dir.path(), &running);
+    assert_eq!(s, "Progressing", "{m}");
+    assert!(m.contains("processed"), "{m}");
+    let fresh = json!({"apiVersion": "jobretry.io/v1alpha1", "kind": "JobRetry", "metadata": {"name": "x"}});
+    assert_eq!(health(ns.dir.path(), &fresh).0, "Progressing");
+}
