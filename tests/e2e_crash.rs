@@ -172,6 +172,7 @@ fn sigkill_at_random_points_never_retries_a_job_twice() {
         changed.is_empty(),
         "re-creating the JobRetry changed Redis: {changed:?}"
     );
+    drop_queue(queue);
 }
 
 /// The selector path under crashes, on a queue in production: 100,000 jobs failed by a real
@@ -273,4 +274,5 @@ fn sigkill_during_a_100000_job_selector_run_on_a_churning_queue() {
         out["added"],
         started.elapsed()
     );
+    drop_queue(queue);
 }

@@ -303,19 +303,49 @@ pub fn stable_dump(url: &str) -> BTreeMap<String, String> {
 /// Every key of one queue (`bull:<queue>:*`) in the test database, as [`stable_dump`]
 /// gives it; other tests share the database.
 pub fn queue_dump(queue: &str) -> BTreeMap<String, String> {
-    let prefix = format!("bull:{queue}:");
-    stable_dump(&redis_url())
+    // Only the queue's keys are read: other tests leave hundreds of thousands of keys.
+    let mut pattern = String::from("bull:");
+    for c in queue.chars() {
+        if matches!(c, '[' | ']' | '?' | '*' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push_str(":*");
+    redis_dump_matching(&redis_url(), &pattern, false)
         .into_iter()
-        .filter(|(k, _)| k.starts_with(&prefix))
+        .filter(|(k, _)| !k.ends_with(":stalled-check"))
         .collect()
+}
+
+/// Deletes every key of `queue` from the test database (the large tests' clean-up, so that the
+/// tests after them do not wade through their jobs).
+pub fn drop_queue(queue: &str) {
+    let mut con = db_conn(0);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("bull:{queue}:*"))
+        .query(&mut con)
+        .unwrap();
+    for chunk in keys.chunks(10_000) {
+        let _: i64 = redis::cmd("UNLINK").arg(chunk).query(&mut con).unwrap();
+    }
 }
 
 /// Every key of the database at `url` with its full content. With `fields_only`, stream
 /// entries are rendered without their ids (which differ between two runs of the same steps).
 pub fn redis_dump_at(url: &str, fields_only: bool) -> BTreeMap<String, String> {
+    redis_dump_matching(url, "*", fields_only)
+}
+
+/// As [`redis_dump_at`], for the keys matching the glob `pattern` only.
+pub fn redis_dump_matching(
+    url: &str,
+    pattern: &str,
+    fields_only: bool,
+) -> BTreeMap<String, String> {
     let client = redis::Client::open(url).unwrap();
     let mut con = client.get_connection().unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut con).unwrap();
     keys.into_iter()
         .map(|k| {
             let t: String = redis::cmd("TYPE").arg(&k).query(&mut con).unwrap();
