@@ -49,6 +49,8 @@ class Ctx {
   async queue(name = this.queueName) {
     if (!this.queues[name]) {
       const q = new this.bullmq.Queue(name, this.opts());
+      // A connection error while closing (seen under load) must not end the process.
+      q.on('error', (e) => log(`queue error: ${e.message}`));
       this.onCleanup(() => q.close());
       await q.waitUntilReady();
       this.queues[name] = q;
@@ -108,6 +110,7 @@ class Ctx {
     await this.queue(parentQueue);
     await this.queue();
     const producer = new this.bullmq.FlowProducer(this.opts());
+    producer.on('error', (e) => log(`flow producer error: ${e.message}`));
     this.onCleanup(() => producer.close());
     const tree = await producer.add({
       name: 'settle',
