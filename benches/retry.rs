@@ -185,6 +185,15 @@ fn slowlog(con: &mut redis::Connection) -> (usize, u64, String) {
         .unwrap();
     let mut out = (0, 0, String::new());
     for e in entries {
+        let args: Vec<String> = e
+            .get(3)
+            .and_then(|v| redis::from_redis_value_ref(v).ok())
+            .unwrap_or_default();
+        let cmd = args.first().cloned().unwrap_or_default().to_lowercase();
+        // The measuring connection's own SLOWLOG RESET / CONFIG / INFO are not the run's.
+        if ["slowlog", "config", "info"].contains(&cmd.as_str()) {
+            continue;
+        }
         let us: u64 = e
             .get(2)
             .and_then(|v| redis::from_redis_value_ref(v).ok())
@@ -193,12 +202,7 @@ fn slowlog(con: &mut redis::Connection) -> (usize, u64, String) {
             out.0 += 1;
         }
         if us > out.1 {
-            let args: Vec<String> = e
-                .get(3)
-                .and_then(|v| redis::from_redis_value_ref(v).ok())
-                .unwrap_or_default();
-            out.1 = us;
-            out.2 = args.first().cloned().unwrap_or_default().to_lowercase();
+            (out.1, out.2) = (us, cmd);
         }
     }
     out
