@@ -1,7 +1,7 @@
 //! Retry throughput benchmark (a script, not a timed test): BullMQ's own bulk and per-job
 //! retries against our batched Lua engine, side by side on one dedicated Redis.
 //!
-//! Paths (JR_BENCH_PATHS, comma separated; default `a,b,c1-500,c1-1000,c1-2000,c2`):
+//! Paths (JR_BENCH_PATHS, comma separated; default `a,b,c1-500,c1-1000,c1-2000,c2,s1,s2`):
 //!   a          npm bullmq 6.7.0 `queue.retryJobs({ state: 'failed', count: 1000 })`
 //!   b          `job.retry('failed')`, 50 in flight; jobs loaded with `queue.getJobs` first,
 //!              untimed; only the retry calls are timed
@@ -9,6 +9,11 @@
 //!              version detected from `meta.version` (as production and the tests do)
 //!   c2         ten JobRetry objects of N/10 ids each, applied to the real API server with
 //!              the operator binary running; apply → all ten `Complete` (kubectl wait)
+//!              (jobIds holds at most 10,000 ids: N <= 100,000)
+//!   s1         one selector JobRetry, no filter, maxJobs N, through the operator binary;
+//!              apply → `Complete`
+//!   s2         the same with `failedReasonContains: ECONNRESET`, which 1 job in 100 has
+//!              (the seed makes every 100th job fail with that text in its message)
 //!   v-<name>-<B>  the Lua file benches/lua/<name>.lua, invoked exactly like retry_batch
 //!              invokes src/bullmq/retry.lua, batch size B (for profiling script variants)
 //!
@@ -22,6 +27,11 @@
 //! (INFO cpu used_cpu_user + used_cpu_sys) over the same span, per job; INFO commandstats
 //! (reset before each run) gives the per-command profile. Medians over JR_BENCH_RUNS runs
 //! (default 3; the paths are interleaved run by run).
+//! Also per run: SLOWLOG (every command of 1 ms or more is kept, reset before the run): how
+//! many took 10 ms or more, and the longest; a real BullMQ Worker on another queue (db 3,
+//! tests/bullmq/bench-probe.mjs, JR_BENCH_PROBE=0 to leave it out) timing each of its own
+//! Redis commands: p50/p99/max; for the controller paths the operator's peak RSS (VmHWM)
+//! and the largest JobRetry's size as `kubectl get -o json` prints it.
 //!
 //! Environment: JR_BENCH_REDIS=redis://127.0.0.1:PORT (required; a redis-server nobody else
 //! uses), JR_BENCH_KUBECONFIG (for c2), JR_BENCH_PLATFORM_STATE (tests/platform STATE_DIR,
@@ -50,6 +60,15 @@ const QUEUE: &str = "bench";
 const SNAP: u8 = 1;
 const RUN: u8 = 2;
 const LEDGER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The probe Worker's db (flushed by the probe itself, never by the restore).
+const PROBE_DB: u8 = 3;
+/// Every REASON_EVERY-th seeded job fails with a message containing REASON_TEXT (s2's filter).
+const REASON_EVERY: usize = 100;
+const REASON_TEXT: &str = "ECONNRESET";
+/// A key in db 1 saying how the snapshot was seeded (not copied into db 2).
+const SEED_MARKER: &str = "jr-bench:seed";
+/// Every command slower than this is kept in SLOWLOG during a run (for the longest call).
+const SLOWLOG_US: u64 = 1000;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -71,11 +90,22 @@ struct Cfg {
     platform_state: Option<PathBuf>,
     operator: PathBuf,
     check_variants: bool,
+    probe: bool,
 }
 
 impl Cfg {
     fn db(&self, db: u8) -> String {
         format!("{}/{db}", self.redis)
+    }
+
+    /// Jobs whose failedReason contains REASON_TEXT (data.i % REASON_EVERY == 0).
+    fn rare(&self) -> usize {
+        self.jobs.div_ceil(REASON_EVERY)
+    }
+
+    /// Jobs a path retries, and jobs its scan examines.
+    fn expected(&self, path: &str) -> usize {
+        if path == "s2" { self.rare() } else { self.jobs }
     }
 }
 
@@ -88,6 +118,18 @@ struct Sample {
     stats: BTreeMap<String, (u64, u64)>,
     /// Path-specific notes (c2: Redis busy time, API server/etcd/operator CPU).
     extra: BTreeMap<String, f64>,
+    /// Jobs retried by the run, and jobs it examined (selector runs: status.selection.scanned).
+    retried: usize,
+    scanned: usize,
+    /// SLOWLOG over the run: entries of 10 ms or more, and the longest entry (usec, command).
+    slow10: usize,
+    longest_us: u64,
+    longest_cmd: String,
+    /// The concurrent Worker's command latencies (bench-probe.mjs output).
+    probe: Option<Value>,
+    /// The operator's peak RSS (VmHWM, KiB) and the largest JobRetry as `kubectl get -o json`.
+    rss_kib: Option<u64>,
+    object_bytes: Option<usize>,
 }
 
 fn conn(url: &str) -> redis::Connection {
@@ -134,41 +176,154 @@ fn commandstats(con: &mut redis::Connection) -> BTreeMap<String, (u64, u64)> {
     out
 }
 
-/// Redis CPU and commandstats from `start` to `stop` (CONFIG RESETSTAT at the start).
+/// SLOWLOG since the last reset: entries of 10 ms or more, the longest (usec) and its command.
+fn slowlog(con: &mut redis::Connection) -> (usize, u64, String) {
+    let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(1_000_000)
+        .query(con)
+        .unwrap();
+    let mut out = (0, 0, String::new());
+    for e in entries {
+        let args: Vec<String> = e
+            .get(3)
+            .and_then(|v| redis::from_redis_value_ref(v).ok())
+            .unwrap_or_default();
+        let cmd = args.first().cloned().unwrap_or_default().to_lowercase();
+        // The measuring connection's own SLOWLOG RESET / CONFIG / INFO are not the run's.
+        if ["slowlog", "config", "info"].contains(&cmd.as_str()) {
+            continue;
+        }
+        let us: u64 = e
+            .get(2)
+            .and_then(|v| redis::from_redis_value_ref(v).ok())
+            .unwrap_or(0);
+        if us >= 10_000 {
+            out.0 += 1;
+        }
+        if us > out.1 {
+            (out.1, out.2) = (us, cmd);
+        }
+    }
+    out
+}
+
+/// A real BullMQ Worker on its own queue (db 3) next to the run, timing its own Redis
+/// commands (tests/bullmq/bench-probe.mjs).
+struct Probe {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Probe {
+    fn start(cfg: &Cfg) -> Self {
+        let mut child = Command::new("node")
+            .current_dir(repo().join("tests/bullmq"))
+            .arg("bench-probe.mjs")
+            .args(["--redis", &cfg.db(PROBE_DB), "--queue", "probe"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node bench-probe.mjs");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line == "READY" {
+                    let _ = tx.send(());
+                } else if !line.contains("using bullmq") {
+                    eprintln!("  {line}");
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("bench-probe.mjs never became ready");
+        let stdin = child.stdin.take();
+        Self { child, stdin }
+    }
+
+    fn go(&mut self) {
+        self.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    }
+
+    fn finish(mut self) -> Value {
+        drop(self.stdin.take());
+        let mut out = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(
+            self.child.wait().unwrap().success(),
+            "bench-probe.mjs failed"
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bench-probe.mjs: {e}: {out}"))
+    }
+}
+
+/// Redis CPU, commandstats and SLOWLOG from `start` to `stop` (CONFIG RESETSTAT and SLOWLOG
+/// RESET at the start), with the probe Worker recording over the same span.
 struct Meter {
     admin: redis::Connection,
     cpu0: f64,
     t0: Instant,
+    probe: Option<Probe>,
 }
 
 impl Meter {
     fn start(cfg: &Cfg) -> Self {
+        let mut probe = cfg.probe.then(|| Probe::start(cfg));
         let mut admin = conn(&cfg.db(0));
         let _: () = redis::cmd("CONFIG")
             .arg("RESETSTAT")
             .query(&mut admin)
             .unwrap();
+        let _: () = redis::cmd("SLOWLOG")
+            .arg("RESET")
+            .query(&mut admin)
+            .unwrap();
         let cpu0 = redis_cpu(&mut admin);
+        if let Some(p) = probe.as_mut() {
+            p.go();
+        }
         Self {
             admin,
             cpu0,
             t0: Instant::now(),
+            probe,
         }
     }
 
     fn stop(mut self) -> Sample {
         let wall = self.t0.elapsed().as_secs_f64();
+        if let Some(p) = self.probe.as_mut() {
+            drop(p.stdin.take()); // stops its recording
+        }
         let cpu1 = redis_cpu(&mut self.admin);
         let mut stats = commandstats(&mut self.admin);
+        let (slow10, longest_us, longest_cmd) = slowlog(&mut self.admin);
         // The measuring connection's own commands are not part of the work.
-        for c in ["info", "config|resetstat", "config"] {
+        for c in [
+            "info",
+            "config|resetstat",
+            "config",
+            "slowlog|reset",
+            "slowlog",
+        ] {
             stats.remove(c);
         }
         Sample {
             wall,
             redis_cpu_us: (cpu1 - self.cpu0) * 1e6,
             stats,
-            extra: BTreeMap::new(),
+            slow10,
+            longest_us,
+            longest_cmd,
+            probe: self.probe.take().map(Probe::finish),
+            ..Default::default()
         }
     }
 }
@@ -200,7 +355,9 @@ fn ensure_snapshot(cfg: &Cfg) {
         .arg(format!("bull:{QUEUE}:wait"))
         .query(&mut snap)
         .unwrap();
-    if failed == cfg.jobs && wait == 0 {
+    let marker: Option<String> = redis::cmd("GET").arg(SEED_MARKER).query(&mut snap).unwrap();
+    let want = format!("every={REASON_EVERY} text={REASON_TEXT}");
+    if failed == cfg.jobs && wait == 0 && marker.as_deref() == Some(want.as_str()) {
         eprintln!("[bench] snapshot in db {SNAP}: {failed} failed jobs (reused)");
         return;
     }
@@ -223,16 +380,44 @@ fn ensure_snapshot(cfg: &Cfg) {
             "5000",
             "--concurrency",
             "500",
+            "--reason-every",
+            &REASON_EVERY.to_string(),
+            "--reason-text",
+            REASON_TEXT,
         ],
     );
     eprintln!("[bench] seeded in {:.1}s", t.elapsed().as_secs_f64());
+    let _: () = redis::cmd("SET")
+        .arg(SEED_MARKER)
+        .arg(want)
+        .query(&mut snap)
+        .unwrap();
     // Keep it for the next invocation (the Redis runs with --save "").
     let _: () = redis::cmd("SAVE").query(&mut snap).unwrap();
 }
 
+/// The snapshot's keys that a restore copies: all but the seed marker and keys with a TTL.
+/// A Worker leaves self-expiring keys behind (`stalled-check`); one that expires between
+/// listing and copying would make the restore come up a key short, so none is copied.
 fn snapshot_keys(cfg: &Cfg) -> Vec<String> {
     let mut snap = conn(&cfg.db(SNAP));
-    redis::cmd("KEYS").arg("*").query(&mut snap).unwrap()
+    let all: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut snap).unwrap();
+    let mut keys = Vec::with_capacity(all.len());
+    for chunk in all.chunks(10_000) {
+        let mut p = redis::pipe();
+        for k in chunk {
+            p.cmd("PTTL").arg(k);
+        }
+        let ttls: Vec<i64> = p.query(&mut snap).unwrap();
+        for (k, ttl) in chunk.iter().zip(ttls) {
+            if ttl == -1 && k != SEED_MARKER {
+                keys.push(k.clone());
+            } else if k != SEED_MARKER {
+                eprintln!("[bench] not restored (expiring or gone, pttl {ttl}): {k}");
+            }
+        }
+    }
+    keys
 }
 
 /// The failed set's ids in BullMQ's order (oldest failure first).
@@ -262,8 +447,9 @@ fn restore(cfg: &Cfg, keys: &[String]) {
     assert_eq!(n, keys.len(), "restore copied {n} of {} keys", keys.len());
 }
 
-/// All jobs in wait, none left in failed / prioritized / paused.
+/// The retried jobs in wait, the others still in failed; none in prioritized / paused.
 fn verify(cfg: &Cfg, path: &str) {
+    let retried = cfg.expected(path);
     let mut run = conn(&cfg.db(RUN));
     let k = |s: &str| format!("bull:{QUEUE}:{s}");
     let (wait, failed, prio, paused): (usize, usize, usize, usize) = redis::pipe()
@@ -274,9 +460,8 @@ fn verify(cfg: &Cfg, path: &str) {
         .query(&mut run)
         .unwrap();
     assert!(
-        wait == cfg.jobs && failed == 0 && prio == 0 && paused == 0,
-        "{path}: after the run wait={wait} failed={failed} prioritized={prio} paused={paused}, expected wait={}",
-        cfg.jobs
+        wait == retried && failed == cfg.jobs - retried && prio == 0 && paused == 0,
+        "{path}: after the run wait={wait} failed={failed} prioritized={prio} paused={paused}, expected wait={retried}",
     );
 }
 
@@ -534,14 +719,27 @@ impl Drop for Operator {
     }
 }
 
-fn controller_run(cfg: &Cfg, ids: &[String], run: usize) -> Sample {
-    let ns = format!("jr-bench-{}-{run}", std::process::id());
-    kubectl_ok(cfg, &["create", "namespace", &ns]);
+/// Peak resident set size of a process (VmHWM), KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A fresh namespace with the Redis Secret and the operator binary watching it.
+fn operator_in_namespace(cfg: &Cfg, ns: &str) -> Operator {
+    kubectl_ok(cfg, &["create", "namespace", ns]);
     kubectl_ok(
         cfg,
         &[
             "-n",
-            &ns,
+            ns,
             "create",
             "secret",
             "generic",
@@ -554,7 +752,7 @@ fn controller_run(cfg: &Cfg, ids: &[String], run: usize) -> Sample {
     let child = Command::new(&cfg.operator)
         .env("KUBECONFIG", cfg.kubeconfig.as_ref().unwrap())
         .env("RUST_LOG", "info")
-        .args(["--watch-namespace", &ns])
+        .args(["--watch-namespace", ns])
         .stdout(Stdio::from(file.try_clone().unwrap()))
         .stderr(Stdio::from(file))
         .spawn()
@@ -573,22 +771,23 @@ fn controller_run(cfg: &Cfg, ids: &[String], run: usize) -> Sample {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500)); // initial list/watch
-    let per = ids.len().div_ceil(10);
-    let mut yaml = String::new();
-    for (i, chunk) in ids.chunks(per).enumerate() {
-        let list: Vec<String> = chunk.iter().map(|id| format!("\"{id}\"")).collect();
-        yaml.push_str(&format!(
-            "---\napiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: bench-{i}\n  namespace: {ns}\nspec:\n  queue:\n    name: {QUEUE}\n  connection:\n    secretRef:\n      name: redis\n  state: failed\n  jobIds: [{}]\n",
-            list.join(",")
-        ));
-    }
-    let file = std::env::temp_dir().join(format!("{ns}.yaml"));
-    std::fs::write(&file, yaml).unwrap();
-    let pids: Vec<(String, u32)> = ["kube-apiserver", "etcd"]
+    op
+}
+
+/// API server, etcd and operator pids, for their CPU time over a run.
+fn control_pids(cfg: &Cfg, op: &Operator) -> Vec<(String, u32)> {
+    ["kube-apiserver", "etcd"]
         .iter()
         .filter_map(|n| platform_pid(cfg, n).map(|p| (n.to_string(), p)))
         .chain(std::iter::once(("operator".to_string(), op.0.id())))
-        .collect();
+        .collect()
+}
+
+/// Applies `file`, waits for every JobRetry of `ns` to be Complete; the measured sample with
+/// the CPU of the control plane and operator, the operator's peak RSS, the largest object's
+/// size, and the objects as JSON.
+fn apply_and_wait(cfg: &Cfg, ns: &str, op: Operator, file: &Path) -> (Sample, Vec<Value>) {
+    let pids = control_pids(cfg, &op);
     let cpu0: Vec<f64> = pids.iter().map(|(_, p)| proc_cpu(*p)).collect();
     let meter = Meter::start(cfg);
     kubectl_ok(
@@ -600,10 +799,10 @@ fn controller_run(cfg: &Cfg, ids: &[String], run: usize) -> Sample {
         cfg,
         &[
             "-n",
-            &ns,
+            ns,
             "wait",
             "--for=condition=Complete",
-            "--timeout=900s",
+            "--timeout=1800s",
             "jobretry",
             "--all",
         ],
@@ -614,6 +813,7 @@ fn controller_run(cfg: &Cfg, ids: &[String], run: usize) -> Sample {
             .extra
             .insert(format!("{name} CPU s"), proc_cpu(*pid) - c0);
     }
+    sample.rss_kib = peak_rss_kib(op.0.id());
     let evalsha = sample.stats.get("evalsha").map_or(0, |s| s.1)
         + sample.stats.get("eval").map_or(0, |s| s.1);
     // Inner commands are counted inside evalsha too, so evalsha+eval is Redis's busy time.
@@ -625,23 +825,78 @@ fn controller_run(cfg: &Cfg, ids: &[String], run: usize) -> Sample {
     sample
         .extra
         .insert("redis CPU s".into(), sample.redis_cpu_us / 1e6);
-    let out = kubectl_ok(cfg, &["-n", &ns, "get", "jobretry", "-o", "json"]);
-    let v: Value = serde_json::from_str(&out).unwrap();
-    let mut retried = 0;
-    for item in v["items"].as_array().unwrap() {
-        retried += item["status"]["retried"].as_u64().unwrap_or(0);
+    let names = kubectl_ok(cfg, &["-n", ns, "get", "jobretry", "-o", "name"]);
+    let mut items = Vec::new();
+    for name in names.split_whitespace() {
+        let out = kubectl_ok(cfg, &["-n", ns, "get", name, "-o", "json"]);
+        sample.object_bytes = sample.object_bytes.max(Some(out.len()));
+        items.push(serde_json::from_str(&out).unwrap());
     }
+    drop(op);
+    // The namespace stays (no namespace controller runs to delete it); objects are removed.
+    let _ = kubectl(
+        cfg,
+        &["-n", ns, "delete", "jobretry", "--all", "--wait=false"],
+    );
+    (sample, items)
+}
+
+fn controller_run(cfg: &Cfg, ids: &[String], run: usize) -> Sample {
+    let ns = format!("jr-bench-{}-{run}", std::process::id());
+    let op = operator_in_namespace(cfg, &ns);
+    let per = ids.len().div_ceil(10);
+    let mut yaml = String::new();
+    for (i, chunk) in ids.chunks(per).enumerate() {
+        let list: Vec<String> = chunk.iter().map(|id| format!("\"{id}\"")).collect();
+        yaml.push_str(&format!(
+            "---\napiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: bench-{i}\n  namespace: {ns}\nspec:\n  queue:\n    name: {QUEUE}\n  connection:\n    secretRef:\n      name: redis\n  state: failed\n  jobIds: [{}]\n",
+            list.join(",")
+        ));
+    }
+    let file = std::env::temp_dir().join(format!("{ns}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    let (mut sample, items) = apply_and_wait(cfg, &ns, op, &file);
+    let retried: u64 = items
+        .iter()
+        .map(|i| i["status"]["retried"].as_u64().unwrap_or(0))
+        .sum();
     assert_eq!(
         retried as usize,
         ids.len(),
         "c2: status says {retried} retried"
     );
-    drop(op);
-    // The namespace stays (no namespace controller runs to delete it); objects are removed.
-    let _ = kubectl(
-        cfg,
-        &["-n", &ns, "delete", "jobretry", "--all", "--wait=false"],
+    sample.retried = ids.len();
+    sample.scanned = ids.len();
+    sample
+}
+
+/// One selector JobRetry over the whole failed set: no filter (s1), or failedReasonContains
+/// matching 1 job in REASON_EVERY (s2). maxJobs = all jobs.
+fn selector_run(cfg: &Cfg, path: &str, run: usize) -> Sample {
+    let ns = format!("jr-bench-{}-{path}-{run}", std::process::id());
+    let op = operator_in_namespace(cfg, &ns);
+    let filter = if path == "s2" {
+        format!("    failedReasonContains: {REASON_TEXT}\n")
+    } else {
+        String::new()
+    };
+    let yaml = format!(
+        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: sel\n  namespace: {ns}\nspec:\n  queue:\n    name: {QUEUE}\n  connection:\n    secretRef:\n      name: redis\n  state: failed\n  selector:\n{filter}    maxJobs: {}\n",
+        cfg.jobs
     );
+    let file = std::env::temp_dir().join(format!("{ns}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    let (mut sample, items) = apply_and_wait(cfg, &ns, op, &file);
+    let st = &items[0]["status"];
+    let want = cfg.expected(path);
+    assert_eq!(
+        (st["phase"].as_str(), st["retried"].as_u64()),
+        (Some("Succeeded"), Some(want as u64)),
+        "{path}: {st}"
+    );
+    sample.retried = want;
+    sample.scanned = st["selection"]["scanned"].as_u64().unwrap_or(0) as usize;
+    assert_eq!(sample.scanned, cfg.jobs, "{path}: scanned");
     sample
 }
 
@@ -660,6 +915,8 @@ fn describe(path: &str) -> String {
         "a" => "(a) BullMQ queue.retryJobs count=1000".into(),
         "b" => "(b) BullMQ job.retry, 50 in flight".into(),
         "c2" => "(c2) controller, 10 x JobRetry".into(),
+        "s1" => "(s1) controller, selector, no filter".into(),
+        "s2" => format!("(s2) selector, 1% {REASON_TEXT}"),
         p if p.starts_with("c1-") => format!("(c1) retry_batch, batch {}", &p[3..]),
         p if p.starts_with("v-") => {
             let (name, b) = p[2..].rsplit_once('-').unwrap();
@@ -677,7 +934,7 @@ fn main() {
             .to_string(),
         jobs: env_or("JR_BENCH_JOBS", "100000").parse().unwrap(),
         runs: env_or("JR_BENCH_RUNS", "3").parse().unwrap(),
-        paths: env_or("JR_BENCH_PATHS", "a,b,c1-500,c1-1000,c1-2000,c2")
+        paths: env_or("JR_BENCH_PATHS", "a,b,c1-500,c1-1000,c1-2000,c2,s1,s2")
             .split(',')
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
@@ -697,7 +954,23 @@ fn main() {
                 .unwrap(),
         )),
         check_variants: env_or("JR_BENCH_CHECK_VARIANTS", "1") == "1",
+        probe: env_or("JR_BENCH_PROBE", "1") == "1",
     };
+    {
+        // Keep every command of 1 ms or more (for the longest call); count those >= 10 ms.
+        let mut admin = conn(&cfg.db(0));
+        for (k, v) in [
+            ("slowlog-log-slower-than", SLOWLOG_US),
+            ("slowlog-max-len", 1_000_000),
+        ] {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(k)
+                .arg(v)
+                .query(&mut admin)
+                .unwrap();
+        }
+    }
     ensure_snapshot(&cfg);
     let keys = snapshot_keys(&cfg);
     let ids = failed_ids(&cfg);
@@ -741,16 +1014,17 @@ fn main() {
     let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     for run in 0..cfg.runs {
         for path in &cfg.paths {
-            if path == "c2" && cfg.kubeconfig.is_none() {
-                eprintln!("[bench] c2 skipped: JR_BENCH_KUBECONFIG is not set");
+            if ["c2", "s1", "s2"].contains(&path.as_str()) && cfg.kubeconfig.is_none() {
+                eprintln!("[bench] {path} skipped: JR_BENCH_KUBECONFIG is not set");
                 continue;
             }
             restore(&cfg, &keys);
             eprintln!("[bench] run {}/{} {}", run + 1, cfg.runs, describe(path));
-            let s = match path.as_str() {
+            let mut s = match path.as_str() {
                 "a" => node_timed(&cfg, "bench-retry-jobs.mjs", &["--count", "1000"]),
                 "b" => node_timed(&cfg, "bench-job-retry.mjs", &["--inflight", "50"]),
                 "c2" => controller_run(&cfg, &ids, run),
+                "s1" | "s2" => selector_run(&cfg, path, run),
                 p if p.starts_with("c1-") => engine_run(&cfg, &ids, p[3..].parse().unwrap(), None),
                 p if p.starts_with("v-") => {
                     let (name, b) = p[2..].rsplit_once('-').unwrap();
@@ -759,11 +1033,21 @@ fn main() {
                 p => panic!("unknown path {p}"),
             };
             verify(&cfg, path);
+            if s.retried == 0 {
+                (s.retried, s.scanned) = (cfg.jobs, cfg.jobs);
+            }
             eprintln!(
-                "[bench]   {:.3}s  {:.0} jobs/s  {:.2} us/job Redis CPU",
+                "[bench]   {:.3}s  {:.0} jobs/s  {:.2} us/job Redis CPU  slowlog>=10ms {}  longest {:.1} ms ({})  probe p99 {} ms",
                 s.wall,
-                cfg.jobs as f64 / s.wall,
-                s.redis_cpu_us / cfg.jobs as f64
+                s.retried as f64 / s.wall,
+                s.redis_cpu_us / s.retried as f64,
+                s.slow10,
+                s.longest_us as f64 / 1000.0,
+                s.longest_cmd,
+                s.probe.as_ref().map_or("-".into(), |p| format!(
+                    "{:.2}",
+                    p["p99"].as_f64().unwrap_or(f64::NAN)
+                ))
             );
             samples.entry(path.clone()).or_default().push(s);
         }
@@ -772,11 +1056,11 @@ fn main() {
 }
 
 fn report(cfg: &Cfg, samples: &BTreeMap<String, Vec<Sample>>) {
-    let n = cfg.jobs as f64;
+    let jobs_per_s = |s: &Sample| s.retried as f64 / s.wall;
     let rate = |p: &str| {
         samples
             .get(p)
-            .map(|v| median(v.iter().map(|s| n / s.wall).collect()))
+            .map(|v| median(v.iter().map(jobs_per_s).collect()))
     };
     let (ra, rb) = (rate("a"), rate("b"));
     let mut out = String::new();
@@ -798,8 +1082,12 @@ fn report(cfg: &Cfg, samples: &BTreeMap<String, Vec<Sample>>) {
     for path in &cfg.paths {
         let Some(v) = samples.get(path) else { continue };
         let wall = median(v.iter().map(|s| s.wall).collect());
-        let r = median(v.iter().map(|s| n / s.wall).collect());
-        let cpu = median(v.iter().map(|s| s.redis_cpu_us / n).collect());
+        let r = median(v.iter().map(jobs_per_s).collect());
+        let cpu = median(
+            v.iter()
+                .map(|s| s.redis_cpu_us / s.retried as f64)
+                .collect(),
+        );
         let vs = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.2}x", r / x));
         out.push_str(&format!(
             "{:<40} | {:>9.3} | {:>10.0} | {:>12.2} | {:>7} | {:>7} | {:>8}\n",
@@ -811,19 +1099,98 @@ fn report(cfg: &Cfg, samples: &BTreeMap<String, Vec<Sample>>) {
             vs(rb),
             v.len()
         ));
-        json_rows.push(
-            json!({"path": path, "wall_s": wall, "jobs_per_s": r, "redis_cpu_us_per_job": cpu,
+        let probe = |k: &str| -> Vec<f64> {
+            v.iter()
+                .filter_map(|s| s.probe.as_ref()?[k].as_f64())
+                .collect()
+        };
+        json_rows.push(json!({"path": path, "wall_s": wall, "jobs_per_s": r,
+            "redis_cpu_us_per_job": cpu,
             "walls": v.iter().map(|s| s.wall).collect::<Vec<_>>(),
-            "cpu_us_per_job": v.iter().map(|s| s.redis_cpu_us / n).collect::<Vec<_>>()}),
-        );
+            "retried": v.iter().map(|s| s.retried).collect::<Vec<_>>(),
+            "scanned": v.iter().map(|s| s.scanned).collect::<Vec<_>>(),
+            "cpu_us_per_job": v.iter().map(|s| s.redis_cpu_us / s.retried as f64).collect::<Vec<_>>(),
+            "cpu_us_per_scanned": v.iter().map(|s| s.redis_cpu_us / s.scanned as f64).collect::<Vec<_>>(),
+            "slowlog_10ms": v.iter().map(|s| s.slow10).collect::<Vec<_>>(),
+            "longest_us": v.iter().map(|s| s.longest_us).collect::<Vec<_>>(),
+            "probe_p99_ms": probe("p99"), "probe_max_ms": probe("max"),
+            "rss_kib": v.iter().map(|s| s.rss_kib).collect::<Vec<_>>(),
+            "object_bytes": v.iter().map(|s| s.object_bytes).collect::<Vec<_>>()}));
+    }
+    // Latency and footprint: the worst run of each path (max over runs), not the median.
+    out.push_str(&format!(
+        "\nLatency and footprint (worst of the {} runs; calls >= 10 ms and the longest call from SLOWLOG,\nthe probe Worker's own command latency, operator VmHWM, largest JobRetry as kubectl get -o json)\n",
+        cfg.runs
+    ));
+    out.push_str(&format!(
+        "{:<40} | {:>9} | {:>10} | {:>7} | {:>15} | {:>9} | {:>9} | {:>6} | {:>7} | {:>7}\n",
+        "path",
+        "scanned",
+        "us/scanned",
+        ">=10ms",
+        "longest ms",
+        "probe p99",
+        "probe max",
+        "probe n",
+        "RSS MiB",
+        "obj KiB"
+    ));
+    out.push_str(&format!(
+        "{}\n",
+        "-".repeat(40 + 9 + 10 + 7 + 15 + 9 + 9 + 6 + 7 + 7 + 27)
+    ));
+    for path in &cfg.paths {
+        let Some(v) = samples.get(path) else { continue };
+        let worst = |f: &dyn Fn(&Sample) -> Option<f64>| -> Option<f64> {
+            v.iter()
+                .filter_map(f)
+                .fold(None, |m, x| Some(m.map_or(x, |m: f64| m.max(x))))
+        };
+        let show =
+            |x: Option<f64>, prec: usize| x.map_or("-".to_string(), |x| format!("{x:.prec$}"));
+        let longest = v.iter().max_by_key(|s| s.longest_us).unwrap();
+        let longest = if longest.longest_us == 0 {
+            format!("< {:.0}", SLOWLOG_US as f64 / 1000.0)
+        } else {
+            format!(
+                "{:.1} {}",
+                longest.longest_us as f64 / 1000.0,
+                longest.longest_cmd
+            )
+        };
+        let p = |k: &'static str| move |s: &Sample| s.probe.as_ref()?[k].as_f64();
+        out.push_str(&format!(
+            "{:<40} | {:>9} | {:>10.2} | {:>7} | {:>15} | {:>9} | {:>9} | {:>6} | {:>7} | {:>7}\n",
+            describe(path),
+            v[0].scanned,
+            median(
+                v.iter()
+                    .map(|s| s.redis_cpu_us / s.scanned as f64)
+                    .collect()
+            ),
+            v.iter().map(|s| s.slow10).max().unwrap_or(0),
+            longest,
+            show(worst(&p("p99")), 2),
+            show(worst(&p("max")), 1),
+            show(
+                worst(&|s: &Sample| s.probe.as_ref()?["commands"].as_f64()),
+                0
+            ),
+            show(worst(&|s: &Sample| s.rss_kib.map(|k| k as f64 / 1024.0)), 1),
+            show(
+                worst(&|s: &Sample| s.object_bytes.map(|b| b as f64 / 1024.0)),
+                1
+            ),
+        ));
     }
     // Per-command profile of each path's median run (by wall).
-    out.push_str("\nPer-command profile (INFO commandstats of the median run; commands run inside scripts are counted too)\n");
+    out.push_str("\nPer-command profile (INFO commandstats of the median run; commands run inside scripts are counted too;\nso are the probe Worker's, a few hundred per second)\n");
     for path in &cfg.paths {
         let Some(v) = samples.get(path) else { continue };
         let mut sorted: Vec<&Sample> = v.iter().collect();
         sorted.sort_by(|a, b| a.wall.partial_cmp(&b.wall).unwrap());
         let s = sorted[sorted.len() / 2];
+        let n = s.retried as f64;
         let mut rows: Vec<(&String, &(u64, u64))> =
             s.stats.iter().filter(|(_, (c, _))| *c > 0).collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.1.1));

@@ -9,18 +9,19 @@
 #     invocation skips the ~1 min seeding. JR_BENCH_RESEED=1 seeds again.
 #   * npm ci in tests/bullmq when node_modules is missing
 #   * cargo build --release (the operator binary for c2) and the bench target
-#   * the local control plane (tests/platform/up.sh STATE_DIR/platform) for c2;
-#     JR_BENCH_PATHS without c2 skips it
+#   * the local control plane (tests/platform/up.sh STATE_DIR/platform) for c2, s1, s2;
+#     JR_BENCH_PATHS without them skips it
 # Everything it started is stopped on exit. Knobs (see benches/retry.rs):
-#   JR_BENCH_PATHS (default a,b,c1-500,c1-1000,c1-2000,c2), JR_BENCH_RUNS (3),
-#   JR_BENCH_JOBS (100000), JR_BENCH_CHECK_VARIANTS (1).
+#   JR_BENCH_PATHS (default a,b,c1-500,c1-1000,c1-2000,c2,s1,s2), JR_BENCH_RUNS (3),
+#   JR_BENCH_JOBS (100000), JR_BENCH_CHECK_VARIANTS (1), JR_BENCH_PROBE (1: a BullMQ Worker
+#   on another queue times its own Redis commands during every run).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${1:-/tmp/jr-bench}
 mkdir -p "$STATE/redis"
 STATE=$(cd "$STATE" && pwd)
-PATHS=${JR_BENCH_PATHS:-a,b,c1-500,c1-1000,c1-2000,c2}
+PATHS=${JR_BENCH_PATHS:-a,b,c1-500,c1-1000,c1-2000,c2,s1,s2}
 log() { printf '[run.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 free_port() {
@@ -64,9 +65,9 @@ done
 [[ $(redis-cli -p "$PORT" ping 2>/dev/null) == PONG ]] || { log "redis did not start"; exit 1; }
 log "bench redis-server $(redis-server --version | awk '{print $3}') on port $PORT (pid $REDIS_PID)"
 
-# ---- control plane for c2 --------------------------------------------------------------
+# ---- control plane for c2, s1, s2 ------------------------------------------------------
 export JR_BENCH_KUBECONFIG="" JR_BENCH_PLATFORM_STATE=""
-if [[ ,$PATHS, == *,c2,* ]]; then
+if [[ ,$PATHS, =~ ,(c2|s1|s2), ]]; then
   PLATFORM="$STATE/platform"
   log "starting the control plane (tests/platform/up.sh $PLATFORM)"
   "$REPO/tests/platform/up.sh" "$PLATFORM"

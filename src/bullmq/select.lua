@@ -34,7 +34,8 @@
   Reply: { status ("more" | "done" | "busy"), cursor score, cursor id, scanned (total),
            matched (total), remaining (estimate: jobs left in the window after the cursor),
            { id, result, id, result, ... } for this call's matches,
-           { name, count, ... }, { reason, count, ... } of this call's matches,
+           { name, count, ... }, { reason, count, ... } of this call's matches (dry runs
+             only, for the preview; empty for real runs, which would pay for them per job),
            oldest and newest finishedOn of this call's matches ("" if none),
            { code, count, ... } of the whole run (real runs; empty for dry runs) }
   "busy": another run holds the lock; element 2 names it; nothing was written.
@@ -149,9 +150,11 @@ for i = 1, #page, 2 do
     results[#results + 1] = id
     results[#results + 1] = r
     if move then moves[#moves + 1] = move end
-    local name, reason = f[1] or "", string.sub(f[2] or "", 1, 200)
-    names[name] = (names[name] or 0) + 1
-    reasons[reason] = (reasons[reason] or 0) + 1
+    if R.dryRun then
+      local name, reason = f[1] or "", string.sub(f[2] or "", 1, 200)
+      names[name] = (names[name] or 0) + 1
+      reasons[reason] = (reasons[reason] or 0) + 1
+    end
     if oldest == "" then oldest = score end
     newest = score
     if matched >= maxJobs then done = true break end
@@ -165,10 +168,15 @@ if #moves > 0 then
 end
 if not R.dryRun then
   if q then applyMoves(R, moves, q) end
+  -- Results by code: one HINCRBY per code (in the order codes first occur), not per job.
+  local codes, counts = {}, {}
   for i = 2, #results, 2 do
     local r = results[i]
-    rcall("HINCRBY", recordKey, "n:" .. (string.sub(r, 1, 1) == "E" and "E" or r), 1)
+    local code = string.sub(r, 1, 1) == "E" and "E" or r
+    if not counts[code] then codes[#codes + 1] = code; counts[code] = 0 end
+    counts[code] = counts[code] + 1
   end
+  for _, code in ipairs(codes) do rcall("HINCRBY", recordKey, "n:" .. code, counts[code]) end
   rcall("HSET", recordKey, "cs", cs, "cid", cid, "scanned", scanned, "matched", matched,
     "upper", upper, "done", done and "1" or "0")
   rcall("PEXPIRE", recordKey, R.ttl)

@@ -56,7 +56,8 @@ pub struct Page {
     pub remaining: u64,
     /// This call's matches, in scan order.
     pub rows: Vec<(String, JobOutcome)>,
-    /// This call's matches by name and by failed reason (first 200 bytes).
+    /// This call's matches by name and by failed reason (first 200 bytes); dry runs only
+    /// (the preview), empty for real runs.
     pub names: Vec<(String, u64)>,
     pub reasons: Vec<(String, u64)>,
     /// finishedOn of this call's first and last match.

@@ -5,6 +5,10 @@
 //
 //   node bench-seed.mjs --redis redis://127.0.0.1:6411/1 --queue bench \
 //     [--jobs 100000] [--chunk 5000] [--concurrency 500] [--timeout-ms 900000]
+//     [--reason-every 100 --reason-text ECONNRESET]
+//
+// With --reason-every N, every N-th job (data.i % N == 0) fails with a message that also
+// contains --reason-text, so that a failedReasonContains filter selects 1/N of the jobs.
 //
 // stdout: { "failed": N, "ms": total milliseconds }
 
@@ -22,7 +26,7 @@ import {
 
 const USAGE =
   'usage: bench-seed.mjs --redis URL --queue NAME [--jobs 100000] [--chunk 5000] ' +
-  '[--concurrency 500] [--timeout-ms 900000]';
+  '[--concurrency 500] [--timeout-ms 900000] [--reason-every N --reason-text TEXT]';
 
 const timeoutMs = (() => {
   const i = process.argv.indexOf('--timeout-ms');
@@ -38,12 +42,16 @@ runMain(
         chunk: { type: 'string' },
         concurrency: { type: 'string' },
         'timeout-ms': { type: 'string' },
+        'reason-every': { type: 'string' },
+        'reason-text': { type: 'string', default: 'ECONNRESET' },
       },
       USAGE,
     );
     const total = intOpt(values, 'jobs', 100000);
     const chunk = Math.max(1, intOpt(values, 'chunk', 5000));
     const concurrency = Math.max(1, intOpt(values, 'concurrency', 500));
+    const every = intOpt(values, 'reason-every', 0);
+    const rare = values['reason-text'];
     await preflight(values);
     const { mod: bullmq } = await loadBullmq(values.bullmq);
     const queue = await openQueue(bullmq, values, onCleanup);
@@ -52,7 +60,9 @@ runMain(
     const worker = new bullmq.Worker(
       values.queue,
       async (job) => {
-        throw new Error(`bench failure ${job.data.i}`);
+        const i = job.data.i;
+        if (every > 0 && i % every === 0) throw new Error(`bench failure ${i}: read ${rare}`);
+        throw new Error(`bench failure ${i}`);
       },
       { connection: bullmqConnection(values, onCleanup), prefix: values.prefix, concurrency },
     );
