@@ -126,6 +126,14 @@ local results, moves, names, reasons = {}, {}, {}, {}
 local oldest, newest = "", ""
 local done = #page < 2 * budget
 local fields = { "name", "failedReason", unpack(JOB_FIELDS) }
+-- The ledger entries of the whole page in one read (a job this run key retried before is
+-- skipped: it failed again, behind the cursor, stamped by a worker whose clock runs behind).
+local seenBefore = {}
+if R.owner ~= "" and #page > 0 then
+  local pageIds = {}
+  for i = 1, #page, 2 do pageIds[#pageIds + 1] = page[i] end
+  seenBefore = chunked("HMGET", R.ledger, pageIds)
+end
 for i = 1, #page, 2 do
   local id, score = page[i], page[i + 1]
   if tonumber(score) >= upperN then done = true break end
@@ -139,7 +147,7 @@ for i = 1, #page, 2 do
   else
     take = matches(f[1], f[2])
   end
-  if take and not (R.owner ~= "" and rcall("HGET", R.ledger, id)) then
+  if take and not seenBefore[(i + 1) / 2] then
     matched = matched + 1
     local r, move
     if not ok then

@@ -22,11 +22,11 @@ use crate::{
 };
 
 /// Each page call should keep Redis busy about this long at most.
-const PAGE_TARGET: Duration = Duration::from_millis(4);
+const PAGE_TARGET: Duration = Duration::from_millis(2);
 /// Jobs examined per page: at first, and the bounds the adaptation keeps to.
 const PAGE_FIRST: u32 = 500;
 const PAGE_MIN: u32 = 20;
-const PAGE_MAX: u32 = 5_000;
+const PAGE_MAX: u32 = 2_000;
 /// How long the queue-and-state lock outlives its holder's last page.
 const LOCK_TTL: Duration = Duration::from_secs(60);
 
