@@ -18,6 +18,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=tests/platform/lib.sh
+. "$REPO/tests/platform/lib.sh" # wait_established (its log() is replaced just below)
 STATE=${1:-/tmp/jr-bench}
 mkdir -p "$STATE/redis"
 STATE=$(cd "$STATE" && pwd)
@@ -74,7 +76,7 @@ if [[ ,$PATHS, =~ ,(c2|s1|s2), ]]; then
   # shellcheck disable=SC1091
   . "$PLATFORM/env"
   kubectl apply --server-side --force-conflicts -f "$REPO/crds/jobretries.jobretry.io.yaml" >&2
-  kubectl wait --for=condition=Established --timeout=60s crd/jobretries.jobretry.io >&2
+  wait_established jobretries.jobretry.io >&2
   JR_BENCH_KUBECONFIG=$KUBECONFIG
   JR_BENCH_PLATFORM_STATE=$PLATFORM
 fi

@@ -6,6 +6,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=tests/platform/lib.sh
+. tests/platform/lib.sh
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 tests/platform/install-deps.sh
@@ -26,7 +28,7 @@ tests/platform/up.sh "$STATE"
 
 say "installing the JobRetry CRD; namespace payments with the Redis Secret"
 kubectl apply --server-side -f crds/jobretries.jobretry.io.yaml
-kubectl wait --for=condition=Established crd/jobretries.jobretry.io --timeout=60s
+wait_established jobretries.jobretry.io
 kubectl create namespace payments
 kubectl -n payments create secret generic payments-redis --from-literal=url="$JOBRETRY_TEST_REDIS_URL"
 

@@ -107,12 +107,19 @@ pub fn ensure_crd() {
             "-f",
             crd.to_str().unwrap(),
         ]);
-        kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/jobretries.jobretry.io",
-        ]);
+        // Right after the CRD is created its status has no conditions yet, and `kubectl
+        // wait` then fails at once ("status.conditions accessor error") instead of waiting:
+        // seen on a brand-new API server. Ask again until it answers.
+        eventually(Duration::from_secs(60), "the CRD is established", || {
+            kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=10s",
+                "crd/jobretries.jobretry.io",
+            ])
+            .ok
+            .then_some(())
+        });
     });
 }
 

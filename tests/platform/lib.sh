@@ -129,3 +129,14 @@ env_unset() {
   grep -v -- "^export ${name}=" "$file" >"$tmp" || true
   mv -f "$tmp" "$file"
 }
+
+# wait_established CRD: waits until the CRD is Established. Right after it is created its status
+# has no conditions yet and `kubectl wait` fails at once instead of waiting, so ask again.
+wait_established() {
+  local crd=$1 i
+  for i in $(seq 1 30); do
+    kubectl wait --for=condition=Established --timeout=10s "crd/$crd" >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  kubectl wait --for=condition=Established --timeout=10s "crd/$crd"
+}
