@@ -85,6 +85,10 @@ class Ctx {
       { ...this.opts(), ...workerOpts },
     );
     w.on('error', (e) => log(`worker error: ${e.message}`));
+    // Closing a Worker whose connections are still initializing disconnects them, and their
+    // pending init then rejects into an emitter with no listener left (a crash); the flow
+    // cases run a Worker on a parent queue with nothing to do, which closes at once.
+    await w.waitUntilReady();
     const deadline = Date.now() + 30000;
     for (;;) {
       const counts = await q.getJobCounts(...states);
