@@ -115,21 +115,6 @@ fn python_clients() -> Vec<Client> {
         .collect()
 }
 
-/// Runs a fixture command in tests/bullmq and parses its JSON output.
-fn fixture(cmd: &[String], args: &[&str]) -> Value {
-    let out = run(Command::new(&cmd[0])
-        .current_dir(repo().join("tests/bullmq"))
-        .args(&cmd[1..])
-        .args(args));
-    assert!(
-        out.ok,
-        "{cmd:?} {args:?} failed:\n{}\n{}",
-        out.stdout, out.stderr
-    );
-    serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("{cmd:?} printed no JSON ({e}): {}", out.stdout))
-}
-
 /// Copies every key of BUILD into the other databases.
 fn clone_state() {
     let mut con = db_conn(BUILD);

@@ -251,18 +251,23 @@ impl Drop for Operator {
 
 /// Runs a BullMQ fixture script (`tests/bullmq/<script>`) and parses its JSON output.
 pub fn node(script: &str, args: &[&str]) -> Value {
-    let dir = repo().join("tests/bullmq");
-    let out = run(Command::new("node")
-        .current_dir(&dir)
-        .arg(script)
+    fixture(&["node".to_string(), script.to_string()], args)
+}
+
+/// Runs a fixture command (program and its first arguments, e.g. a Python interpreter and
+/// `py/scenario.py`) in `tests/bullmq` with `args`, and parses its JSON output.
+pub fn fixture(cmd: &[String], args: &[&str]) -> Value {
+    let out = run(Command::new(&cmd[0])
+        .current_dir(repo().join("tests/bullmq"))
+        .args(&cmd[1..])
         .args(args));
     assert!(
         out.ok,
-        "node {script} {args:?} failed:\n{}\n{}",
+        "{cmd:?} {args:?} failed:\n{}\n{}",
         out.stdout, out.stderr
     );
     serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", out.stdout))
+        .unwrap_or_else(|e| panic!("{cmd:?} printed no JSON ({e}): {}", out.stdout))
 }
 
 /// Seeds `queue` with the jobs of `spec` (the seed.mjs format) through a real BullMQ Worker.
