@@ -366,7 +366,9 @@ pub struct Preview {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ValueCount {
+    /// A job name, or the first 200 bytes of a failed reason.
     pub value: String,
+    /// How many matches have it.
     pub count: u64,
 }
 
@@ -435,6 +437,8 @@ pub mod reason {
     pub const QUEUE_BUSY: &str = "QueueBusy";
     pub const LEDGER_CONFLICT: &str = "LedgerConflict";
 }
+
+pub mod reference;
 
 #[cfg(test)]
 mod tests;
