@@ -51,11 +51,7 @@ fn kstatus(obj: &Value) -> (String, String) {
 fn kstatus_reads_every_phase_the_operator_writes() {
     let ns = TestNs::new("e2e-flux");
     let queue = ns.name.as_str();
-    let jobs = seed(ns.dir.path(), queue, &failing(24));
-    let ids: Vec<String> = jobs
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = failed_ids(&ns, 24);
 
     // Before the operator has seen it: the schema's default status says generation 0.
     // (`done`, as one_of_each_phase applies it again, unchanged, once the operator runs.)

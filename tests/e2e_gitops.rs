@@ -60,11 +60,7 @@ fn health(dir: &std::path::Path, obj: &Value) -> (String, String) {
 fn the_argocd_health_check_reads_every_phase_the_operator_writes() {
     let ns = TestNs::new("e2e-gitops");
     let queue = ns.name.as_str();
-    let jobs = seed(ns.dir.path(), queue, &failing(24));
-    let ids: Vec<String> = jobs
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = failed_ids(&ns, 24);
     let _op = Operator::start(&ns, &[]);
     let running = one_of_each_phase(&ns, queue, &ids);
     let cases = [

@@ -520,9 +520,13 @@ pub fn changed_keys<'a>(
         .collect()
 }
 
-/// A seed.mjs spec of `n` jobs named `charge` that fail.
-pub fn failing(n: usize) -> Value {
-    serde_json::json!({"jobs": (0..n).map(|i| serde_json::json!({"key": format!("k{i}"), "name": "charge", "data": {}, "opts": {}, "outcome": "fail"})).collect::<Vec<_>>()})
+/// The ids of `n` jobs named `charge` that a real Worker failed, on the queue named as `ns`.
+pub fn failed_ids(ns: &TestNs, n: usize) -> Vec<String> {
+    let spec = serde_json::json!({"jobs": (0..n).map(|i| serde_json::json!({"key": format!("k{i}"), "name": "charge", "data": {}, "opts": {}, "outcome": "fail"})).collect::<Vec<_>>()});
+    let jobs = seed(ns.dir.path(), &ns.name, &spec);
+    jobs.iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// For the GitOps health tests: one JobRetry in each phase the operator writes, in `ns`
