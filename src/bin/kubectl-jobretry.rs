@@ -192,7 +192,8 @@ impl Display {
     fn show(&mut self, p: &Progress) {
         match self {
             Display::Bar(bar) => {
-                bar.set_length(p.length);
+                // 0 of 0 would draw a full bar before anything is known.
+                bar.set_length(p.length.max(1));
                 bar.set_position(p.position);
                 bar.set_message(p.message.clone());
             }
