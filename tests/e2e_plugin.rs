@@ -175,6 +175,19 @@ fn preview_then_run_wait_retries_exactly_what_the_preview_showed() {
         })
         .collect();
     assert_eq!(rows, want, "{}", out.stdout);
+
+    // A preview that cannot run says why and leaves nothing behind.
+    let out = plugin(&[
+        "preview", "-n", &ns.name, "--queue", queue, "--secret", "missing",
+    ]);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("stalled") && out.stderr.contains("SecretInvalid"),
+        "{}",
+        out.stderr
+    );
+    let left = ns.kubectl(&["get", "jobretries", "-o", "name"]);
+    assert_eq!(left.stdout, "jobretry.jobretry.io/incident\n");
 }
 
 #[test]

@@ -154,19 +154,15 @@ async fn follow(
         }
         if let Some(why) = st.and_then(render::held) {
             return Err(PluginError::RunFailed(format!(
-                "jobretry/{name} is stalled until this is fixed: {why}"
+                "jobretry/{name} is stalled (it waits for a fix outside it): {why}"
             )));
         }
         if Instant::now() >= deadline {
-            let t = humanize(timeout);
+            let t = format!("{}s", timeout.as_secs());
             return Err(PluginError::Timeout(t, name.to_string()));
         }
         tokio::time::sleep(POLL).await;
     }
-}
-
-fn humanize(d: Duration) -> String {
-    format!("{}s", d.as_secs())
 }
 
 /// Progress on a terminal: a live bar; otherwise one plain line per change, no escapes.
