@@ -261,11 +261,16 @@ pub struct RateLimit {
 }
 
 /// Observed state of a JobRetry run.
+// The schema defaults `status` to `{observedGeneration: 0}` (the API server fills it in on
+// every read until the operator writes one): a JobRetry the operator has not seen yet then
+// reads as "generation not observed", so kstatus (Flux) says InProgress instead of Current.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("default" = {}))]
 pub struct JobRetryStatus {
-    /// The spec generation this status describes.
+    /// The spec generation this status describes; 0 until the operator has seen the object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = 0))]
     pub observed_generation: Option<i64>,
     /// Pending, Running, Suspended, Succeeded, PartiallySucceeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -361,7 +366,9 @@ pub struct Preview {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ValueCount {
+    /// A job name, or the first 200 bytes of a failed reason.
     pub value: String,
+    /// How many matches have it.
     pub count: u64,
 }
 
@@ -430,6 +437,8 @@ pub mod reason {
     pub const QUEUE_BUSY: &str = "QueueBusy";
     pub const LEDGER_CONFLICT: &str = "LedgerConflict";
 }
+
+pub mod reference;
 
 #[cfg(test)]
 mod tests;

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{Value, json};
 
@@ -58,51 +56,13 @@ fn health(dir: &std::path::Path, obj: &Value) -> (String, String) {
     (status.to_string(), message.to_string())
 }
 
-fn failing(n: usize) -> Value {
-    json!({"jobs": (0..n).map(|i| json!({"key": format!("k{i}"), "name": "charge", "data": {}, "opts": {}, "outcome": "fail"})).collect::<Vec<_>>()})
-}
-
 #[test]
 fn the_argocd_health_check_reads_every_phase_the_operator_writes() {
     let ns = TestNs::new("e2e-gitops");
     let queue = ns.name.as_str();
-    let jobs = seed(ns.dir.path(), queue, &failing(24));
-    let ids: Vec<String> = jobs
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = failed_ids(&ns, 24);
     let _op = Operator::start(&ns, &[]);
-    let apply = |name: &str, ids: &[&str], queue_extra: &str, extra: &str| {
-        let out = ns.apply(
-            &format!("{name}.yaml"),
-            &jobretry_yaml(name, queue, ids, queue_extra, extra),
-        );
-        assert!(out.ok, "{}", out.stderr);
-    };
-    apply("done", &[&ids[0]], "", "");
-    apply("partial", &[&ids[1], "no-such-job"], "", "");
-    apply(
-        "slow",
-        &ids[2..].iter().map(String::as_str).collect::<Vec<_>>(),
-        "",
-        "  rateLimit:\n    jobsPerSecond: 1\n",
-    );
-    apply("paused", &[&ids[3]], "", "  suspend: true\n");
-    apply("unknown", &["1"], "    bullmqVersion: \"4.0.0\"\n", "");
-    let nosecret =
-        jobretry_yaml("nosecret", queue, &["1"], "", "").replace("name: redis", "name: missing");
-    assert!(ns.apply("nosecret.yaml", &nosecret).ok);
-    let wait =
-        |name: &str, cond: &str| assert!(ns.wait_condition(name, cond, "60s").ok, "{name} {cond}");
-    wait("done", "Complete");
-    wait("partial", "Complete");
-    wait("unknown", "Failed");
-    wait("paused", "Suspended");
-    wait("nosecret", "Stalled");
-    let running = eventually(Duration::from_secs(30), "the slow run is running", || {
-        let jr = ns.get("slow");
-        (jr["status"]["phase"] == "Running").then_some(jr)
-    });
+    let running = one_of_each_phase(&ns, queue, &ids);
     let cases = [
         (
             "done",

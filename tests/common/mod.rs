@@ -519,3 +519,50 @@ pub fn changed_keys<'a>(
         .filter(|k| before.get(*k) != after.get(*k))
         .collect()
 }
+
+/// The ids of `n` jobs named `charge` that a real Worker failed, on the queue named as `ns`.
+pub fn failed_ids(ns: &TestNs, n: usize) -> Vec<String> {
+    let spec = serde_json::json!({"jobs": (0..n).map(|i| serde_json::json!({"key": format!("k{i}"), "name": "charge", "data": {}, "opts": {}, "outcome": "fail"})).collect::<Vec<_>>()});
+    let jobs = seed(ns.dir.path(), &ns.name, &spec);
+    jobs.iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// For the GitOps health tests: one JobRetry in each phase the operator writes, in `ns`
+/// (whose operator must run), on queue `queue` whose failed jobs are `ids` (at least 4):
+/// `done` (Succeeded), `partial` (PartiallySucceeded), `paused` (Suspended), `unknown`
+/// (Failed), `nosecret` (stalled), each waited for; returns `slow` as read while Running.
+pub fn one_of_each_phase(ns: &TestNs, queue: &str, ids: &[String]) -> Value {
+    let apply = |name: &str, ids: &[&str], queue_extra: &str, extra: &str| {
+        let out = ns.apply(
+            &format!("{name}.yaml"),
+            &jobretry_yaml(name, queue, ids, queue_extra, extra),
+        );
+        assert!(out.ok, "{}", out.stderr);
+    };
+    apply("done", &[&ids[0]], "", "");
+    apply("partial", &[&ids[1], "no-such-job"], "", "");
+    apply(
+        "slow",
+        &ids[2..].iter().map(String::as_str).collect::<Vec<_>>(),
+        "",
+        "  rateLimit:\n    jobsPerSecond: 1\n",
+    );
+    apply("paused", &[&ids[3]], "", "  suspend: true\n");
+    apply("unknown", &["1"], "    bullmqVersion: \"4.0.0\"\n", "");
+    let nosecret =
+        jobretry_yaml("nosecret", queue, &["1"], "", "").replace("name: redis", "name: missing");
+    assert!(ns.apply("nosecret.yaml", &nosecret).ok);
+    let wait =
+        |name: &str, cond: &str| assert!(ns.wait_condition(name, cond, "60s").ok, "{name} {cond}");
+    wait("done", "Complete");
+    wait("partial", "Complete");
+    wait("unknown", "Failed");
+    wait("paused", "Suspended");
+    wait("nosecret", "Stalled");
+    eventually(Duration::from_secs(30), "the slow run is running", || {
+        let jr = ns.get("slow");
+        (jr["status"]["phase"] == "Running").then_some(jr)
+    })
+}
