@@ -12,6 +12,9 @@ pub enum Error {
     MissingObjectKey(&'static str),
 }
 
+/// Every category of [`Error::category`] (metrics declare each at 0).
+pub const CATEGORIES: [&str; 2] = ["kube", "object"];
+
 impl Error {
     /// A short, fixed label for the error kind.
     pub fn category(&self) -> &'static str {
