@@ -29,3 +29,18 @@ impl Error {
         matches!(self, Error::Kube(_))
     }
 }
+
+/// `text` in double quotes for a message, escaped as a JSON string is (a value from Redis or
+/// a spec may hold quotes or control characters); never Rust `Debug` output.
+pub fn quoted(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| format!("\"{text}\""))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quotes_and_escapes() {
+        assert_eq!(super::quoted("bullmq:6.x"), "\"bullmq:6.x\"");
+        assert_eq!(super::quoted("a\"b\nc"), r#""a\"b\nc""#);
+    }
+}

@@ -35,7 +35,7 @@ use crate::{
         VersionError,
     },
     crd::{JobRetry, phase},
-    error::Error,
+    error::{Error, quoted},
     metrics::Script,
     status,
 };
@@ -214,9 +214,9 @@ impl Run {
         let probe = self.ctx.engine.probe(conn, keys, spec.state).await?;
         if !probe.exists {
             return Ok(Err(RunError::IncompatibleQueue(format!(
-                "queue \"{}\" with prefix \"{}\" not found in Redis (neither {} nor {} exists); check spec.queue.name and spec.queue.prefix",
-                spec.queue.name,
-                spec.queue.prefix,
+                "queue {} with prefix {} not found in Redis (neither {} nor {} exists); check spec.queue.name and spec.queue.prefix",
+                quoted(&spec.queue.name),
+                quoted(&spec.queue.prefix),
                 keys.key("meta"),
                 keys.key(spec.state.as_str()),
             ))));
