@@ -283,6 +283,18 @@ fn promtool(dir: &Path, args: &[&str]) -> Out {
 
 #[test]
 fn chart_renders_a_metrics_service_a_service_monitor_and_the_dashboard() {
+    let chart_dir = chart();
+    helm_ok(&[
+        "lint",
+        "--strict",
+        chart_dir.to_str().unwrap(),
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+        "--set",
+        "metrics.grafanaDashboard.enabled=true",
+    ]);
     let manifests = render_observability("ops", &[]);
     let service = find(&manifests, "Service");
     let deployment = find(&manifests, "Deployment");
