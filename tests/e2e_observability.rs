@@ -584,7 +584,7 @@ fn metrics_move_during_a_run_and_count_redis_errors_while_redis_is_stopped() {
         "{before}"
     );
 
-    // One run that cannot start (its Secret does not exist), one slow run (30 jobs/s).
+    // One run that cannot start (its Secret does not exist), one slow run (20 jobs/s, 12 s).
     let stuck = jobretry_yaml("stuck", &queue, &["1"], "", "")
         .replace("name: redis", "name: no-such-secret");
     assert!(ns.apply("stuck.yaml", &stuck).ok);
@@ -593,7 +593,7 @@ fn metrics_move_during_a_run_and_count_redis_errors_while_redis_is_stopped() {
         &queue,
         &ids,
         "",
-        "  rateLimit:\n    jobsPerSecond: 30\n",
+        "  rateLimit:\n    jobsPerSecond: 20\n",
     );
     assert!(ns.apply("incident.yaml", &slow).ok);
 
