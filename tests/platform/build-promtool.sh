@@ -33,11 +33,7 @@ if [[ ${FORCE_REBUILD:-0} != 1 ]] && cached_ok; then
   exit 0
 fi
 
-command -v go >/dev/null || die "go is required to build promtool"
-mkdir -p "$OUT/.build"
-export GOTOOLCHAIN=local CGO_ENABLED=0
-# Not inside any module: `go install pkg@version` ignores the current module anyway.
-unset GOFLAGS
+go_tool_env promtool
 
 start=$SECONDS
 # Version stamping, as Prometheus' promu build does it (`promtool --version`).
@@ -45,9 +41,7 @@ LDFLAGS="-s -w -X github.com/prometheus/common/version.Version=${PROM_VERSION}"
 LDFLAGS+=" -X github.com/prometheus/common/version.Branch=HEAD"
 LDFLAGS+=" -X github.com/prometheus/common/version.BuildUser=jobretry-operator"
 log "building promtool ${PROM_VERSION} (go install) into ${OUT}"
-(cd "$OUT/.build" && GOBIN="$OUT/.build" go install -p 2 -trimpath -ldflags "$LDFLAGS" \
-  "github.com/prometheus/prometheus/cmd/promtool@${PROM_MODULE_VERSION}")
-mv -f "$OUT/.build/promtool" "$BIN"
+go_install "$BIN" "github.com/prometheus/prometheus/cmd/promtool@${PROM_MODULE_VERSION}" "$LDFLAGS"
 cached_ok || die "built promtool does not report ${PROM_VERSION}: $("$BIN" --version 2>&1 || true)"
 log "promtool built in $((SECONDS - start))s: $("$BIN" --version 2>&1 | head -n 1)"
 echo "$BIN"
