@@ -31,9 +31,18 @@ pub struct Config {
     /// Address of the health (/healthz, /readyz) and metrics (/metrics) endpoint.
     #[arg(long, env = "JOBRETRY_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: std::net::SocketAddr,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "JOBRETRY_LOG_JSON", default_value_t = false)]
-    pub log_json: bool,
+    /// Log format: `json` (one JSON object a line, for log collectors) or `text` (for people).
+    #[arg(long, env = "JOBRETRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object a line, with the fields of the run's span.
+    Json,
+    /// Human-readable lines; coloured only on a terminal.
+    Text,
 }
 
 impl Config {

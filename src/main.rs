@@ -2,7 +2,7 @@
 //! run the controller.
 #![forbid(unsafe_code)]
 
-use std::sync::{Arc, atomic::AtomicBool};
+use std::sync::Arc;
 
 use clap::Parser;
 use jobretry_operator::{config::Config, controller, http, metrics::Metrics, telemetry};
@@ -10,11 +10,8 @@ use jobretry_operator::{config::Config, controller, http, metrics::Metrics, tele
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::parse();
-    telemetry::init(config.log_json);
-    let health = Arc::new(http::Health {
-        metrics: Arc::new(Metrics::default()),
-        ready: AtomicBool::new(false),
-    });
+    telemetry::init(config.log_format);
+    let health = Arc::new(http::Health::new(Arc::new(Metrics::default())));
     let server = tokio::spawn(http::serve(config.http_addr, health.clone()));
     let client = kube::Client::try_default().await?;
     tokio::select! {

@@ -9,85 +9,14 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{path::Path, process::Command, sync::Mutex, time::Duration};
 
-use common::*;
-use serde::Deserialize;
+use common::{helm::*, *};
 use serde_json::{Value, json};
 
 /// The operator runs watching all namespaces in one of the tests below; the RBAC tests run
 /// one at a time so that operator never sees another test's JobRetry.
 static OPERATOR_TESTS: Mutex<()> = Mutex::new(());
-
-fn helm_bin() -> String {
-    std::env::var("JOBRETRY_TEST_HELM").unwrap_or_else(|_| {
-        panic!(
-            "JOBRETRY_TEST_HELM is not set: it must name a helm v3 binary. tests/run.sh builds one \
-             with tests/platform/build-helm.sh and exports it; by hand: \
-             export JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh)"
-        )
-    })
-}
-
-fn chart() -> PathBuf {
-    repo().join("charts/jobretry-operator")
-}
-
-fn helm(args: &[&str]) -> Out {
-    // A private helm home, so the test neither reads nor writes the user's helm config.
-    let home = std::env::temp_dir().join("jobretry-test-helm-home");
-    run(Command::new(helm_bin())
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env("KUBECONFIG", "/dev/null")
-        .args(args))
-}
-
-fn helm_ok(args: &[&str]) -> String {
-    let out = helm(args);
-    assert!(
-        out.ok,
-        "helm {args:?} failed:\n{}{}",
-        out.stdout, out.stderr
-    );
-    out.stdout
-}
-
-/// `helm template <release> <chart> --namespace <ns> --set <set>...`.
-fn render(release: &str, ns: &str, set: &[&str]) -> String {
-    let chart = chart();
-    let mut args = vec![
-        "template",
-        release,
-        chart.to_str().unwrap(),
-        "--namespace",
-        ns,
-    ];
-    for s in set {
-        args.extend(["--set", s]);
-    }
-    helm_ok(&args)
-}
-
-/// The documents of a multi-document YAML stream, as JSON.
-fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} rendered"))
-}
 
 fn kinds(docs: &[Value]) -> Vec<String> {
     let mut k: Vec<String> = docs
@@ -145,6 +74,7 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "Service",
             "ServiceAccount"
         ]
     );
@@ -155,6 +85,7 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "--batch-size=500",
             "--status-row-limit=1000",
             "--status-interval-ms=1000",
+            "--log-format=json",
             "--http-addr=0.0.0.0:8080",
         ]
     );
@@ -169,13 +100,19 @@ fn chart_lints_and_renders_both_rbac_modes() {
         "operators",
         &[
             "operator.watchNamespace=team-a",
-            "operator.logJson=true",
+            "operator.logFormat=text",
             "operator.batchSize=50",
         ],
     ));
     assert_eq!(
         kinds(&one),
-        ["Deployment", "Role", "RoleBinding", "ServiceAccount"]
+        [
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
     );
     for kind in ["Role", "RoleBinding"] {
         assert_eq!(
@@ -193,7 +130,7 @@ fn chart_lints_and_renders_both_rbac_modes() {
         args.contains(&"--watch-namespace=team-a".to_string()),
         "{args:?}"
     );
-    assert!(args.contains(&"--log-json".to_string()), "{args:?}");
+    assert!(args.contains(&"--log-format=text".to_string()), "{args:?}");
     assert!(args.contains(&"--batch-size=50".to_string()), "{args:?}");
     // The rules are the same in both modes.
     assert_eq!(
@@ -209,7 +146,7 @@ fn chart_lints_and_renders_both_rbac_modes() {
     ));
     assert_eq!(
         kinds(&existing),
-        ["ClusterRole", "ClusterRoleBinding", "Deployment"]
+        ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
     );
     assert_eq!(
         find(&existing, "ClusterRoleBinding")["subjects"][0]["name"],
@@ -239,6 +176,8 @@ fn chart_lints_and_renders_both_rbac_modes() {
         "operator.statusRowLimit=5001",
         "operator.watchNamespace=Not_A_Namespace",
         "image.pullPolicy=Sometimes",
+        "operator.logFormat=xml",
+        "metrics.prometheusRule.stalledFor=15 minutes",
         "noSuchValue=1",
     ] {
         let out = helm(&["template", "jr", chart, "--set", bad]);
@@ -289,7 +228,9 @@ fn rendered_manifests_apply_to_the_real_api_server() {
     );
     kubectl_apply(ns.dir.path(), "namespaced.yaml", &namespaced);
 
+    let metrics_service = format!("{full}-metrics");
     for (kind, name) in [
+        ("service", &metrics_service),
         ("deployment", &full),
         ("serviceaccount", &full),
         ("networkpolicy", &full),

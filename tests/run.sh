@@ -43,6 +43,8 @@ export JOBRETRY_TEST_PYTHON JOBRETRY_TEST_PYTHON2
 export JOBRETRY_PLATFORM_TOPOLOGIES=1
 JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh); export JOBRETRY_TEST_HELM # tests/e2e_chart.rs
 JOBRETRY_TEST_KSTATUS=$(tests/platform/build-kstatus.sh); export JOBRETRY_TEST_KSTATUS # tests/e2e_flux.rs
+# tests/e2e_observability.rs: promtool checks and unit-tests the chart's alerting rules.
+JOBRETRY_TEST_PROMTOOL=$(tests/platform/build-promtool.sh); export JOBRETRY_TEST_PROMTOOL
 
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/jobretry-tests.XXXXXX")
 trap 'tests/platform/down.sh "$STATE" >/dev/null 2>&1 || true' EXIT

@@ -60,8 +60,8 @@ impl RedisTarget {
             url::Url::parse(&url).map_err(|e| format!("the Redis URL is not a valid URL ({e})"))?;
         if !matches!(parsed.scheme(), "redis" | "rediss") {
             return Err(format!(
-                "the Redis URL has scheme {:?}; expected redis:// or rediss://",
-                parsed.scheme()
+                "the Redis URL has scheme {}; expected redis:// or rediss://",
+                crate::error::quoted(parsed.scheme())
             ));
         }
         if parsed.host_str().is_none_or(str::is_empty) {

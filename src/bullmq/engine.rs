@@ -101,6 +101,17 @@ impl EngineError {
     }
 }
 
+/// Every category [`classify`] gives (metrics declare each at 0).
+pub const REDIS_CATEGORIES: [&str; 7] = [
+    "connection",
+    "auth",
+    "permission",
+    "unavailable",
+    "cross_slot",
+    "refused",
+    "client",
+];
+
 /// Sorts a Redis error by what fixes it. Only trouble that passes by itself (connections,
 /// timeouts, a busy, loading or failing-over server, memory pressure) is transient; refused
 /// credentials or ACL permissions wait for the user; anything else Redis refuses (a script
@@ -406,6 +417,10 @@ mod tests {
         ];
         for (err, category, verdict) in cases {
             assert_eq!(classify(&err), (category, verdict), "{err}");
+            assert!(
+                REDIS_CATEGORIES.contains(&category),
+                "{category} not declared"
+            );
         }
     }
 

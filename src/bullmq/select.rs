@@ -201,7 +201,11 @@ fn decode_page(reply: Vec<Value>) -> Result<PageOutcome, EngineError> {
                     .collect::<Result<_, EngineError>>()?,
             }))
         }
-        _ => Err(EngineError::Protocol(format!("page reply: {reply:?}"))),
+        _ => Err(EngineError::Protocol(format!(
+            "page reply with status {} and {} elements",
+            status.as_deref().unwrap_or("(none)"),
+            reply.len()
+        ))),
     }
 }
 

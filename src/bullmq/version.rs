@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use crate::error::quoted;
+
 /// A semantic version `major.minor.patch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Semver(pub u32, pub u32, pub u32);
@@ -150,11 +152,13 @@ impl QueueVersion {
             Some(("bullmq", text)) => match Semver::parse(text) {
                 Some(v) => Self::for_node(v),
                 None => Err(VersionError::Unparseable(format!(
-                    "the queue's meta.version {meta:?} cannot be parsed; set spec.queue.bullmqVersion"
+                    "the queue's meta.version {} cannot be parsed; set spec.queue.bullmqVersion",
+                    quoted(meta)
                 ))),
             },
             _ => Err(VersionError::Unsupported(format!(
-                "the queue's meta.version is {meta:?}, not an open-source BullMQ version; set spec.queue.bullmqVersion to the BullMQ version your workers run"
+                "the queue's meta.version is {}, not an open-source BullMQ version; set spec.queue.bullmqVersion to the BullMQ version your workers run",
+                quoted(meta)
             ))),
         }
     }
@@ -166,7 +170,8 @@ impl QueueVersion {
         };
         let v = Semver::parse(number).ok_or_else(|| {
             VersionError::Unparseable(format!(
-                "spec.queue.bullmqVersion {text:?} is not a version like \"6.7.0\" or \"python:3.4.4\""
+                "spec.queue.bullmqVersion {} is not a version like \"6.7.0\" or \"python:3.4.4\"",
+                quoted(text)
             ))
         })?;
         if python {

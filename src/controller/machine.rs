@@ -264,22 +264,23 @@ fn decide<'a>(result: &'a SliceResult, failures: u32, facts: &Facts) -> (Stage<'
     }
 }
 
-/// The events of a transition from `old` to `new`: only when the phase changes.
+/// The events of a transition from `old` to `new`: `Started` when the run starts (its
+/// queue is open for the first time, whatever the phase), and the stage's event when the
+/// phase changes.
 fn milestones(
     old: &JobRetryStatus,
     new: &JobRetryStatus,
     stage: &Stage,
     requeue: Requeue,
 ) -> Vec<Milestone> {
-    if old.phase == new.phase {
-        return Vec::new();
-    }
-    let mut events = Vec::new();
     let started_now = old.start_time.is_none() && new.start_time.is_some();
-    if started_now && *stage != Stage::Running {
+    let mut events = Vec::new();
+    if started_now && (*stage != Stage::Running || old.phase == new.phase) {
         events.push(milestone(new, &Stage::Running, requeue));
     }
-    events.push(milestone(new, stage, requeue));
+    if old.phase != new.phase {
+        events.push(milestone(new, stage, requeue));
+    }
     events
 }
 

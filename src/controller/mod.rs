@@ -5,6 +5,7 @@
 //! what a slice's result means for the run (status, requeue, events) is the pure state
 //! machine's (`machine.rs`).
 
+pub mod census;
 mod load;
 pub mod machine;
 pub mod plan;
@@ -12,7 +13,7 @@ mod reconcile;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -28,7 +29,7 @@ use kube::{
         watcher,
     },
 };
-use tracing::{info, warn};
+use tracing::{Span, debug, info, info_span, warn};
 
 use self::plan::DryScan;
 use crate::{
@@ -178,9 +179,18 @@ struct Memory {
     budget: u32,
 }
 
+/// The span of everything logged about `obj`'s run: its namespace, name and run key.
+pub fn run_span(obj: &JobRetry) -> Span {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let run_key = plan::run_key(&obj.spec, &ns, &name);
+    info_span!("reconcile", namespace = %ns, jobretry = %name, %run_key)
+}
+
 /// Retries transient errors with backoff; permanent ones wait for the object to change.
 fn error_policy(obj: Arc<JobRetry>, err: &Error, ctx: Arc<Context>) -> Action {
-    warn!(name = %obj.name_any(), namespace = ?obj.namespace(), category = err.category(), error = %err, "reconcile failed");
+    let _run = run_span(&obj).entered();
+    warn!(category = err.category(), error = %err, "reconcile failed");
     ctx.metrics.reconcile_failed(err.category());
     if err.is_transient() {
         Action::requeue(ctx.backoff(&obj.uid().unwrap_or_default()))
@@ -189,28 +199,45 @@ fn error_policy(obj: Arc<JobRetry>, err: &Error, ctx: Arc<Context>) -> Action {
     }
 }
 
-/// Runs the controller until the process is asked to stop; marks `health` ready once the
-/// watch runs.
+/// Runs the controller until the process is asked to stop; `health` is ready once
+/// JobRetries can be listed, and not while the controller's watch fails.
 pub async fn run(client: Client, config: Config, health: Arc<Health>) {
     let api: Api<JobRetry> = match &config.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic());
+    let store = controller.store();
+    health.metrics.declare_error_categories(
+        &crate::error::CATEGORIES,
+        &crate::bullmq::engine::REDIS_CATEGORIES,
+        &load::CATEGORIES,
+    );
+    health.metrics.observe_runs({
+        let store = store.clone();
+        move || census::count_runs(&store.state())
+    });
     let ctx = Arc::new(Context::new(
         client,
         config,
         health.metrics.clone(),
-        controller.store(),
+        store.clone(),
     ));
     info!("starting jobretry-operator controller");
-    // Ready only once JobRetries can be listed (API reachable, RBAC in place).
-    match api.list(&ListParams::default().limit(1)).await {
-        Ok(_) => health.ready.store(true, Ordering::Relaxed),
-        Err(e) => {
-            warn!(error = %e, "cannot list JobRetry objects; not ready until the watch works")
+    // Ready once JobRetries can be listed (API reachable, RBAC in place). Not through
+    // `store.wait_until_ready()`: its one-shot wakes only the last task that waited, and
+    // the controller itself waits on it.
+    tokio::spawn({
+        let (api, health) = (api.clone(), health.clone());
+        async move {
+            while let Err(e) = api.list_metadata(&ListParams::default().limit(1)).await {
+                warn!(error = %e, "cannot list JobRetry objects; not ready");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            info!("JobRetry objects can be listed; ready");
+            health.readiness.listed();
         }
-    }
+    });
     controller
         .shutdown_on_signal()
         .run(reconcile::reconcile, error_policy, ctx)
@@ -218,12 +245,17 @@ pub async fn run(client: Client, config: Config, health: Arc<Health>) {
             let health = health.clone();
             async move {
                 match res {
-                    Ok(_) => health.ready.store(true, Ordering::Relaxed),
+                    Ok(_) => {}
                     Err(kube::runtime::controller::Error::QueueError(e)) => {
-                        warn!(error = %e, "watch failed; not ready");
-                        health.ready.store(false, Ordering::Relaxed);
+                        warn!(error = %e, "watching JobRetry objects failed; not ready until the watch works again");
+                        health.readiness.watch_failed();
                     }
-                    Err(e) => tracing::debug!(error = %e, "reconcile outcome"),
+                    // error_policy has logged it, in the run's span.
+                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                    Err(e @ kube::runtime::controller::Error::ObjectNotFound(_)) => {
+                        debug!(error = %e, "object gone before its reconcile")
+                    }
+                    Err(e) => warn!(error = %e, "controller error"),
                 }
             }
         })

@@ -20,14 +20,14 @@ use kube::{
         reflector::ObjectRef,
     },
 };
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 mod selector;
 
 use super::{
     Context, Memory, load,
     machine::{self, Facts, Milestone, Requeue, RunError, Slice, SliceResult},
-    plan,
+    plan, run_span,
 };
 use crate::{
     bullmq::{
@@ -35,7 +35,8 @@ use crate::{
         VersionError,
     },
     crd::{JobRetry, phase},
-    error::Error,
+    error::{Error, quoted},
+    metrics::Script,
     status,
 };
 
@@ -47,9 +48,18 @@ fn stalled(category: &str, message: String) -> RunError {
     }
 }
 
-/// Reconciles one JobRetry.
+/// Reconciles one JobRetry, in its run's span (every line it logs names the object and its
+/// run key), timing it.
 pub async fn reconcile(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconcile_started();
+    let started = Instant::now();
+    let span = run_span(&obj);
+    let result = reconcile_once(obj, ctx.clone()).instrument(span).await;
+    ctx.metrics.reconcile_done(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_once(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = obj
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
@@ -157,8 +167,15 @@ impl Run {
         let spec = &self.obj.spec;
         let target = match load::redis_target(&self.ctx.client, &self.ns, &spec.connection).await {
             Ok(t) => t,
-            Err(load::LoadError::Invalid(m)) => return Ok(Err(RunError::SecretInvalid(m))),
-            Err(load::LoadError::Kube(e)) => return Err(e.into()),
+            Err(e) => {
+                self.ctx.metrics.secret_failed(e.category());
+                return match e {
+                    load::LoadError::Invalid { message, .. } => {
+                        Ok(Err(RunError::SecretInvalid(message)))
+                    }
+                    load::LoadError::Kube(e) => Err(e.into()),
+                };
+            }
         };
         let mut conn = match self.ctx.connection(&target).await {
             Ok(c) => c,
@@ -197,9 +214,9 @@ impl Run {
         let probe = self.ctx.engine.probe(conn, keys, spec.state).await?;
         if !probe.exists {
             return Ok(Err(RunError::IncompatibleQueue(format!(
-                "queue {:?} with prefix {:?} not found in Redis (neither {} nor {} exists); check spec.queue.name and spec.queue.prefix",
-                spec.queue.name,
-                spec.queue.prefix,
+                "queue {} with prefix {} not found in Redis (neither {} nor {} exists); check spec.queue.name and spec.queue.prefix",
+                quoted(&spec.queue.name),
+                quoted(&spec.queue.prefix),
                 keys.key("meta"),
                 keys.key(spec.state.as_str()),
             ))));
@@ -311,9 +328,11 @@ impl Run {
                 .map(|(id, o)| status::job_row(id, o, req.state.as_str(), &tag))
                 .collect();
             let seconds = started.elapsed().as_secs_f64();
-            self.ctx
-                .metrics
-                .batch_done(seconds, rows.iter().map(|r| r.result.as_str()));
+            self.ctx.metrics.batch_done(
+                Script::Retry,
+                seconds,
+                rows.iter().map(|r| r.result.as_str()),
+            );
             slice.rows.extend(rows);
             self.last_batch_started = Some(started);
             if rate > 0 || Instant::now() >= deadline || self.stopped_meanwhile() {
@@ -359,7 +378,7 @@ impl Run {
         let t = machine::step(&old, failures, &facts, slice, Timestamp::now());
         let written = status::write(&self.api, &self.obj, &t.status).await?;
         if written == status::Written::Gone {
-            info!(name = %self.obj.name_any(), namespace = %self.ns, "object deleted or replaced during the slice; its status is not written");
+            info!("object deleted or replaced during the slice; its status is not written");
             self.ctx.remember(&self.uid, Memory::default());
             return Ok(Action::await_change());
         }
@@ -394,11 +413,11 @@ impl Run {
     }
 
     async fn publish(&self, m: &Milestone, phase: Option<&str>) {
-        let (name, phase) = (self.obj.name_any(), phase.unwrap_or(""));
+        let phase = phase.unwrap_or("");
         if m.warning {
-            warn!(%name, namespace = %self.ns, phase, reason = %m.reason, "{}", m.note);
+            warn!(phase, reason = %m.reason, "{}", m.note);
         } else {
-            info!(%name, namespace = %self.ns, phase, reason = %m.reason, "{}", m.note);
+            info!(phase, reason = %m.reason, "{}", m.note);
         }
         let event = Event {
             type_: if m.warning {

@@ -7,6 +7,8 @@
 //! fails with a message saying so.
 #![allow(dead_code)]
 
+pub mod helm;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -565,4 +567,43 @@ pub fn one_of_each_phase(ns: &TestNs, queue: &str, ids: &[String]) -> Value {
         let jr = ns.get("slow");
         (jr["status"]["phase"] == "Running").then_some(jr)
     })
+}
+
+impl Operator {
+    /// The address the operator's HTTP endpoint listens on, as its log says (text or JSON),
+    /// once it says it.
+    pub fn http_addr(&self) -> String {
+        eventually(
+            Duration::from_secs(30),
+            "the operator's HTTP address",
+            || {
+                let logs = self.logs();
+                let line = logs
+                    .lines()
+                    .find(|l| l.contains("serving /healthz, /readyz and /metrics"))?;
+                let (_, rest) = line
+                    .split_once("addr=")
+                    .or_else(|| line.split_once("\"addr\":\""))?;
+                Some(
+                    rest.split(|c: char| c.is_whitespace() || c == '"')
+                        .next()?
+                        .to_string(),
+                )
+            },
+        )
+    }
+}
+
+/// `GET http://<addr><path>`: the status code (0 when nothing answers) and the body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let out = run(Command::new("curl").args([
+        "-s",
+        "--max-time",
+        "5",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{addr}{path}"),
+    ]));
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }

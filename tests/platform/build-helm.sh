@@ -31,11 +31,7 @@ if [[ ${FORCE_REBUILD:-0} != 1 ]] && cached_ok; then
   exit 0
 fi
 
-command -v go >/dev/null || die "go is required to build helm"
-mkdir -p "$OUT/.build"
-export GOTOOLCHAIN=local CGO_ENABLED=0
-# Not inside any module: `go install pkg@version` ignores the current module anyway.
-unset GOFLAGS
+go_tool_env helm
 
 start=$SECONDS
 # Version stamping, as helm's Makefile does it. Besides `helm version`, this sets the
@@ -55,9 +51,7 @@ for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
 done
 
 log "building helm ${HELM_VERSION} (go install) into ${OUT}"
-(cd "$OUT/.build" && GOBIN="$OUT/.build" go install -p 2 -trimpath -ldflags "$LDFLAGS" \
-  "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}")
-mv -f "$OUT/.build/helm" "$BIN"
+go_install "$BIN" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" "$LDFLAGS"
 cached_ok || die "built helm does not report ${HELM_VERSION}: $("$BIN" version 2>&1 || true)"
 log "helm built in $((SECONDS - start))s: $("$BIN" version --short)"
 echo "$BIN"

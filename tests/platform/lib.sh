@@ -140,3 +140,21 @@ wait_established() {
   done
   kubectl wait --for=condition=Established --timeout=10s "crd/$crd"
 }
+
+# go_tool_env TOOL : checks that Go is there, and sets up `go install pkg@version` outside
+# any module (which ignores the current module anyway) with the installed Go and no cgo.
+go_tool_env() {
+  command -v go >/dev/null || die "go is required to build $1"
+  export GOTOOLCHAIN=local CGO_ENABLED=0
+  unset GOFLAGS
+}
+
+# go_install BIN PKG@VERSION LDFLAGS : builds the command with `go install` in BIN's folder
+# (under .build) and moves it to BIN.
+go_install() {
+  local bin=$1 pkg=$2 ldflags=$3 build
+  build="$(dirname "$bin")/.build"
+  mkdir -p "$build"
+  (cd "$build" && GOBIN="$build" go install -p 2 -trimpath -ldflags "$ldflags" "$pkg")
+  mv -f "$build/$(basename "$bin")" "$bin"
+}

@@ -111,6 +111,32 @@ fn a_run_done_in_one_slice_publishes_started_then_completed() {
 }
 
 #[test]
+fn started_is_published_when_the_queue_opens_even_while_the_run_stays_pending() {
+    let f = facts("");
+    let unavailable = || RunError::RedisUnavailable("connection refused".into());
+    // Redis is down before the run starts: Pending, no Started.
+    let t = step(
+        &JobRetryStatus::default(),
+        0,
+        &f,
+        error(unavailable()),
+        at(0),
+    );
+    assert_eq!(t.status.phase.as_deref(), Some("Pending"));
+    assert_eq!(reasons(&t), ["RedisUnavailable"]);
+    // The queue opens, then the first batch fails: still Pending, but the run has started.
+    let opened = slice(Vec::new(), SliceResult::Error(unavailable()));
+    let t = step(&t.status, t.failures, &f, opened, at(1));
+    assert_eq!(t.status.phase.as_deref(), Some("Pending"));
+    assert_eq!(t.status.start_time.as_ref().map(|t| t.0), Some(at(1)));
+    assert_eq!(reasons(&t), ["Started"]);
+    // It finishes in the next slice: Completed, and no second Started.
+    let done = slice(rows(&["1", "2", "3", "4"], "Retried"), SliceResult::Done);
+    let t = step(&t.status, t.failures, &f, done, at(2));
+    assert_eq!(reasons(&t), ["Completed"]);
+}
+
+#[test]
 fn suspend_then_resume() {
     let f = facts("suspend: true\n");
     let running = step(&JobRetryStatus::default(), 0, &f, batches(&["1"]), at(0)).status;

@@ -18,6 +18,7 @@ use crate::{
         plan::{self, DryScan},
     },
     crd::{SelectionStatus, Selector},
+    metrics::Script,
     status,
 };
 
@@ -117,9 +118,11 @@ impl Run {
                 .iter()
                 .map(|(id, o)| status::job_row(id, o, run.state.as_str(), &tag))
                 .collect();
-            self.ctx
-                .metrics
-                .batch_done(took.as_secs_f64(), rows.iter().map(|r| r.result.as_str()));
+            self.ctx.metrics.batch_done(
+                Script::Select,
+                took.as_secs_f64(),
+                rows.iter().map(|r| r.result.as_str()),
+            );
             let in_page = rows.len();
             slice.rows.extend(rows);
             if !run.dry_run {
