@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -33,6 +33,7 @@ pub struct Metrics {
     redis_errors: Family<CategoryLabel, Counter>,
     reconciles: Counter,
     batch_seconds: Histogram,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -66,6 +67,12 @@ impl Default for Metrics {
             "Duration of one retry script call",
             batch_seconds.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease (and runs retries), else 0",
+            leader.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             jobs,
@@ -74,6 +81,7 @@ impl Default for Metrics {
             redis_errors,
             reconciles,
             batch_seconds,
+            leader,
         }
     }
 }
@@ -118,6 +126,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Whether this replica leads (holds the Lease and may run retries).
+    pub fn set_leader(&self, leads: bool) {
+        self.leader.set(i64::from(leads));
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -140,6 +153,9 @@ mod tests {
         m.run_finished("Succeeded");
         m.redis_failed("auth");
         let text = m.render();
+        assert!(text.contains("jobretry_leader 0"), "{text}");
+        m.set_leader(true);
+        assert!(m.render().contains("jobretry_leader 1"));
         assert!(
             text.contains("jobretry_jobs_total{result=\"Retried\"} 2"),
             "{text}"

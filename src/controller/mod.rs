@@ -37,6 +37,7 @@ use crate::{
     crd::JobRetry,
     error::Error,
     http::Health,
+    leader::Gate,
     metrics::Metrics,
 };
 
@@ -57,6 +58,8 @@ pub struct Context {
     pub selector: Selector,
     /// Per object (uid): what its selector dry run found so far.
     dry: Mutex<HashMap<String, DryScan>>,
+    /// Whether this replica leads: asked before every batch, page and status write.
+    pub gate: Arc<Gate>,
 }
 
 impl Context {
@@ -65,6 +68,7 @@ impl Context {
         config: Config,
         metrics: Arc<Metrics>,
         store: Store<JobRetry>,
+        gate: Arc<Gate>,
     ) -> Self {
         let reporter = Reporter {
             controller: "jobretry-operator".into(),
@@ -81,6 +85,7 @@ impl Context {
             connections: Mutex::default(),
             selector: Selector::default(),
             dry: Mutex::default(),
+            gate,
         }
     }
 
@@ -189,22 +194,33 @@ fn error_policy(obj: Arc<JobRetry>, err: &Error, ctx: Arc<Context>) -> Action {
     }
 }
 
-/// Runs the controller until the process is asked to stop; marks `health` ready once the
-/// watch runs.
-pub async fn run(client: Client, config: Config, health: Arc<Health>) {
+/// Runs the controller until `shutdown` resolves and the running reconciles have ended;
+/// marks `health` ready once JobRetries can be listed. Every replica watches; only the one
+/// `gate` lets through retries, and each time it starts to lead it reconciles every object.
+pub async fn run(
+    client: Client,
+    config: Config,
+    health: Arc<Health>,
+    gate: Arc<Gate>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let api: Api<JobRetry> = match &config.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
     let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic());
+    let acquired = gate.acquired();
     let ctx = Arc::new(Context::new(
         client,
         config,
         health.metrics.clone(),
         controller.store(),
+        gate,
     ));
     info!("starting jobretry-operator controller");
-    // Ready only once JobRetries can be listed (API reachable, RBAC in place).
+    // Ready, leader or follower, once JobRetries can be listed (API reachable, RBAC in place).
+    // (Not `Store::wait_until_ready`: kube-runtime's applier already waits on it, and its
+    // one-shot wakes only the last waiter, so a second waiter could stall the controller.)
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => health.ready.store(true, Ordering::Relaxed),
         Err(e) => {
@@ -212,7 +228,8 @@ pub async fn run(client: Client, config: Config, health: Arc<Health>) {
         }
     }
     controller
-        .shutdown_on_signal()
+        .reconcile_all_on(acquired)
+        .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|res| {
             let health = health.clone();
