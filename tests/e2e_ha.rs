@@ -1,0 +1,353 @@
+//! High availability, end to end: two operator processes elect a leader on a Lease in the
+//! test's namespace; only the leader retries. The leader is SIGKILLed, or SIGTERMed, in the
+//! middle of a 20,000-job run (two JobRetry objects of 10,000 ids); the other replica takes
+//! over and finishes, and a real BullMQ Worker then processes every job exactly once. A
+//! SIGTERM while the API server or Redis does not answer ends the process within 10 s.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::json;
+
+const PER_OBJECT: usize = 10_000;
+/// Short leases keep the tests quick.
+const LEASE_SECONDS: u64 = 5;
+
+/// One replica: an operator process with its own identity and metrics address.
+struct Replica {
+    op: Operator,
+    addr: String,
+    name: &'static str,
+}
+
+impl Replica {
+    fn start(ns: &TestNs, name: &'static str, kubeconfig: &Path, extra: &[&str]) -> Self {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let lease_seconds = LEASE_SECONDS.to_string();
+        let mut args = vec![
+            "--watch-namespace",
+            &ns.name,
+            "--http-addr",
+            &addr,
+            "--lease-identity",
+            name,
+            "--lease-duration-seconds",
+            &lease_seconds,
+            "--batch-size",
+            "250",
+            "--status-interval-ms",
+            "200",
+        ];
+        args.extend_from_slice(extra);
+        let op = Operator::start_with_kubeconfig(ns, kubeconfig, &args);
+        Self { op, addr, name }
+    }
+
+    fn metric(&self, series: &str) -> Option<f64> {
+        metric(&self.addr, series)
+    }
+
+    fn leads(&self) -> bool {
+        self.metric("jobretry_leader") == Some(1.0)
+    }
+
+    fn ready(&self) -> bool {
+        http_get(&self.addr, "/readyz").0 == 200
+    }
+}
+
+fn lease_holder(ns: &TestNs) -> String {
+    let out = ns.kubectl(&[
+        "get",
+        "lease",
+        "jobretry-operator",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    out.stdout
+}
+
+fn processed(ns: &TestNs, name: &str) -> u64 {
+    ns.get(name)["status"]["processed"].as_u64().unwrap_or(0)
+}
+
+fn total_processed(ns: &TestNs) -> u64 {
+    processed(ns, "part0") + processed(ns, "part1")
+}
+
+/// Seeds 20,000 failed jobs, starts replicas `a` (the leader) and `b` (a ready follower),
+/// and applies the two JobRetries; returns once the run is under way.
+fn two_replicas_mid_run(ns: &TestNs) -> (Vec<String>, Replica, Replica) {
+    let queue = ns.name.as_str();
+    let ids = seed_failed(ns, queue, 2 * PER_OBJECT);
+    let kubeconfig = Path::new(&kubeconfig()).to_path_buf();
+    let a = Replica::start(ns, "a", &kubeconfig, &[]);
+    eventually(Duration::from_secs(20), "a to lead", || {
+        a.leads().then_some(())
+    });
+    let b = Replica::start(ns, "b", &kubeconfig, &[]);
+    eventually(Duration::from_secs(20), "b to be ready", || {
+        b.ready().then_some(())
+    });
+    assert!(!b.leads(), "b follows while a leads");
+    assert_eq!(lease_holder(ns), "a");
+    for (i, chunk) in ids.chunks(PER_OBJECT).enumerate() {
+        let yaml = jobretry_yaml(
+            &format!("part{i}"),
+            queue,
+            chunk,
+            "",
+            "  rateLimit:\n    jobsPerSecond: 1000\n",
+        );
+        let applied = ns.apply(&format!("part{i}.yaml"), &yaml);
+        assert!(applied.ok, "{}", applied.stderr);
+    }
+    eventually(Duration::from_secs(20), "the run to be under way", || {
+        (total_processed(ns) >= 2_000).then_some(())
+    });
+    // Only the leader retries: the follower has not reconciled or retried anything.
+    assert!(a.metric("jobretry_jobs_total{result=\"Retried\"}") > Some(0.0));
+    assert_eq!(b.metric("jobretry_reconciles_total"), Some(0.0));
+    assert_eq!(
+        b.metric("jobretry_jobs_total{result=\"Retried\"}"),
+        Some(0.0)
+    );
+    (ids, a, b)
+}
+
+/// Both objects completed as one run each: every job Retried once, one Started event each.
+fn assert_one_complete_run(ns: &TestNs, b: &Replica) {
+    for name in ["part0", "part1"] {
+        let waited = ns.wait_condition(name, "Complete", "120s");
+        assert!(waited.ok, "{name}: {}\n{}", waited.stderr, b.op.logs());
+        let st = &ns.get(name)["status"];
+        assert_eq!(st["counts"], json!({"Retried": PER_OBJECT}), "{name}");
+        assert_eq!(st["processed"], PER_OBJECT);
+        assert_eq!(st["phase"], "Succeeded");
+        let started = ns.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name},reason=Started"),
+            "-o",
+            "name",
+        ]);
+        assert_eq!(started.stdout.lines().count(), 1, "{name}: one run started");
+    }
+}
+
+#[test]
+fn sigkill_the_leader_mid_run_the_follower_takes_over_and_finishes() {
+    let ns = TestNs::new("e2e-ha-kill");
+    let (ids, mut a, b) = two_replicas_mid_run(&ns);
+    let before = total_processed(&ns);
+    a.op.kill();
+    let killed = Instant::now();
+    eventually(Duration::from_secs(LEASE_SECONDS + 5), "b to lead", || {
+        b.leads().then_some(())
+    });
+    let took_over = killed.elapsed();
+    println!(
+        "a SIGKILLed at {before} of {} jobs; b led {took_over:?} later (lease {LEASE_SECONDS} s)",
+        2 * PER_OBJECT
+    );
+    assert!(
+        took_over <= Duration::from_secs(LEASE_SECONDS + 2),
+        "b took over after {took_over:?}"
+    );
+    assert!(before < 2 * PER_OBJECT as u64, "a was killed mid-run");
+    assert_one_complete_run(&ns, &b);
+    assert_eq!(lease_holder(&ns), b.name);
+    assert_processed_exactly_once(&ns.name, &ids);
+    drop_queue(&ns.name);
+}
+
+#[test]
+fn sigterm_the_leader_mid_run_it_hands_over_at_once() {
+    let ns = TestNs::new("e2e-ha-term");
+    let (ids, mut a, b) = two_replicas_mid_run(&ns);
+    let before = total_processed(&ns);
+    a.op.terminate();
+    let (code, exited) =
+        a.op.wait_exit(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("a still runs 10 s after SIGTERM:\n{}", a.op.logs()));
+    let gone = Instant::now();
+    let log = a.op.logs();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("released the leader Lease"), "{log}");
+    assert!(log.contains("running slices ended"), "{log}");
+    assert!(!log.contains("abandoning"), "{log}");
+    let at_exit = total_processed(&ns);
+    eventually(Duration::from_secs(2), "b to lead", || {
+        b.leads().then_some(())
+    });
+    let led = gone.elapsed();
+    eventually(Duration::from_secs(4), "b to go on with the run", || {
+        (total_processed(&ns) > at_exit).then_some(())
+    });
+    let continued = gone.elapsed();
+    println!(
+        "a SIGTERMed at {before} of {} jobs, exited in {exited:?} with status written at {at_exit}; b led {led:?} and moved the run on {continued:?} after a's exit",
+        2 * PER_OBJECT
+    );
+    assert!(
+        continued <= Duration::from_secs(2),
+        "b continued after {continued:?}:\n{}",
+        b.op.logs()
+    );
+    assert!(at_exit < 2 * PER_OBJECT as u64, "a was stopped mid-run");
+    assert_one_complete_run(&ns, &b);
+    assert_processed_exactly_once(&ns.name, &ids);
+    drop_queue(&ns.name);
+}
+
+/// A TCP proxy to `target` that can be frozen: from then on it forwards nothing and answers
+/// nothing, while keeping every connection open (a network partition, not a refused port).
+struct Proxy {
+    port: u16,
+    frozen: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let f = frozen.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for client in listener.incoming().flatten() {
+                if f.load(Ordering::Relaxed) {
+                    held.push(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let f = f.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            while f.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { port, frozen }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The admin kubeconfig, with the API server reached through `port` on loopback.
+fn kubeconfig_via(dir: &Path, port: u16) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(kubeconfig()).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    for c in config["clusters"].as_sequence_mut().unwrap() {
+        let server = c["cluster"]["server"].as_str().unwrap().to_string();
+        let url = url::Url::parse(&server).unwrap();
+        c["cluster"]["server"] = format!("https://{}:{port}", url.host_str().unwrap()).into();
+    }
+    let path = dir.join("proxied.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+fn api_server_addr() -> String {
+    let text = std::fs::read_to_string(kubeconfig()).unwrap();
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let server = config["clusters"][0]["cluster"]["server"].as_str().unwrap();
+    let url = url::Url::parse(server).unwrap();
+    format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
+}
+
+#[test]
+fn sigterm_while_the_api_server_does_not_answer_exits_within_10_s() {
+    let ns = TestNs::new("e2e-ha-noapi");
+    let queue = ns.name.as_str();
+    let ids = seed_failed(&ns, queue, 2_000);
+    let proxy = Proxy::start(api_server_addr());
+    let kubeconfig = kubeconfig_via(ns.dir.path(), proxy.port);
+    // The binary's own shutdown timeout, as the chart runs it.
+    let mut a = Replica::start(&ns, "a", &kubeconfig, &[]);
+    eventually(Duration::from_secs(20), "a to lead", || {
+        a.leads().then_some(())
+    });
+    let yaml = jobretry_yaml(
+        "slow",
+        queue,
+        &ids,
+        "",
+        "  rateLimit:\n    jobsPerSecond: 100\n",
+    );
+    assert!(ns.apply("slow.yaml", &yaml).ok);
+    eventually(Duration::from_secs(20), "the run to be under way", || {
+        (processed(&ns, "slow") > 0).then_some(())
+    });
+    proxy.freeze();
+    std::thread::sleep(Duration::from_millis(1500));
+    a.op.terminate();
+    let exited = a.op.wait_exit(Duration::from_secs(10));
+    let log = a.op.logs();
+    let (_, took) = exited.unwrap_or_else(|| panic!("still running 10 s after SIGTERM:\n{log}"));
+    println!("exited {took:?} after SIGTERM with the API server cut off");
+    drop_queue(queue);
+}
+
+#[test]
+fn sigterm_while_redis_does_not_answer_exits_within_10_s() {
+    let ns = TestNs::new("e2e-ha-noredis");
+    // A port that accepts connections and never answers: every Redis call hangs.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    ns.secret(
+        "redis",
+        &format!("redis://127.0.0.1:{}", silent.local_addr().unwrap().port()),
+    );
+    let kubeconfig = Path::new(&kubeconfig()).to_path_buf();
+    let mut a = Replica::start(&ns, "a", &kubeconfig, &[]);
+    eventually(Duration::from_secs(20), "a to lead", || {
+        a.leads().then_some(())
+    });
+    let yaml = jobretry_yaml("stuck", &ns.name, &["1", "2"], "", "");
+    assert!(ns.apply("stuck.yaml", &yaml).ok);
+    eventually(Duration::from_secs(20), "a reconcile to start", || {
+        (a.metric("jobretry_reconciles_total") >= Some(1.0)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    a.op.terminate();
+    let exited = a.op.wait_exit(Duration::from_secs(10));
+    let log = a.op.logs();
+    let (code, took) = exited.unwrap_or_else(|| panic!("still running 10 s after SIGTERM:\n{log}"));
+    println!("exited {took:?} after SIGTERM with Redis silent");
+    assert_eq!(code, Some(0), "{log}");
+    // The API server answers: the Lease was given up on the way out.
+    assert!(log.contains("released the leader Lease"), "{log}");
+    assert_eq!(lease_holder(&ns), "");
+    drop(silent);
+}
