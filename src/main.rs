@@ -77,6 +77,11 @@ async fn run(config: Config) -> Result<(), Stop> {
         }),
         _ = &mut controller => Err(Stop::ControllerEnded),
     };
+    if let Err(Stop::LeaseLost) = outcome {
+        // The fence is closed already: nothing may write status, so there is nothing to
+        // finish, and the Lease is no longer ours to release.
+        return outcome;
+    }
     // Shutdown, each step bounded: running slices finish their batch and write status, then
     // the fence closes and the Lease is released for the next leader. A second signal ends
     // the process at once.

@@ -100,10 +100,16 @@ fn total_processed(ns: &TestNs) -> u64 {
 /// Seeds 20,000 failed jobs, starts replicas `a` (the leader) and `b` (a ready follower),
 /// and applies the two JobRetries; returns once the run is under way.
 fn two_replicas_mid_run(ns: &TestNs) -> (Vec<String>, Replica, Replica) {
+    let kubeconfig = Path::new(&kubeconfig()).to_path_buf();
+    two_replicas_mid_run_with(ns, &kubeconfig)
+}
+
+/// The same, with `a` reaching the API server through `a_kubeconfig`.
+fn two_replicas_mid_run_with(ns: &TestNs, a_kubeconfig: &Path) -> (Vec<String>, Replica, Replica) {
     let queue = ns.name.as_str();
     let ids = seed_failed(ns, queue, 2 * PER_OBJECT);
     let kubeconfig = Path::new(&kubeconfig()).to_path_buf();
-    let a = Replica::start(ns, "a", &kubeconfig, &[]);
+    let a = Replica::start(ns, "a", a_kubeconfig, &[]);
     eventually(Duration::from_secs(20), "a to lead", || {
         a.leads().then_some(())
     });
@@ -380,4 +386,54 @@ fn sigterm_while_redis_does_not_answer_exits_within_10_s() {
     assert!(log.contains("released the leader Lease"), "{log}");
     assert_eq!(lease_holder(&ns), "");
     drop_queue(queue);
+}
+
+/// When `needle` was first logged: the timestamp (RFC 3339, UTC) of its line.
+fn logged_at(log: &str, needle: &str) -> Option<String> {
+    let line = log.lines().find(|l| l.contains(needle))?;
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain.split_whitespace().next().map(str::to_string)
+}
+
+#[test]
+fn a_leader_cut_off_from_the_api_server_stops_before_the_lease_can_pass_on() {
+    let ns = TestNs::new("e2e-ha-cut");
+    let proxy = Proxy::start(api_server_addr());
+    let via = kubeconfig_via(ns.dir.path(), proxy.port);
+    let (ids, mut a, b) = two_replicas_mid_run_with(&ns, &via);
+    // a still reaches Redis, but can neither renew the Lease nor write status.
+    proxy.freeze();
+    let cut = Instant::now();
+    let (code, _) =
+        a.op.wait_exit(Duration::from_secs(LEASE_SECONDS + 10))
+            .unwrap_or_else(|| panic!("a still runs after losing the Lease:\n{}", a.op.logs()));
+    println!("a exited {:?} after the cut", cut.elapsed());
+    let (a_log, b_log) = (a.op.logs(), b.op.logs());
+    assert_eq!(
+        code,
+        Some(1),
+        "a exits to be restarted as a follower:\n{a_log}"
+    );
+    let stopped = logged_at(&a_log, "lost the leader Lease").expect("a noticed the loss");
+    eventually(Duration::from_secs(LEASE_SECONDS + 5), "b to lead", || {
+        b.leads().then_some(())
+    });
+    let b_log_now = b.op.logs();
+    let took = logged_at(&b_log_now, "took the leader Lease").expect("b took the Lease");
+    println!("a stopped at {stopped}, b took the Lease at {took}");
+    assert!(
+        stopped < took,
+        "a stopped only after b led:\n{a_log}\n{b_log}"
+    );
+    assert_one_complete_run(&ns, &b);
+    assert_processed_exactly_once(&ns.name, &ids);
+    drop_queue(&ns.name);
 }
