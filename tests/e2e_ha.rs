@@ -11,7 +11,7 @@ use std::{
     net::{TcpListener, TcpStream},
     path::Path,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -23,6 +23,9 @@ use serde_json::json;
 const PER_OBJECT: usize = 10_000;
 /// Short leases keep the tests quick.
 const LEASE_SECONDS: u64 = 5;
+/// The tests measure hand-over times in seconds: one at a time, so they do not compete for
+/// the CPU with each other's operators and Workers.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// One replica: an operator process with its own identity and metrics address.
 struct Replica {
@@ -166,6 +169,7 @@ fn assert_one_complete_run(ns: &TestNs, b: &Replica) {
 
 #[test]
 fn sigkill_the_leader_mid_run_the_follower_takes_over_and_finishes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = TestNs::new("e2e-ha-kill");
     let (ids, mut a, b) = two_replicas_mid_run(&ns);
     let before = total_processed(&ns);
@@ -192,6 +196,7 @@ fn sigkill_the_leader_mid_run_the_follower_takes_over_and_finishes() {
 
 #[test]
 fn sigterm_the_leader_mid_run_it_hands_over_at_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = TestNs::new("e2e-ha-term");
     let (ids, mut a, b) = two_replicas_mid_run(&ns);
     let before = total_processed(&ns);
@@ -306,6 +311,7 @@ fn api_server_addr() -> String {
 
 #[test]
 fn sigterm_while_the_api_server_does_not_answer_exits_within_10_s() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = TestNs::new("e2e-ha-noapi");
     let queue = ns.name.as_str();
     let ids = seed_failed(&ns, queue, 2_000);
@@ -346,6 +352,7 @@ fn sigterm_while_the_api_server_does_not_answer_exits_within_10_s() {
 
 #[test]
 fn sigterm_while_redis_does_not_answer_exits_within_10_s() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = TestNs::new("e2e-ha-noredis");
     let queue = ns.name.as_str();
     let ids = seed_failed(&ns, queue, 2_000);
@@ -405,6 +412,7 @@ fn logged_at(log: &str, needle: &str) -> Option<String> {
 
 #[test]
 fn a_leader_cut_off_from_the_api_server_stops_before_the_lease_can_pass_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = TestNs::new("e2e-ha-cut");
     let proxy = Proxy::start(api_server_addr());
     let via = kubeconfig_via(ns.dir.path(), proxy.port);
