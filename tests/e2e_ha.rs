@@ -2,7 +2,8 @@
 //! test's namespace; only the leader retries. The leader is SIGKILLed, or SIGTERMed, in the
 //! middle of a 20,000-job run (two JobRetry objects of 10,000 ids); the other replica takes
 //! over and finishes, and a real BullMQ Worker then processes every job exactly once. A
-//! SIGTERM while the API server or Redis does not answer ends the process within 10 s.
+//! leader cut off from the API server stops before the Lease can pass on. A SIGTERM while
+//! the API server or Redis does not answer ends the process within 10 s.
 
 mod common;
 
@@ -309,36 +310,47 @@ fn api_server_addr() -> String {
     format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
 }
 
-#[test]
-fn sigterm_while_the_api_server_does_not_answer_exits_within_10_s() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let ns = TestNs::new("e2e-ha-noapi");
+/// Seeds 2,000 failed jobs and runs replica `a` alone (reaching the API server through
+/// `kubeconfig`, Redis as the Secret `redis` says); once a rate-limited run is under way,
+/// calls `cut`, waits 1.5 s and SIGTERMs `a`. Returns its exit code, how long it took to
+/// exit (at most 10 s, or the test fails) and its log.
+fn sigterm_after_cut(
+    ns: &TestNs,
+    kubeconfig: &Path,
+    cut: impl FnOnce(),
+) -> (Option<i32>, Duration, String) {
     let queue = ns.name.as_str();
-    let ids = seed_failed(&ns, queue, 2_000);
-    let proxy = Proxy::start(api_server_addr());
-    let kubeconfig = kubeconfig_via(ns.dir.path(), proxy.port);
+    let ids = seed_failed(ns, queue, 2_000);
     // The binary's own shutdown timeout, as the chart runs it.
-    let mut a = Replica::start(&ns, "a", &kubeconfig, &[]);
+    let mut a = Replica::start(ns, "a", kubeconfig, &[]);
     eventually(Duration::from_secs(20), "a to lead", || {
         a.leads().then_some(())
     });
-    let yaml = jobretry_yaml(
-        "slow",
-        queue,
-        &ids,
-        "",
-        "  rateLimit:\n    jobsPerSecond: 100\n",
+    let rate = "  rateLimit:\n    jobsPerSecond: 400\n";
+    assert!(
+        ns.apply("run.yaml", &jobretry_yaml("run", queue, &ids, "", rate))
+            .ok
     );
-    assert!(ns.apply("slow.yaml", &yaml).ok);
     eventually(Duration::from_secs(20), "the run to be under way", || {
-        (processed(&ns, "slow") > 0).then_some(())
+        (processed(ns, "run") > 0).then_some(())
     });
-    proxy.freeze();
+    cut();
     std::thread::sleep(Duration::from_millis(1500));
     a.op.terminate();
     let exited = a.op.wait_exit(Duration::from_secs(10));
     let log = a.op.logs();
-    let (_, took) = exited.unwrap_or_else(|| panic!("still running 10 s after SIGTERM:\n{log}"));
+    let (code, took) = exited.unwrap_or_else(|| panic!("still running 10 s after SIGTERM:\n{log}"));
+    drop_queue(queue);
+    (code, took, log)
+}
+
+#[test]
+fn sigterm_while_the_api_server_does_not_answer_exits_within_10_s() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = TestNs::new("e2e-ha-noapi");
+    let proxy = Proxy::start(api_server_addr());
+    let kubeconfig = kubeconfig_via(ns.dir.path(), proxy.port);
+    let (_, took, log) = sigterm_after_cut(&ns, &kubeconfig, || proxy.freeze());
     println!("exited {took:?} after SIGTERM with the API server cut off");
     // Both bounds were reached: the status write in flight hung (abandoned at the shutdown
     // timeout), then releasing the Lease timed out.
@@ -347,15 +359,12 @@ fn sigterm_while_the_api_server_does_not_answer_exits_within_10_s() {
         log.contains("releasing the leader Lease timed out"),
         "{log}"
     );
-    drop_queue(queue);
 }
 
 #[test]
 fn sigterm_while_redis_does_not_answer_exits_within_10_s() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = TestNs::new("e2e-ha-noredis");
-    let queue = ns.name.as_str();
-    let ids = seed_failed(&ns, queue, 2_000);
     // The operator reaches Redis through a proxy that is frozen mid-run: the batch then in
     // flight never gets an answer.
     let redis = url::Url::parse(&redis_url()).unwrap();
@@ -366,33 +375,12 @@ fn sigterm_while_redis_does_not_answer_exits_within_10_s() {
     ));
     ns.secret("redis", &format!("redis://127.0.0.1:{}", proxy.port));
     let kubeconfig = Path::new(&kubeconfig()).to_path_buf();
-    let mut a = Replica::start(&ns, "a", &kubeconfig, &[]);
-    eventually(Duration::from_secs(20), "a to lead", || {
-        a.leads().then_some(())
-    });
-    let yaml = jobretry_yaml(
-        "stuck",
-        queue,
-        &ids,
-        "",
-        "  rateLimit:\n    jobsPerSecond: 400\n",
-    );
-    assert!(ns.apply("stuck.yaml", &yaml).ok);
-    eventually(Duration::from_secs(20), "the run to be under way", || {
-        (processed(&ns, "stuck") > 0).then_some(())
-    });
-    proxy.freeze();
-    std::thread::sleep(Duration::from_millis(1500));
-    a.op.terminate();
-    let exited = a.op.wait_exit(Duration::from_secs(10));
-    let log = a.op.logs();
-    let (code, took) = exited.unwrap_or_else(|| panic!("still running 10 s after SIGTERM:\n{log}"));
+    let (code, took, log) = sigterm_after_cut(&ns, &kubeconfig, || proxy.freeze());
     println!("exited {took:?} after SIGTERM with Redis silent");
     assert_eq!(code, Some(0), "{log}");
     // The Lease was given up on the way out (the API server answers).
     assert!(log.contains("released the leader Lease"), "{log}");
     assert_eq!(lease_holder(&ns), "");
-    drop_queue(queue);
 }
 
 /// When `needle` was first logged: the timestamp (RFC 3339, UTC) of its line.
