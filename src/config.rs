@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::leader::LeaseSettings;
+
 /// Settings of the jobretry-operator process.
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -31,6 +33,28 @@ pub struct Config {
     /// Address of the health (/healthz, /readyz) and metrics (/metrics) endpoint.
     #[arg(long, env = "JOBRETRY_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: std::net::SocketAddr,
+    /// Elect a leader on a Lease, so that several replicas can run and only one retries.
+    /// Turn off (`--leader-elect=false`) only when exactly one replica runs.
+    #[arg(long, env = "JOBRETRY_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the leader Lease (coordination.k8s.io).
+    #[arg(long, env = "JOBRETRY_LEASE_NAME", default_value = "jobretry-operator")]
+    pub lease_name: String,
+    /// Namespace of the leader Lease (default: $POD_NAMESPACE, else --watch-namespace, else
+    /// `default`).
+    #[arg(long, env = "JOBRETRY_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long the Lease binds its holder after its last renewal; the most a crash of the
+    /// leader delays the next one. The holder renews halfway through.
+    #[arg(long, env = "JOBRETRY_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    pub lease_duration_seconds: u64,
+    /// This replica's identity in the Lease (default: $POD_NAME, else host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    pub lease_identity: Option<String>,
+    /// On SIGTERM/SIGINT, how long running slices get to finish their batch and write status
+    /// before they are abandoned; releasing the Lease then takes at most 2 s more.
+    #[arg(long, env = "JOBRETRY_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub shutdown_timeout_seconds: u64,
     /// Log format: `json` (one JSON object a line, for log collectors) or `text` (for people).
     #[arg(long, env = "JOBRETRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -53,10 +77,65 @@ impl Config {
     pub fn status_interval(&self) -> Duration {
         Duration::from_millis(self.status_interval_ms)
     }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_seconds)
+    }
+
+    /// The Lease to elect a leader on; `env` reads the environment (POD_NAMESPACE, HOSTNAME).
+    pub fn lease_settings(&self, env: impl Fn(&str) -> Option<String>) -> LeaseSettings {
+        let namespace = self
+            .lease_namespace
+            .clone()
+            .or_else(|| env("POD_NAMESPACE"))
+            .or_else(|| self.watch_namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let identity = self.lease_identity.clone().unwrap_or_else(|| {
+            let host = env("HOSTNAME").unwrap_or_else(|| "jobretry-operator".into());
+            format!("{host}-{}", std::process::id())
+        });
+        LeaseSettings {
+            name: self.lease_name.clone(),
+            namespace,
+            identity,
+            duration_seconds: self.lease_duration_seconds,
+        }
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config::parse_from(["jobretry-operator"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::parse_from(std::iter::once("jobretry-operator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_lease_namespace_falls_back_to_the_pod_then_the_watched_namespace() {
+        let none = |_: &str| None;
+        let pod = |k: &str| (k == "POD_NAMESPACE").then(|| "ops".to_string());
+        let flag = parse(&["--lease-namespace", "leases", "--watch-namespace", "team"]);
+        assert_eq!(flag.lease_settings(pod).namespace, "leases");
+        let watched = parse(&["--watch-namespace", "team"]);
+        assert_eq!(watched.lease_settings(pod).namespace, "ops");
+        assert_eq!(watched.lease_settings(none).namespace, "team");
+        assert_eq!(parse(&[]).lease_settings(none).namespace, "default");
+    }
+
+    #[test]
+    fn election_is_on_by_default_and_can_be_turned_off() {
+        assert!(parse(&[]).leader_elect);
+        assert!(!parse(&["--leader-elect=false"]).leader_elect);
+        let s = parse(&["--lease-identity", "pod-a", "--lease-duration-seconds", "5"])
+            .lease_settings(|_| None);
+        assert_eq!((s.identity.as_str(), s.duration_seconds), ("pod-a", 5));
+        assert!(Config::try_parse_from(["x", "--lease-duration-seconds", "2"]).is_err());
     }
 }

@@ -13,7 +13,7 @@ use prometheus_client::{
     metrics::{
         counter::Counter,
         family::{Family, MetricConstructor},
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
         histogram::Histogram,
     },
     registry::Registry,
@@ -130,6 +130,7 @@ pub struct Metrics {
     reconciles: Counter,
     reconcile_seconds: Histogram,
     script_seconds: Family<ScriptLabel, Histogram, ScriptBuckets>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -147,6 +148,7 @@ impl Default for Metrics {
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
             script_seconds: Family::new_with_constructor(ScriptBuckets),
+            leader: Gauge::default(),
         };
         let r = &mut registry;
         r.register("jobs", "Jobs processed, by result", m.jobs.clone());
@@ -180,6 +182,11 @@ impl Default for Metrics {
             "redis_script_duration_seconds",
             "Duration of one call of our Redis scripts, by script (retry: a batch of ids, select: a selector page)",
             m.script_seconds.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease (and runs retries), else 0",
+            m.leader.clone(),
         );
         *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
         m
@@ -267,6 +274,11 @@ impl Metrics {
             .register_collector(Box::new(RunsCollector(Box::new(count))));
     }
 
+    /// Whether this replica leads (holds the Lease and may run retries).
+    pub fn set_leader(&self, leads: bool) {
+        self.leader.set(i64::from(leads));
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -319,6 +331,9 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing in:\n{text}");
         }
+        assert!(text.contains("jobretry_leader 0"), "{text}");
+        m.set_leader(true);
+        assert!(m.render().contains("jobretry_leader 1"));
         assert!(
             !text.contains("jobretry_runs{"),
             "no collector yet:\n{text}"

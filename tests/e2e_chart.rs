@@ -74,6 +74,8 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount"
         ]
@@ -87,7 +89,20 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "--status-interval-ms=1000",
             "--log-format=json",
             "--http-addr=0.0.0.0:8080",
+            "--shutdown-timeout-seconds=5",
+            "--leader-elect=true",
+            "--lease-name=jr-jobretry-operator",
+            "--lease-namespace=operators",
+            "--lease-duration-seconds=15",
         ]
+    );
+    // Leader election: a Role on Leases in the release namespace, nothing more.
+    let lease_role = find(&all, "Role");
+    assert_eq!(lease_role["metadata"]["namespace"], "operators");
+    assert_eq!(
+        lease_role["rules"],
+        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                "verbs": ["get", "create", "update", "patch"]}])
     );
     let binding = find(&all, "ClusterRoleBinding");
     assert_eq!(
@@ -109,6 +124,8 @@ fn chart_lints_and_renders_both_rbac_modes() {
         [
             "Deployment",
             "Role",
+            "Role",
+            "RoleBinding",
             "RoleBinding",
             "Service",
             "ServiceAccount"
@@ -146,7 +163,14 @@ fn chart_lints_and_renders_both_rbac_modes() {
     ));
     assert_eq!(
         kinds(&existing),
-        ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service"
+        ]
     );
     assert_eq!(
         find(&existing, "ClusterRoleBinding")["subjects"][0]["name"],
@@ -169,9 +193,45 @@ fn chart_lints_and_renders_both_rbac_modes() {
         unnamed.stderr
     );
 
+    // Two replicas or more: RollingUpdate and a PodDisruptionBudget; one replica gets none
+    // (it would block every node drain), and without leader election only one may run.
+    let two = docs(&render("jr", "operators", &["replicaCount=2"]));
+    let pdb = find(&two, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"],
+        find(&two, "Deployment")["spec"]["selector"]
+    );
+    assert!(!kinds(&all).contains(&"PodDisruptionBudget".to_string()));
+    for (set, why) in [
+        (
+            "leaderElection.enabled=false,replicaCount=2",
+            "replicaCount above 1 needs leaderElection.enabled",
+        ),
+        (
+            "terminationGracePeriodSeconds=7",
+            "terminationGracePeriodSeconds must exceed",
+        ),
+    ] {
+        let out = helm(&["template", "jr", chart, "--set", set]);
+        assert!(!out.ok && out.stderr.contains(why), "{set}: {}", out.stderr);
+    }
+    let single = docs(&render(
+        "jr",
+        "operators",
+        &["leaderElection.enabled=false"],
+    ));
+    assert_eq!(
+        find(&single, "Deployment")["spec"]["strategy"],
+        json!({"type": "Recreate"})
+    );
+    assert!(deployment_args(&single).contains(&"--leader-elect=false".to_string()));
+    assert!(!kinds(&single).contains(&"Role".to_string()));
+
     // values.schema.json refuses what the operator cannot run with.
     for bad in [
-        "replicaCount=2",
+        "replicaCount=-1",
+        "leaderElection.leaseDurationSeconds=2",
         "operator.batchSize=0",
         "operator.statusRowLimit=5001",
         "operator.watchNamespace=Not_A_Namespace",
@@ -206,6 +266,7 @@ fn rendered_manifests_apply_to_the_real_api_server() {
         "--include-crds",
     ];
     for set in [
+        "replicaCount=2",
         "networkPolicy.enabled=true",
         "networkPolicy.redis.to[0].ipBlock.cidr=10.1.0.0/16",
         "networkPolicy.metricsFrom[0].podSelector.matchLabels.app=prometheus",
@@ -234,6 +295,9 @@ fn rendered_manifests_apply_to_the_real_api_server() {
         ("deployment", &full),
         ("serviceaccount", &full),
         ("networkpolicy", &full),
+        ("poddisruptionbudget", &full),
+        ("role", &format!("{full}-leader-election")),
+        ("rolebinding", &format!("{full}-leader-election")),
         ("deployment", &full_ns),
         ("serviceaccount", &full_ns),
         ("role", &full_ns),
@@ -251,9 +315,13 @@ fn rendered_manifests_apply_to_the_real_api_server() {
     assert!(out.ok, "{}", out.stderr);
     let deploy: Value = serde_json::from_str(&out.stdout).unwrap();
     let spec = &deploy["spec"];
-    assert_eq!(spec["replicas"], 1);
-    assert_eq!(spec["strategy"]["type"], "Recreate");
+    assert_eq!(spec["replicas"], 2);
+    assert_eq!(
+        spec["strategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+    );
     let pod = &spec["template"]["spec"];
+    assert_eq!(pod["terminationGracePeriodSeconds"], 30);
     assert_eq!(pod["serviceAccountName"], full.as_str());
     assert_eq!(pod["automountServiceAccountToken"], true);
     assert_eq!(
@@ -283,6 +351,11 @@ fn rendered_manifests_apply_to_the_real_api_server() {
     assert_eq!(
         pod_name["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.name"
+    );
+    let pod_ns = env.iter().find(|e| e["name"] == "POD_NAMESPACE").unwrap();
+    assert_eq!(
+        pod_ns["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
     );
     assert_eq!(
         c["ports"],
@@ -333,7 +406,8 @@ fn job(key: &str, outcome: &str) -> Value {
 /// failed BullMQ job. Returns the ServiceAccount's user name.
 fn operator_runs_with_chart_rbac_only(ns: &TestNs, set: &[&str]) -> String {
     let n = ns.name.as_str();
-    let rendered = render(&ns.name, &ns.name, set);
+    let set = [set, &["replicaCount=2"]].concat();
+    let rendered = render(&ns.name, &ns.name, &set);
     let manifests = docs(&rendered);
     let sa_name = find(&manifests, "ServiceAccount")["metadata"]["name"]
         .as_str()
@@ -370,7 +444,48 @@ fn operator_runs_with_chart_rbac_only(ns: &TestNs, set: &[&str]) -> String {
         .map(String::as_str)
         .filter(|a| !a.starts_with("--http-addr"))
         .collect();
-    let op = Operator::start_with_kubeconfig(ns, &kubeconfig, &args);
+    // Both replicas of replicaCount=2, each with its identity (POD_NAME in a pod) and port.
+    let replicas: Vec<(Operator, String)> = ["replica-0", "replica-1"]
+        .into_iter()
+        .map(|id| {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut args = args.clone();
+            args.extend(["--lease-identity", id, "--http-addr", &addr]);
+            (
+                Operator::start_with_kubeconfig(ns, &kubeconfig, &args),
+                addr,
+            )
+        })
+        .collect();
+    let leader = eventually(
+        Duration::from_secs(30),
+        "one replica to lead and both to be ready",
+        || {
+            let leads: Vec<bool> = replicas
+                .iter()
+                .map(|(_, a)| metric(a, "jobretry_leader") == Some(1.0))
+                .collect();
+            let ready = replicas
+                .iter()
+                .all(|(_, a)| http_get(a, "/readyz").0 == 200);
+            (ready && leads.iter().filter(|l| **l).count() == 1)
+                .then(|| leads.iter().position(|l| *l).unwrap())
+        },
+    );
+    let op = &replicas[leader].0;
+    let holder = ns.kubectl(&[
+        "get",
+        "lease",
+        &format!("{n}-jobretry-operator"),
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(
+        holder.stdout,
+        format!("replica-{leader}"),
+        "{}",
+        holder.stderr
+    );
 
     let applied = ns.apply(
         "retry.yaml",
@@ -419,7 +534,13 @@ fn operator_runs_with_chart_rbac_only(ns: &TestNs, set: &[&str]) -> String {
     assert_eq!(completed["reportingInstance"], format!("{n}-operator"));
     let log = op.logs();
     assert!(!log.contains("cannot publish event"), "{log}");
-    assert!(!log.to_lowercase().contains("forbidden"), "{log}");
+    for (replica, _) in &replicas {
+        let log = replica.logs();
+        assert!(!log.to_lowercase().contains("forbidden"), "{log}");
+    }
+    // The follower retried nothing.
+    let follower = &replicas[1 - leader].1;
+    assert_eq!(metric(follower, "jobretry_reconciles_total"), Some(0.0));
 
     // The grants, as the API server's authorizer answers them: what the run above needed,
     // and nothing more.
@@ -447,6 +568,12 @@ fn operator_runs_with_chart_rbac_only(ns: &TestNs, set: &[&str]) -> String {
         (vec!["create", "events"], "no"),
         (vec!["create", "pods"], "no"),
         (vec!["get", "configmaps"], "no"),
+        (vec!["get", "leases.coordination.k8s.io"], "yes"),
+        (vec!["create", "leases.coordination.k8s.io"], "yes"),
+        (vec!["update", "leases.coordination.k8s.io"], "yes"),
+        (vec!["patch", "leases.coordination.k8s.io"], "yes"),
+        (vec!["list", "leases.coordination.k8s.io"], "no"),
+        (vec!["delete", "leases.coordination.k8s.io"], "no"),
     ] {
         let mut args = verb_resource.clone();
         args.extend(["-n", n]);

@@ -47,33 +47,7 @@ fn phase(ns: &TestNs, name: &str) -> Option<String> {
 fn sigkill_at_random_points_never_retries_a_job_twice() {
     let ns = TestNs::new("e2e-crash");
     let queue = ns.name.as_str();
-    let spec: Vec<Value> = (0..2 * PER_OBJECT)
-        .map(|i| json!({"key": format!("k{i}"), "name": "charge", "data": {"n": i}, "opts": {}, "outcome": "fail"}))
-        .collect();
-    let path = ns.dir.path().join("spec.json");
-    std::fs::write(&path, json!({ "jobs": spec }).to_string()).unwrap();
-    let seeded = node(
-        "seed.mjs",
-        &[
-            "--redis",
-            &redis_url(),
-            "--queue",
-            queue,
-            "--spec",
-            path.to_str().unwrap(),
-            "--concurrency",
-            "50",
-            "--timeout-ms",
-            "170000",
-        ],
-    );
-    let ids: Vec<String> = seeded["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(ids.len(), 2 * PER_OBJECT);
+    let ids = seed_failed(&ns, queue, 2 * PER_OBJECT);
 
     let args = ["--batch-size", "250", "--status-interval-ms", "200"];
     let mut op = Operator::start(&ns, &args);
@@ -117,38 +91,7 @@ fn sigkill_at_random_points_never_retries_a_job_twice() {
         assert_eq!(st["phase"], "Succeeded");
     }
 
-    let started = Instant::now();
-    let processed = node(
-        "process.mjs",
-        &[
-            "--redis",
-            &redis_url(),
-            "--queue",
-            queue,
-            "--expect",
-            &(2 * PER_OBJECT).to_string(),
-            "--timeout-ms",
-            "170000",
-            "--settle-ms",
-            "3000",
-        ],
-    );
-    println!(
-        "worker processed the retried jobs in {:?}",
-        started.elapsed()
-    );
-    let mut times: BTreeMap<&str, usize> = BTreeMap::new();
-    for p in processed["processed"].as_array().unwrap() {
-        *times.entry(p["id"].as_str().unwrap()).or_default() += 1;
-    }
-    let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "jobs processed more than once: {twice:?}");
-    assert_eq!(
-        times.len(),
-        2 * PER_OBJECT,
-        "every retried job processed once"
-    );
-    assert!(ids.iter().all(|id| times.contains_key(id.as_str())));
+    assert_processed_exactly_once(queue, &ids);
 
     // GitOps deletes and re-creates the object: same run key, nothing is retried again.
     let before = queue_dump(queue);

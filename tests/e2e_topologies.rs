@@ -225,14 +225,6 @@ impl Drop for TlsRedis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_tls_redis(dir: &std::path::Path) -> TlsRedis {
     let openssl = |args: &[&str]| {
         let out = run(std::process::Command::new("openssl")

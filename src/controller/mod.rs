@@ -38,6 +38,7 @@ use crate::{
     crd::JobRetry,
     error::Error,
     http::Health,
+    leader::Gate,
     metrics::Metrics,
 };
 
@@ -58,6 +59,8 @@ pub struct Context {
     pub selector: Selector,
     /// Per object (uid): what its selector dry run found so far.
     dry: Mutex<HashMap<String, DryScan>>,
+    /// Whether this replica leads: asked before every batch, page and status write.
+    pub gate: Arc<Gate>,
 }
 
 impl Context {
@@ -66,6 +69,7 @@ impl Context {
         config: Config,
         metrics: Arc<Metrics>,
         store: Store<JobRetry>,
+        gate: Arc<Gate>,
     ) -> Self {
         let reporter = Reporter {
             controller: "jobretry-operator".into(),
@@ -82,6 +86,7 @@ impl Context {
             connections: Mutex::default(),
             selector: Selector::default(),
             dry: Mutex::default(),
+            gate,
         }
     }
 
@@ -199,9 +204,16 @@ fn error_policy(obj: Arc<JobRetry>, err: &Error, ctx: Arc<Context>) -> Action {
     }
 }
 
-/// Runs the controller until the process is asked to stop; `health` is ready once
-/// JobRetries can be listed, and not while the controller's watch fails.
-pub async fn run(client: Client, config: Config, health: Arc<Health>) {
+/// Runs the controller until `shutdown` resolves and the running reconciles have ended;
+/// marks `health` ready once JobRetries can be listed. Every replica watches; only the one
+/// `gate` lets through retries, and each time it starts to lead it reconciles every object.
+pub async fn run(
+    client: Client,
+    config: Config,
+    health: Arc<Health>,
+    gate: Arc<Gate>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let api: Api<JobRetry> = match &config.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -217,11 +229,13 @@ pub async fn run(client: Client, config: Config, health: Arc<Health>) {
         let store = store.clone();
         move || census::count_runs(&store.state())
     });
+    let acquired = gate.acquired();
     let ctx = Arc::new(Context::new(
         client,
         config,
         health.metrics.clone(),
         store.clone(),
+        gate,
     ));
     info!("starting jobretry-operator controller");
     // Ready once JobRetries can be listed (API reachable, RBAC in place). Not through
@@ -239,7 +253,8 @@ pub async fn run(client: Client, config: Config, health: Arc<Health>) {
         }
     });
     controller
-        .shutdown_on_signal()
+        .reconcile_all_on(acquired)
+        .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|res| {
             let health = health.clone();

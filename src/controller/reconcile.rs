@@ -51,6 +51,10 @@ fn stalled(category: &str, message: String) -> RunError {
 /// Reconciles one JobRetry, in its run's span (every line it logs names the object and its
 /// run key), timing it.
 pub async fn reconcile(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // A follower does nothing; when it starts to lead it reconciles every object again.
+    if !ctx.gate.holds() {
+        return Ok(Action::await_change());
+    }
     ctx.metrics.reconcile_started();
     let started = Instant::now();
     let span = run_span(&obj);
@@ -135,6 +139,11 @@ impl Run {
             run_key: Some(run_key.clone()),
             ..Slice::ended(SliceResult::Done)
         };
+        // Ask again before the queue is opened (the object was read from the API meanwhile).
+        if !self.ctx.gate.holds() {
+            slice.result = SliceResult::Batches { last_batch: 0 };
+            return Ok(slice);
+        }
         let mut q = match self.open_queue().await? {
             Ok(q) => q,
             Err(e) => {
@@ -350,8 +359,12 @@ impl Run {
     }
 
     /// Whether the object was suspended, deleted or replaced since this reconcile began,
-    /// as the controller's watch cache sees it (no API call per batch).
+    /// as the controller's watch cache sees it (no API call per batch), or this replica lost
+    /// the Lease or is shutting down.
     fn stopped_meanwhile(&self) -> bool {
+        if self.ctx.gate.should_pause() {
+            return true;
+        }
         let key = ObjectRef::new(&self.obj.name_any()).within(&self.ns);
         self.ctx.store.get(&key).is_none_or(|o| {
             o.spec.suspend
@@ -376,6 +389,12 @@ impl Run {
         );
         let failures = self.ctx.memory(&self.uid).failures;
         let t = machine::step(&old, failures, &facts, slice, Timestamp::now());
+        if !self.ctx.gate.holds() {
+            // Another replica may lead by now: its status wins; this slice's rows are in the
+            // Redis record, from which the leader's next slice brings them back.
+            warn!(name = %self.obj.name_any(), namespace = %self.ns, "lost the leader Lease: status not written");
+            return Ok(Action::await_change());
+        }
         let written = status::write(&self.api, &self.obj, &t.status).await?;
         if written == status::Written::Gone {
             info!("object deleted or replaced during the slice; its status is not written");

@@ -217,10 +217,20 @@ impl Operator {
             Instant::now().elapsed().as_nanos()
         ));
         let file = std::fs::File::create(&log).unwrap();
+        // One operator per test needs no election (a restarted one would wait for the Lease
+        // of the one it replaces); tests that elect pass lease flags.
+        let elect = extra
+            .iter()
+            .any(|a| a.starts_with("--leader-elect") || a.starts_with("--lease-"));
         let child = Command::new(env!("CARGO_BIN_EXE_jobretry-operator"))
             .env("KUBECONFIG", kubeconfig())
             .env("RUST_LOG", "info,jobretry_operator=debug")
             .args(["--watch-namespace", &ns.name])
+            .args(if elect {
+                &[][..]
+            } else {
+                &["--leader-elect=false"][..]
+            })
             .args(if extra.contains(&"--http-addr") {
                 &[][..]
             } else {
@@ -243,6 +253,126 @@ impl Operator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM, as the kubelet stops a pod.
+    pub fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        let out = run(Command::new("kill").args(["-TERM", &pid]));
+        assert!(out.ok, "kill -TERM {pid}: {}", out.stderr);
+    }
+
+    /// Waits at most `limit` for the process to exit: its exit code (None: killed by a
+    /// signal) and how long it took, or None if it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<(Option<i32>, Duration)> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some((status.code(), start.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// A free loopback TCP port (free when asked; the caller binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET http://<addr><path>` with curl: the status code (0 when nothing answered) and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let out = run(Command::new("curl").args([
+        "-s",
+        "-m",
+        "2",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{addr}{path}"),
+    ]));
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// One series of the operator's /metrics at `addr` (0 when absent), or None when the
+/// endpoint does not answer.
+pub fn metric(addr: &str, series: &str) -> Option<f64> {
+    let (code, body) = http_get(addr, "/metrics");
+    (code == 200).then(|| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    })
+}
+
+/// Seeds `n` failed BullMQ jobs (name `charge`, keys `k0`..) into `queue` with real Workers;
+/// returns their ids in order.
+pub fn seed_failed(ns: &TestNs, queue: &str, n: usize) -> Vec<String> {
+    let spec: Vec<Value> = (0..n)
+        .map(|i| serde_json::json!({"key": format!("k{i}"), "name": "charge", "data": {"n": i}, "opts": {}, "outcome": "fail"}))
+        .collect();
+    let path = ns.dir.path().join("spec.json");
+    std::fs::write(&path, serde_json::json!({ "jobs": spec }).to_string()).unwrap();
+    let seeded = node(
+        "seed.mjs",
+        &[
+            "--redis",
+            &redis_url(),
+            "--queue",
+            queue,
+            "--spec",
+            path.to_str().unwrap(),
+            "--concurrency",
+            "50",
+            "--timeout-ms",
+            "170000",
+        ],
+    );
+    let ids: Vec<String> = seeded["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), n);
+    ids
+}
+
+/// Runs a real BullMQ Worker on `queue` until it has processed `ids.len()` jobs (and a
+/// settling pause more), and asserts it processed each of `ids` exactly once.
+pub fn assert_processed_exactly_once(queue: &str, ids: &[String]) {
+    let started = Instant::now();
+    let processed = node(
+        "process.mjs",
+        &[
+            "--redis",
+            &redis_url(),
+            "--queue",
+            queue,
+            "--expect",
+            &ids.len().to_string(),
+            "--timeout-ms",
+            "170000",
+            "--settle-ms",
+            "3000",
+        ],
+    );
+    println!(
+        "worker processed the retried jobs in {:?}",
+        started.elapsed()
+    );
+    let mut times: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in processed["processed"].as_array().unwrap() {
+        *times.entry(p["id"].as_str().unwrap()).or_default() += 1;
+    }
+    let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    assert!(twice.is_empty(), "jobs processed more than once: {twice:?}");
+    assert_eq!(times.len(), ids.len(), "every retried job processed once");
+    assert!(ids.iter().all(|id| times.contains_key(id.as_str())));
 }
 
 impl Drop for Operator {
@@ -592,18 +722,4 @@ impl Operator {
             },
         )
     }
-}
-
-/// `GET http://<addr><path>`: the status code (0 when nothing answers) and the body.
-pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let out = run(Command::new("curl").args([
-        "-s",
-        "--max-time",
-        "5",
-        "-w",
-        "\n%{http_code}",
-        &format!("http://{addr}{path}"),
-    ]));
-    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
 }
