@@ -149,12 +149,12 @@ go_tool_env() {
   unset GOFLAGS
 }
 
-# go_install BIN PKG@VERSION LDFLAGS : builds the command with `go install` in BIN's folder
-# (under .build) and moves it to BIN.
+# go_install BIN PKG@VERSION LDFLAGS [TAGS] : builds the command with `go install` in BIN's
+# folder (under .build), with build tags TAGS if given, and moves it to BIN.
 go_install() {
-  local bin=$1 pkg=$2 ldflags=$3 build
+  local bin=$1 pkg=$2 ldflags=$3 tags=${4:-} build
   build="$(dirname "$bin")/.build"
   mkdir -p "$build"
-  (cd "$build" && GOBIN="$build" go install -p 2 -trimpath -ldflags "$ldflags" "$pkg")
+  (cd "$build" && GOBIN="$build" go install -p 2 -trimpath -tags "$tags" -ldflags "$ldflags" "$pkg")
   mv -f "$build/$(basename "$bin")" "$bin"
 }
