@@ -7,12 +7,13 @@
 
 mod load;
 pub mod machine;
+mod objects;
 pub mod plan;
 mod reconcile;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex, Weak, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -30,7 +31,10 @@ use kube::{
 };
 use tracing::{info, warn};
 
-use self::plan::DryScan;
+use self::{
+    objects::{Memory, ObjectMemory},
+    plan::DryScan,
+};
 use crate::{
     bullmq::{ConnectError, RedisConn, RedisTarget, RetryEngine, Selector},
     config::Config,
@@ -50,13 +54,11 @@ pub struct Context {
     /// The controller's cache of JobRetry objects: what a run checks between batches.
     pub store: Store<JobRetry>,
     /// Per object (uid): what a run keeps between reconciles besides its status.
-    memory: Mutex<HashMap<String, Memory>>,
+    objects: ObjectMemory,
     /// Open Redis connections by target, reused across reconciles and objects.
     connections: Mutex<HashMap<u64, RedisConn>>,
     /// Runs selector pages.
     pub selector: Selector,
-    /// Per object (uid): what its selector dry run found so far.
-    dry: Mutex<HashMap<String, DryScan>>,
 }
 
 impl Context {
@@ -77,27 +79,20 @@ impl Context {
             config,
             metrics,
             store,
-            memory: Mutex::default(),
+            objects: ObjectMemory::default(),
             connections: Mutex::default(),
             selector: Selector::default(),
-            dry: Mutex::default(),
         }
     }
 
     /// What the run of object `uid` keeps between reconciles.
     fn memory(&self, uid: &str) -> Memory {
-        let map = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(uid).copied().unwrap_or_default()
+        self.objects.memory(uid)
     }
 
     /// Keeps `memory` for object `uid` (forgets it when it is empty).
     fn remember(&self, uid: &str, memory: Memory) {
-        let mut map = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        if memory == Memory::default() {
-            map.remove(uid);
-        } else {
-            map.insert(uid.to_string(), memory);
-        }
+        self.objects.remember(uid, memory);
     }
 
     /// Keeps the page budget of object `uid`'s selector run.
@@ -109,17 +104,29 @@ impl Context {
 
     /// What object `uid`'s selector dry run found so far, if the operator remembers it.
     fn dry_scan(&self, uid: &str) -> Option<DryScan> {
-        let map = self.dry.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(uid).cloned()
+        self.objects.dry_scan(uid)
     }
 
     /// Keeps (or, with `None`, forgets) what object `uid`'s dry run found.
     fn set_dry_scan(&self, uid: &str, scan: Option<DryScan>) {
-        let mut map = self.dry.lock().unwrap_or_else(|e| e.into_inner());
-        match scan {
-            Some(s) => map.insert(uid.to_string(), s),
-            None => map.remove(uid),
-        };
+        self.objects.set_dry_scan(uid, scan);
+    }
+
+    /// Forgets everything kept in memory about object `uid` (deleted, or its run is over).
+    fn forget(&self, uid: &str) {
+        self.objects.forget(uid);
+    }
+
+    /// Forgets the objects that have left the controller's cache (deleted meanwhile).
+    pub fn forget_departed(&self) {
+        let live: std::collections::HashSet<String> =
+            self.store.state().iter().filter_map(|o| o.uid()).collect();
+        self.objects.retain(|uid| live.contains(uid));
+    }
+
+    /// How many objects the controller keeps something in memory for.
+    pub fn remembered_objects(&self) -> usize {
+        self.objects.len()
     }
 
     /// Records one more failed reconcile of `uid`; returns the delay before the next try.
@@ -167,17 +174,6 @@ impl Context {
     }
 }
 
-/// What a run keeps in memory between reconciles besides its status.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Memory {
-    /// Consecutive failed tries, for backoff.
-    failures: u32,
-    /// The earliest start of its next batch (rate limit).
-    not_before: Option<Instant>,
-    /// Jobs a selector page examines (adapted to how long the last page took); 0: not yet.
-    budget: u32,
-}
-
 /// Retries transient errors with backoff; permanent ones wait for the object to change.
 fn error_policy(obj: Arc<JobRetry>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(name = %obj.name_any(), namespace = ?obj.namespace(), category = err.category(), error = %err, "reconcile failed");
@@ -186,6 +182,28 @@ fn error_policy(obj: Arc<JobRetry>, err: &Error, ctx: Arc<Context>) -> Action {
         Action::requeue(ctx.backoff(&obj.uid().unwrap_or_default()))
     } else {
         Action::await_change()
+    }
+}
+
+/// How often the memory of objects deleted meanwhile is dropped.
+const FORGET_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Once the cache is filled, drops now and then what is remembered of objects deleted
+/// meanwhile (a delete triggers no reconcile); ends with the controller.
+async fn forget_departed(ctx: Weak<Context>) {
+    let Some(store) = ctx.upgrade().map(|c| c.store.clone()) else {
+        return;
+    };
+    if store.wait_until_ready().await.is_err() {
+        return;
+    }
+    let mut tick = tokio::time::interval(FORGET_INTERVAL);
+    loop {
+        tick.tick().await;
+        match ctx.upgrade() {
+            Some(ctx) => ctx.forget_departed(),
+            None => return,
+        }
     }
 }
 
@@ -203,6 +221,7 @@ pub async fn run(client: Client, config: Config, health: Arc<Health>) {
         health.metrics.clone(),
         controller.store(),
     ));
+    tokio::spawn(forget_departed(Arc::downgrade(&ctx)));
     info!("starting jobretry-operator controller");
     // Ready only once JobRetries can be listed (API reachable, RBAC in place).
     match api.list(&ListParams::default().limit(1)).await {

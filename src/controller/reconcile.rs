@@ -55,6 +55,7 @@ pub async fn reconcile(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action, 
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let api: Api<JobRetry> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(obj) = api.get_opt(&obj.name_any()).await? else {
+        ctx.forget(&obj.uid().unwrap_or_default());
         return Ok(Action::await_change());
     };
     let uid = obj.uid().ok_or(Error::MissingObjectKey("metadata.uid"))?;
@@ -64,6 +65,7 @@ pub async fn reconcile(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action, 
         .and_then(|s| s.phase.as_deref())
         .is_some_and(phase::is_terminal);
     if obj.metadata.deletion_timestamp.is_some() || finished {
+        ctx.forget(&uid);
         return Ok(Action::await_change());
     }
     if let Some(wait) = ctx.wait_for_rate_limit(&uid) {
@@ -360,7 +362,7 @@ impl Run {
         let written = status::write(&self.api, &self.obj, &t.status).await?;
         if written == status::Written::Gone {
             info!(name = %self.obj.name_any(), namespace = %self.ns, "object deleted or replaced during the slice; its status is not written");
-            self.ctx.remember(&self.uid, Memory::default());
+            self.ctx.forget(&self.uid);
             return Ok(Action::await_change());
         }
         let finished = t.status.phase.as_deref().filter(|p| phase::is_terminal(p));
