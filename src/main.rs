@@ -5,7 +5,7 @@
 use std::sync::{Arc, atomic::AtomicBool};
 
 use clap::Parser;
-use jobretry_operator::{config::Config, controller, http, metrics::Metrics, telemetry};
+use jobretry_operator::{client, config::Config, controller, http, metrics::Metrics, telemetry};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,7 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ready: AtomicBool::new(false),
     });
     let server = tokio::spawn(http::serve(config.http_addr, health.clone()));
-    let client = kube::Client::try_default().await?;
+    let client = client::kube_client(&config).await?;
     tokio::select! {
         () = controller::run(client, config, health) => {}
         res = server => {

@@ -9,79 +9,14 @@
 
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    sync::Mutex,
-    time::Duration,
-};
+use std::{path::Path, process::Command, sync::Mutex, time::Duration};
 
-use common::*;
-use serde::Deserialize;
+use common::{helm::*, *};
 use serde_json::{Value, json};
 
 /// The operator runs watching all namespaces in one of the tests below; the RBAC tests run
 /// one at a time so that operator never sees another test's JobRetry.
 static OPERATOR_TESTS: Mutex<()> = Mutex::new(());
-
-fn helm_bin() -> String {
-    std::env::var("JOBRETRY_TEST_HELM").unwrap_or_else(|_| {
-        panic!(
-            "JOBRETRY_TEST_HELM is not set: it must name a helm v3 binary. tests/run.sh builds one \
-             with tests/platform/build-helm.sh and exports it; by hand: \
-             export JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh)"
-        )
-    })
-}
-
-fn chart() -> PathBuf {
-    repo().join("charts/jobretry-operator")
-}
-
-fn helm(args: &[&str]) -> Out {
-    // A private helm home, so the test neither reads nor writes the user's helm config.
-    let home = std::env::temp_dir().join("jobretry-test-helm-home");
-    run(Command::new(helm_bin())
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .env("KUBECONFIG", "/dev/null")
-        .args(args))
-}
-
-fn helm_ok(args: &[&str]) -> String {
-    let out = helm(args);
-    assert!(
-        out.ok,
-        "helm {args:?} failed:\n{}{}",
-        out.stdout, out.stderr
-    );
-    out.stdout
-}
-
-/// `helm template <release> <chart> --namespace <ns> --set <set>...`.
-fn render(release: &str, ns: &str, set: &[&str]) -> String {
-    let chart = chart();
-    let mut args = vec![
-        "template",
-        release,
-        chart.to_str().unwrap(),
-        "--namespace",
-        ns,
-    ];
-    for s in set {
-        args.extend(["--set", s]);
-    }
-    helm_ok(&args)
-}
-
-/// The documents of a multi-document YAML stream, as JSON.
-fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
-}
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     docs.iter()
@@ -145,7 +80,9 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Deployment",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
     assert_eq!(
@@ -155,6 +92,9 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "--batch-size=500",
             "--status-row-limit=1000",
             "--status-interval-ms=1000",
+            "--max-concurrent-runs=16",
+            "--kube-api-qps=100",
+            "--kube-api-burst=200",
             "--http-addr=0.0.0.0:8080",
         ]
     );
@@ -175,7 +115,14 @@ fn chart_lints_and_renders_both_rbac_modes() {
     ));
     assert_eq!(
         kinds(&one),
-        ["Deployment", "Role", "RoleBinding", "ServiceAccount"]
+        [
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
+        ]
     );
     for kind in ["Role", "RoleBinding"] {
         assert_eq!(
@@ -209,7 +156,13 @@ fn chart_lints_and_renders_both_rbac_modes() {
     ));
     assert_eq!(
         kinds(&existing),
-        ["ClusterRole", "ClusterRoleBinding", "Deployment"]
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
+        ]
     );
     assert_eq!(
         find(&existing, "ClusterRoleBinding")["subjects"][0]["name"],
@@ -232,6 +185,34 @@ fn chart_lints_and_renders_both_rbac_modes() {
         unnamed.stderr
     );
 
+    // Secret reads narrowed to two namespaces: the ClusterRole reads no Secret, a Role per
+    // namespace does; the required label reaches the operator; no admission policy if off.
+    let narrowed = docs(&render(
+        "jr",
+        "operators",
+        &[
+            "rbac.secretNamespaces={team-a,team-b}",
+            "operator.secretLabel=jobretry.io/redis=true",
+            "admissionPolicy.enabled=false",
+        ],
+    ));
+    let reads_secrets = |d: &Value| d["rules"].to_string().contains("\"secrets\"");
+    assert!(!reads_secrets(find(&narrowed, "ClusterRole")));
+    let roles: Vec<&Value> = narrowed.iter().filter(|d| d["kind"] == "Role").collect();
+    assert_eq!(roles.len(), 2);
+    assert!(roles.iter().all(|r| reads_secrets(r)));
+    assert_eq!(
+        roles
+            .iter()
+            .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["team-a", "team-b"]
+    );
+    assert!(
+        deployment_args(&narrowed).contains(&"--secret-label=jobretry.io/redis=true".to_string())
+    );
+    assert!(!kinds(&narrowed).contains(&"ValidatingAdmissionPolicy".to_string()));
+
     // values.schema.json refuses what the operator cannot run with.
     for bad in [
         "replicaCount=2",
@@ -239,6 +220,8 @@ fn chart_lints_and_renders_both_rbac_modes() {
         "operator.statusRowLimit=5001",
         "operator.watchNamespace=Not_A_Namespace",
         "image.pullPolicy=Sometimes",
+        "operator.secretLabel=a=b=c",
+        "operator.maxConcurrentRuns=-1",
         "noSuchValue=1",
     ] {
         let out = helm(&["template", "jr", chart, "--set", bad]);

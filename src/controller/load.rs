@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
-use crate::{bullmq::RedisTarget, crd::Connection};
+use crate::{bullmq::RedisTarget, client::SecretLabel, crd::Connection};
 
 /// The Secret key of an optional CA certificate (PEM) to trust for rediss:// connections.
 pub const CA_KEY: &str = "ca.crt";
@@ -20,11 +20,12 @@ pub enum LoadError {
 }
 
 /// Reads the Redis URL (and the optional `ca.crt`) from the Secret in `namespace` and
-/// validates it.
+/// validates it; with `required_label`, a Secret without that label is refused.
 pub async fn redis_target(
     client: &Client,
     namespace: &str,
     conn: &Connection,
+    required_label: Option<&SecretLabel>,
 ) -> Result<RedisTarget, LoadError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let r = &conn.secret_ref;
@@ -35,6 +36,11 @@ pub async fn redis_target(
         .ok_or_else(|| LoadError::Invalid(format!("Secret {namespace}/{} not found", r.name)))?;
     let invalid =
         |what: String| LoadError::Invalid(format!("Secret {namespace}/{} {what}", r.name));
+    if let Some(label) = required_label.filter(|l| !l.is_on(secret.metadata.labels.as_ref())) {
+        return Err(invalid(format!(
+            "lacks the label {label} that this operator requires of connection Secrets (--secret-label); label the Secret if JobRetries may use it"
+        )));
+    }
     let bytes = value(&secret, &r.key).ok_or_else(|| invalid(format!("has no key {}", r.key)))?;
     let url = String::from_utf8(bytes)
         .map_err(|_| invalid(format!("key {} is not UTF-8 text", r.key)))?;

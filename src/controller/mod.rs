@@ -23,7 +23,7 @@ use kube::{
     api::ListParams,
     runtime::{
         Controller,
-        controller::Action,
+        controller::{self, Action},
         events::{Recorder, Reporter},
         reflector::Store,
         watcher,
@@ -214,7 +214,8 @@ pub async fn run(client: Client, config: Config, health: Arc<Health>) {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic());
+    let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(config.max_concurrent_runs));
     let ctx = Arc::new(Context::new(
         client,
         config,

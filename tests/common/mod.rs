@@ -7,6 +7,8 @@
 //! fails with a message saying so.
 #![allow(dead_code)]
 
+pub mod helm;
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -234,6 +236,11 @@ impl Operator {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id (for /proc/<pid>/status).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, as a crash would.
