@@ -59,6 +59,8 @@ pub struct Context {
     connections: Mutex<HashMap<u64, RedisConn>>,
     /// Runs selector pages.
     pub selector: Selector,
+    /// Connection Secrets read in the last seconds.
+    secrets: load::SecretCache,
 }
 
 impl Context {
@@ -82,6 +84,7 @@ impl Context {
             objects: ObjectMemory::default(),
             connections: Mutex::default(),
             selector: Selector::default(),
+            secrets: load::SecretCache::default(),
         }
     }
 

@@ -167,12 +167,19 @@ impl Run {
     async fn open_queue(&self) -> Result<Result<OpenQueue, RunError>, Error> {
         let spec = &self.obj.spec;
         let label = self.ctx.config.secret_label.as_ref();
-        let target =
-            match load::redis_target(&self.ctx.client, &self.ns, &spec.connection, label).await {
-                Ok(t) => t,
-                Err(load::LoadError::Invalid(m)) => return Ok(Err(RunError::SecretInvalid(m))),
-                Err(load::LoadError::Kube(e)) => return Err(e.into()),
-            };
+        let target = match load::redis_target(
+            &self.ctx.secrets,
+            &self.ctx.client,
+            &self.ns,
+            &spec.connection,
+            label,
+        )
+        .await
+        {
+            Ok(t) => t,
+            Err(load::LoadError::Invalid(m)) => return Ok(Err(RunError::SecretInvalid(m))),
+            Err(load::LoadError::Kube(e)) => return Err(e.into()),
+        };
         let mut conn = match self.ctx.connection(&target).await {
             Ok(c) => c,
             Err(e) => {
