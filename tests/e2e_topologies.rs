@@ -387,16 +387,7 @@ fn tls_with_a_private_ca_from_the_secret() {
     let waited = ns.wait_condition("tls", "Complete", "90s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
     assert_eq!(ns.get("tls")["status"]["counts"], json!({"Retried": 1}));
-    let mut con = redis::Client::open(plain)
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let waiting: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("bull:{queue}:wait"))
-        .arg(0)
-        .arg(-1)
-        .query(&mut con)
-        .unwrap();
+    let waiting = waiting_ids(&plain, queue);
     assert_eq!(waiting, vec![a]);
 }
 
@@ -459,16 +450,7 @@ fn sentinel_over_tls_with_a_private_ca_from_the_secret() {
     let waited = ns.wait_condition("stls", "Complete", "60s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
     assert_eq!(ns.get("stls")["status"]["counts"], json!({"Retried": 1}));
-    let mut con = redis::Client::open(plain)
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let waiting: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("bull:{queue}:wait"))
-        .arg(0)
-        .arg(-1)
-        .query(&mut con)
-        .unwrap();
+    let waiting = waiting_ids(&plain, queue);
     assert_eq!(
         waiting,
         vec![a],

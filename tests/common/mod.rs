@@ -337,6 +337,17 @@ pub fn queue_dump(queue: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The ids in `queue`'s wait list (prefix `bull`) on the Redis at `url`, head first.
+pub fn waiting_ids(url: &str, queue: &str) -> Vec<String> {
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    redis::cmd("LRANGE")
+        .arg(format!("bull:{queue}:wait"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap()
+}
+
 /// Deletes every key of `queue` from the test database (the large tests' clean-up, so that the
 /// tests after them do not wade through their jobs).
 pub fn drop_queue(queue: &str) {
