@@ -122,14 +122,7 @@ impl Context {
 
     /// Forgets the objects that have left the controller's cache (deleted meanwhile).
     pub fn forget_departed(&self) {
-        let live: std::collections::HashSet<String> =
-            self.store.state().iter().filter_map(|o| o.uid()).collect();
-        self.objects.retain(|uid| live.contains(uid));
-    }
-
-    /// How many objects the controller keeps something in memory for.
-    pub fn remembered_objects(&self) -> usize {
-        self.objects.len()
+        self.objects.retain_cached(&self.store);
     }
 
     /// Records one more failed reconcile of `uid`; returns the delay before the next try.

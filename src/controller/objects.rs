@@ -13,7 +13,10 @@ use std::{
     time::Instant,
 };
 
+use kube::{ResourceExt, runtime::reflector::Store};
+
 use super::plan::DryScan;
+use crate::crd::JobRetry;
 
 /// What a run keeps in memory between reconciles besides its status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,19 +82,28 @@ impl ObjectMemory {
         lock(&self.dry).retain(|uid, _| live(uid));
     }
 
-    /// How many objects something is remembered for.
-    pub fn len(&self) -> usize {
-        let mut uids: Vec<String> = lock(&self.memory).keys().cloned().collect();
-        uids.extend(lock(&self.dry).keys().cloned());
-        uids.sort();
-        uids.dedup();
-        uids.len()
+    /// Forgets every object that is not in the controller's cache `store` (deleted).
+    pub fn retain_cached(&self, store: &Store<JobRetry>) {
+        let live: std::collections::HashSet<String> =
+            store.state().iter().filter_map(|o| o.uid()).collect();
+        self.retain(|uid| live.contains(uid));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl ObjectMemory {
+        /// How many objects something is remembered for.
+        fn len(&self) -> usize {
+            let mut uids: Vec<String> = lock(&self.memory).keys().cloned().collect();
+            uids.extend(lock(&self.dry).keys().cloned());
+            uids.sort();
+            uids.dedup();
+            uids.len()
+        }
+    }
 
     fn busy() -> Memory {
         Memory {
@@ -118,6 +130,33 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m.memory("a"), busy());
         assert!(m.dry_scan("c").is_none());
+    }
+
+    fn jobretry(name: &str, uid: &str) -> JobRetry {
+        let yaml = format!(
+            "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata: {{name: {name}, namespace: ns, uid: {uid}}}\nspec: {{queue: {{name: q}}, connection: {{secretRef: {{name: redis}}}}, jobIds: ['1']}}\n"
+        );
+        serde_yaml::from_str(&yaml).unwrap()
+    }
+
+    #[test]
+    fn objects_deleted_from_the_cache_are_forgotten() {
+        use kube::runtime::{reflector, watcher::Event};
+        let (store, mut writer) = reflector::store::<JobRetry>();
+        let (a, b) = (jobretry("a", "uid-a"), jobretry("b", "uid-b"));
+        writer.apply_watcher_event(&Event::Apply(a));
+        writer.apply_watcher_event(&Event::Apply(b.clone()));
+        let m = ObjectMemory::default();
+        m.remember("uid-a", busy());
+        m.remember("uid-b", busy());
+        m.set_dry_scan("uid-b", Some(DryScan::default()));
+        m.retain_cached(&store);
+        assert_eq!(m.len(), 2, "both are still there");
+        writer.apply_watcher_event(&Event::Delete(b));
+        m.retain_cached(&store);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.memory("uid-a"), busy());
+        assert!(m.dry_scan("uid-b").is_none() && m.memory("uid-b") == Memory::default());
     }
 
     #[test]
