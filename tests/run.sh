@@ -41,7 +41,7 @@ JOBRETRY_TEST_PYTHON=$(venv_for tests/bullmq/py/requirements.txt)
 JOBRETRY_TEST_PYTHON2=$(venv_for tests/bullmq/py/requirements-2.txt)
 export JOBRETRY_TEST_PYTHON JOBRETRY_TEST_PYTHON2
 export JOBRETRY_PLATFORM_TOPOLOGIES=1
-JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh); export JOBRETRY_TEST_HELM # tests/e2e_chart.rs
+JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh); export JOBRETRY_TEST_HELM # tests/e2e_chart.rs, e2e_tenancy.rs
 
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/jobretry-tests.XXXXXX")
 trap 'tests/platform/down.sh "$STATE" >/dev/null 2>&1 || true' EXIT
