@@ -5,6 +5,7 @@
 //! what a slice's result means for the run (status, requeue, events) is the pure state
 //! machine's (`machine.rs`).
 
+mod cache;
 mod load;
 pub mod machine;
 mod objects;
@@ -22,11 +23,11 @@ use kube::{
     Api, Client, ResourceExt,
     api::ListParams,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::{self, Action},
         events::{Recorder, Reporter},
-        reflector::Store,
-        watcher,
+        reflector::{self, Store, reflector},
+        watcher::{self, watcher},
     },
 };
 use tracing::{info, warn};
@@ -210,7 +211,11 @@ pub async fn run(client: Client, config: Config, health: Arc<Health>) {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic())
+    // The watch cache keeps slimmed objects (cache.rs): memory stays small with many big ones.
+    let writer = reflector::store::Writer::default();
+    let reader = writer.as_reader();
+    let watch = watcher(api.clone(), watcher::Config::default().any_semantic()).modify(cache::slim);
+    let controller = Controller::for_stream(reflector(writer, watch).applied_objects(), reader)
         .with_config(controller::Config::default().concurrency(config.max_concurrent_runs));
     let ctx = Arc::new(Context::new(
         client,
