@@ -55,6 +55,20 @@ pub struct Config {
     /// before they are abandoned; releasing the Lease then takes at most 2 s more.
     #[arg(long, env = "JOBRETRY_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub shutdown_timeout_seconds: u64,
+    /// Reconciles running at once, across all JobRetry objects: bounds the Redis runs (and
+    /// connections' load) in flight; the others wait in the controller's queue. 0: no bound.
+    #[arg(long, env = "JOBRETRY_MAX_CONCURRENT_RUNS", default_value_t = 16)]
+    pub max_concurrent_runs: u16,
+    /// Average Kubernetes API requests per second, at most (client-side, all requests).
+    #[arg(long, env = "JOBRETRY_KUBE_API_QPS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub kube_api_qps: u32,
+    /// Requests that may go out at once above the average rate (the window's allowance).
+    #[arg(long, env = "JOBRETRY_KUBE_API_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub kube_api_burst: u32,
+    /// Only Secrets carrying this label (`KEY` or `KEY=VALUE`) may be named in a JobRetry's
+    /// spec.connection.secretRef; a run naming another waits with Ready=False SecretInvalid.
+    #[arg(long, env = "JOBRETRY_SECRET_LABEL", value_parser = crate::client::SecretLabel::parse)]
+    pub secret_label: Option<crate::client::SecretLabel>,
     /// Log format: `json` (one JSON object a line, for log collectors) or `text` (for people).
     #[arg(long, env = "JOBRETRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

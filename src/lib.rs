@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bullmq;
+pub mod client;
 pub mod config;
 pub mod controller;
 pub mod crd;

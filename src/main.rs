@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use clap::Parser;
 use jobretry_operator::{
-    config::Config, controller, http, leader::Leader, metrics::Metrics, telemetry,
+    client, config::Config, controller, http, leader::Leader, metrics::Metrics, telemetry,
 };
 use tokio::{signal::unix, sync::watch, time::timeout};
 use tracing::{error, info, warn};
@@ -32,8 +32,8 @@ async fn main() {
 enum Stop {
     #[error("cannot serve the HTTP endpoint: {0}")]
     Http(#[from] std::io::Error),
-    #[error("cannot set up the Kubernetes client: {0}")]
-    Client(#[from] kube::Error),
+    #[error("{0}")]
+    Client(#[from] client::ClientError),
     #[error("lost the leader Lease; restarting as a follower")]
     LeaseLost,
     #[error("the controller stopped")]
@@ -46,7 +46,7 @@ async fn run(config: Config) -> Result<(), Stop> {
     let health = Arc::new(http::Health::new(metrics.clone()));
     let mut server = tokio::spawn(http::serve(config.http_addr, health.clone()));
     let client = tokio::select! {
-        c = kube::Client::try_default() => c?,
+        c = client::kube_client(&config) => c?,
         () = signals.next() => return Ok(()),
     };
     let leader = if config.leader_elect {

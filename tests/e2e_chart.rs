@@ -77,7 +77,9 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "Role",
             "RoleBinding",
             "Service",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
     assert_eq!(
@@ -88,6 +90,9 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "--status-row-limit=1000",
             "--status-interval-ms=1000",
             "--log-format=json",
+            "--max-concurrent-runs=16",
+            "--kube-api-qps=100",
+            "--kube-api-burst=200",
             "--http-addr=0.0.0.0:8080",
             "--shutdown-timeout-seconds=5",
             "--leader-elect=true",
@@ -128,7 +133,9 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "RoleBinding",
             "RoleBinding",
             "Service",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
     for kind in ["Role", "RoleBinding"] {
@@ -169,7 +176,9 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "Deployment",
             "Role",
             "RoleBinding",
-            "Service"
+            "Service",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
     assert_eq!(
@@ -227,6 +236,33 @@ fn chart_lints_and_renders_both_rbac_modes() {
     );
     assert!(deployment_args(&single).contains(&"--leader-elect=false".to_string()));
     assert!(!kinds(&single).contains(&"Role".to_string()));
+    // Secret reads narrowed to two namespaces: the ClusterRole reads no Secret, a Role per
+    // namespace does; the required label reaches the operator; no admission policy if off.
+    let narrowed = docs(&render(
+        "jr",
+        "operators",
+        &[
+            "rbac.secretNamespaces={team-a,team-b}",
+            "operator.secretLabel=jobretry.io/redis=true",
+            "admissionPolicy.enabled=false",
+        ],
+    ));
+    let reads_secrets = |d: &Value| d["rules"].to_string().contains("\"secrets\"");
+    assert!(!reads_secrets(find(&narrowed, "ClusterRole")));
+    let roles: Vec<&Value> = narrowed.iter().filter(|d| d["kind"] == "Role").collect();
+    assert_eq!(roles.len(), 2);
+    assert!(roles.iter().all(|r| reads_secrets(r)));
+    assert_eq!(
+        roles
+            .iter()
+            .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["team-a", "team-b"]
+    );
+    assert!(
+        deployment_args(&narrowed).contains(&"--secret-label=jobretry.io/redis=true".to_string())
+    );
+    assert!(!kinds(&narrowed).contains(&"ValidatingAdmissionPolicy".to_string()));
 
     // values.schema.json refuses what the operator cannot run with.
     for bad in [
@@ -238,6 +274,8 @@ fn chart_lints_and_renders_both_rbac_modes() {
         "image.pullPolicy=Sometimes",
         "operator.logFormat=xml",
         "metrics.prometheusRule.stalledFor=15 minutes",
+        "operator.secretLabel=a=b=c",
+        "operator.maxConcurrentRuns=-1",
         "noSuchValue=1",
     ] {
         let out = helm(&["template", "jr", chart, "--set", bad]);

@@ -123,16 +123,7 @@ fn suspend_stops_between_batches_and_resume_finishes_exactly() {
         "the object must stay small: {size} bytes"
     );
 
-    let mut con = redis::Client::open(redis_url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let wait: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("bull:{queue}:wait"))
-        .arg(0)
-        .arg(-1)
-        .query(&mut con)
-        .unwrap();
+    let wait = waiting_ids(&redis_url(), &queue);
     let unique: BTreeSet<&String> = wait.iter().collect();
     assert_eq!(
         (wait.len(), unique.len()),

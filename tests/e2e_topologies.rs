@@ -212,7 +212,7 @@ fn an_acl_user_limited_to_the_queue_keys_with_a_password_that_never_shows() {
 /// A redis-server of the test's own with a plain port (for seeding) and a TLS port whose
 /// certificate is signed by a CA made here; killed when dropped.
 struct TlsRedis {
-    child: std::process::Child,
+    children: Vec<std::process::Child>,
     plain: u16,
     tls: u16,
     ca: std::path::PathBuf,
@@ -220,12 +220,16 @@ struct TlsRedis {
 
 impl Drop for TlsRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
-fn start_tls_redis(dir: &std::path::Path) -> TlsRedis {
+/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it (`server.pem`,
+/// `server.key`), written into `dir`.
+fn make_certs(dir: &std::path::Path) {
     let openssl = |args: &[&str]| {
         let out = run(std::process::Command::new("openssl")
             .current_dir(dir)
@@ -277,6 +281,10 @@ fn start_tls_redis(dir: &std::path::Path) -> TlsRedis {
         "-extfile",
         "san.ext",
     ]);
+}
+
+fn start_tls_redis(dir: &std::path::Path) -> TlsRedis {
+    make_certs(dir);
     let (plain, tls) = (free_port(), free_port());
     let child = std::process::Command::new("redis-server")
         .current_dir(dir)
@@ -309,7 +317,7 @@ fn start_tls_redis(dir: &std::path::Path) -> TlsRedis {
         .spawn()
         .expect("start redis-server");
     let server = TlsRedis {
-        child,
+        children: vec![child],
         plain,
         tls,
         ca: dir.join("ca.pem"),
@@ -371,17 +379,75 @@ fn tls_with_a_private_ca_from_the_secret() {
     let waited = ns.wait_condition("tls", "Complete", "90s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
     assert_eq!(ns.get("tls")["status"]["counts"], json!({"Retried": 1}));
-    let mut con = redis::Client::open(plain)
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let waiting: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("bull:{queue}:wait"))
-        .arg(0)
-        .arg(-1)
-        .query(&mut con)
-        .unwrap();
+    let waiting = waiting_ids(&plain, queue);
     assert_eq!(waiting, vec![a]);
+}
+
+/// `start_tls_redis`'s server as the master of a sentinel that speaks only TLS (its own
+/// certificate is signed by the same private CA) and reaches the master over TLS, so it
+/// reports the master's TLS port.
+fn start_tls_sentinel(dir: &std::path::Path) -> (TlsRedis, u16) {
+    let mut server = start_tls_redis(dir);
+    let port = free_port();
+    let conf = format!(
+        "port 0\ntls-port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+         tls-cert-file server.pem\ntls-key-file server.key\ntls-ca-cert-file ca.pem\n\
+         tls-auth-clients no\ntls-replication yes\nsentinel resolve-hostnames no\n\
+         sentinel monitor mymaster 127.0.0.1 {master} 1\nlogfile sentinel.log\n",
+        dir = dir.display(),
+        master = server.tls,
+    );
+    std::fs::write(dir.join("sentinel.conf"), conf).unwrap();
+    let child = std::process::Command::new("redis-server")
+        .current_dir(dir)
+        .args(["sentinel.conf", "--sentinel"])
+        .spawn()
+        .expect("start redis-server --sentinel");
+    server.children.push(child);
+    let master = server.tls.to_string();
+    eventually(
+        std::time::Duration::from_secs(15),
+        "the TLS sentinel to report the master's TLS port",
+        || {
+            let out = run(std::process::Command::new("redis-cli")
+                .current_dir(dir)
+                .args(["--tls", "--cacert", "ca.pem", "-h", "127.0.0.1"])
+                .args(["-p", &port.to_string()])
+                .args(["sentinel", "get-master-addr-by-name", "mymaster"]));
+            out.stdout.lines().any(|l| l.trim() == master).then_some(())
+        },
+    );
+    (server, port)
+}
+
+#[test]
+fn sentinel_over_tls_with_a_private_ca_from_the_secret() {
+    let ns = TestNs::new("e2e-sentinel-tls");
+    let queue = ns.name.as_str();
+    let (server, sentinel) = start_tls_sentinel(ns.dir.path());
+    let plain = format!("redis://127.0.0.1:{}", server.plain);
+    let spec = json!({"jobs": [{"key": "a", "name": "charge", "data": {}, "opts": {}, "outcome": "fail"}]});
+    let a = id_of(&seed_at(ns.dir.path(), &plain, queue, &spec), "a");
+    let ca = format!("--from-file=ca.crt={}", server.ca.display());
+    let url = format!("--from-literal=url=rediss://127.0.0.1:{sentinel}");
+    ns.kubectl(&["delete", "secret", "redis"]);
+    let created = ns.kubectl(&["create", "secret", "generic", "redis", &url, &ca]);
+    assert!(created.ok, "{}", created.stderr);
+    let op = Operator::start(&ns, &[]);
+    let yaml = jobretry_yaml("stls", queue, &[a.as_str()], "", "").replace(
+        "      name: redis\n",
+        "      name: redis\n    mode: sentinel\n    sentinelMasterName: mymaster\n",
+    );
+    assert!(ns.apply("stls.yaml", &yaml).ok);
+    let waited = ns.wait_condition("stls", "Complete", "60s");
+    assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
+    assert_eq!(ns.get("stls")["status"]["counts"], json!({"Retried": 1}));
+    let waiting = waiting_ids(&plain, queue);
+    assert_eq!(
+        waiting,
+        vec![a],
+        "the job was retried on the master the sentinel named"
+    );
 }
 
 /// The commands Redis gained after 5.0 (BullMQ's own minimum) that a 7.0 server has; a

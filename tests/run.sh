@@ -41,7 +41,7 @@ JOBRETRY_TEST_PYTHON=$(venv_for tests/bullmq/py/requirements.txt)
 JOBRETRY_TEST_PYTHON2=$(venv_for tests/bullmq/py/requirements-2.txt)
 export JOBRETRY_TEST_PYTHON JOBRETRY_TEST_PYTHON2
 export JOBRETRY_PLATFORM_TOPOLOGIES=1
-JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh); export JOBRETRY_TEST_HELM # tests/e2e_chart.rs
+JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh); export JOBRETRY_TEST_HELM # tests/e2e_chart.rs, e2e_tenancy.rs
 JOBRETRY_TEST_KSTATUS=$(tests/platform/build-kstatus.sh); export JOBRETRY_TEST_KSTATUS # tests/e2e_flux.rs
 # tests/e2e_observability.rs: promtool checks and unit-tests the chart's alerting rules.
 JOBRETRY_TEST_PROMTOOL=$(tests/platform/build-promtool.sh); export JOBRETRY_TEST_PROMTOOL

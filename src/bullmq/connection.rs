@@ -10,7 +10,7 @@ use redis::{
     Cmd, Pipeline, RedisFuture, Value,
     aio::{ConnectionLike, MultiplexedConnection},
     cluster_async::ClusterConnection,
-    sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType},
+    sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
 };
 
 use super::engine::{Verdict, classify};
@@ -167,29 +167,44 @@ impl RedisTarget {
                 Ok(RedisConn::Cluster(client.get_async_connection().await?))
             }
             ConnectionMode::Sentinel => {
-                if self.ca.is_some() {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::InvalidClientConfig,
-                        "a ca.crt in the Secret is not supported with mode sentinel yet",
-                    )));
-                }
-                let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())?;
-                let mut node = SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(info.redis_settings().clone());
-                if self.url.starts_with("rediss://") {
-                    // The master and replicas speak TLS like the sentinel does.
-                    node = node.set_tls_mode(redis::TlsMode::Secure);
-                }
-                let master = self.sentinel_master.clone().unwrap_or_default();
-                let mut client = SentinelClient::build(
-                    vec![self.sentinel_url()?],
-                    master,
-                    Some(node),
-                    SentinelServerType::Master,
-                )?;
+                let mut client = self.sentinel_client()?;
                 Ok(RedisConn::Single(client.get_async_connection().await?))
             }
         }
+    }
+
+    /// A client asking the sentinel at the URL's host and port for the master's address, then
+    /// connecting to that master with the URL's credentials and db. With rediss:// both hops
+    /// speak TLS and trust the Secret's CA (if any) besides the public roots; the sentinel
+    /// itself is asked without credentials.
+    fn sentinel_client(&self) -> redis::RedisResult<SentinelClient> {
+        let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())?;
+        let sentinel = redis::IntoConnectionInfo::into_connection_info(self.sentinel_url()?)?;
+        let data = info.redis_settings();
+        let master = self.sentinel_master.clone().unwrap_or_default();
+        let mut builder = SentinelClientBuilder::new(
+            [sentinel.addr().clone()],
+            master,
+            SentinelServerType::Master,
+        )?
+        .set_client_to_redis_db(data.db())
+        .set_client_to_redis_protocol(data.protocol());
+        if let Some(user) = data.username() {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = data.password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if self.url.starts_with("rediss://") {
+            // The master and replicas speak TLS like the sentinel does.
+            builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+            if let Some(certs) = self.certificates() {
+                builder = builder
+                    .set_client_to_sentinel_certificates(certs.clone())
+                    .set_client_to_redis_certificates(certs);
+            }
+        }
+        builder.build()
     }
 
     /// The sentinel's own address: the URL's host and port, without credentials or db.

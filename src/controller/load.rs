@@ -1,11 +1,19 @@
 //! Load step: the Redis target named by a JobRetry's connection Secret.
 //!
-//! Guarantees: error messages name the Secret and key to fix and never quote the URL.
+//! Guarantees: error messages name the Secret and key to fix and never quote the URL; a
+//! Secret is read at most once per [`SecretCache::TTL`] (many JobRetries name the same one),
+//! so a changed Secret is seen within that time.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
-use crate::{bullmq::RedisTarget, crd::Connection};
+use crate::{bullmq::RedisTarget, client::SecretLabel, crd::Connection};
 
 /// The Secret key of an optional CA certificate (PEM) to trust for rediss:// connections.
 pub const CA_KEY: &str = "ca.crt";
@@ -24,8 +32,9 @@ pub enum LoadError {
 }
 
 /// Every category of [`LoadError::category`] (metrics declare each at 0).
-pub const CATEGORIES: [&str; 6] = [
+pub const CATEGORIES: [&str; 7] = [
     "not_found",
+    "unlabelled",
     "missing_key",
     "not_utf8",
     "invalid_url",
@@ -44,24 +53,81 @@ impl LoadError {
     }
 }
 
+/// A Secret's namespace and name.
+type SecretKey = (String, String);
+/// When a Secret was read, and what was found.
+type SecretRead = (Instant, Option<Arc<Secret>>);
+
+/// Secrets (or their absence) read in the last [`SecretCache::TTL`], by namespace and name.
+#[derive(Default)]
+pub struct SecretCache {
+    entries: Mutex<HashMap<SecretKey, SecretRead>>,
+}
+
+impl SecretCache {
+    pub const TTL: Duration = Duration::from_secs(3);
+
+    /// What was read of Secret `key` less than TTL before `now`: `Some(None)` if it was
+    /// missing, `None` if nothing recent is known.
+    fn recent(&self, key: &SecretKey, now: Instant) -> Option<Option<Arc<Secret>>> {
+        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .filter(|(at, _)| now.saturating_duration_since(*at) < Self::TTL)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// Keeps what was read of Secret `key` at `now`, dropping expired entries.
+    fn keep(&self, key: SecretKey, secret: Option<Arc<Secret>>, now: Instant) {
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (at, _)| now.saturating_duration_since(*at) < Self::TTL);
+        map.insert(key, (now, secret));
+    }
+
+    /// Secret `name` in `namespace`: a recent read, or a GET.
+    async fn get(
+        &self,
+        client: &Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<Secret>>, kube::Error> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(known) = self.recent(&key, Instant::now()) {
+            return Ok(known);
+        }
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let secret = api.get_opt(name).await?.map(Arc::new);
+        self.keep(key, secret.clone(), Instant::now());
+        Ok(secret)
+    }
+}
+
 /// Reads the Redis URL (and the optional `ca.crt`) from the Secret in `namespace` and
-/// validates it.
+/// validates it; with `required_label`, a Secret without that label is refused.
 pub async fn redis_target(
+    secrets: &SecretCache,
     client: &Client,
     namespace: &str,
     conn: &Connection,
+    required_label: Option<&SecretLabel>,
 ) -> Result<RedisTarget, LoadError> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let r = &conn.secret_ref;
     let invalid = |category, what: String| LoadError::Invalid {
         category,
         message: format!("Secret {namespace}/{} {what}", r.name),
     };
-    let secret = api
-        .get_opt(&r.name)
+    let secret = secrets
+        .get(client, namespace, &r.name)
         .await
         .map_err(LoadError::Kube)?
         .ok_or_else(|| invalid("not_found", "not found".to_string()))?;
+    if let Some(label) = required_label.filter(|l| !l.is_on(secret.metadata.labels.as_ref())) {
+        return Err(invalid(
+            "unlabelled",
+            format!(
+                "lacks the label {label} that this operator requires of connection Secrets (--secret-label); label the Secret if JobRetries may use it"
+            ),
+        ));
+    }
     let bytes = value(&secret, &r.key)
         .ok_or_else(|| invalid("missing_key", format!("has no key {}", r.key)))?;
     let url = String::from_utf8(bytes)
@@ -85,4 +151,31 @@ fn value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
             .and_then(|d| d.get(key))
             .map(|s| s.clone().into_bytes())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_read_is_reused_only_within_the_ttl() {
+        let cache = SecretCache::default();
+        let t0 = Instant::now();
+        let key = ("ns".to_string(), "redis".to_string());
+        assert!(cache.recent(&key, t0).is_none());
+        cache.keep(key.clone(), Some(Arc::new(Secret::default())), t0);
+        assert!(matches!(
+            cache.recent(&key, t0 + Duration::from_secs(1)),
+            Some(Some(_))
+        ));
+        assert!(cache.recent(&key, t0 + SecretCache::TTL).is_none());
+        // A missing Secret is remembered as missing; expired entries are dropped.
+        let gone = ("ns".to_string(), "gone".to_string());
+        cache.keep(gone.clone(), None, t0 + SecretCache::TTL);
+        assert!(matches!(
+            cache.recent(&gone, t0 + SecretCache::TTL),
+            Some(None)
+        ));
+        assert_eq!(cache.entries.lock().unwrap().len(), 1);
+    }
 }

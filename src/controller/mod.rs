@@ -5,15 +5,17 @@
 //! what a slice's result means for the run (status, requeue, events) is the pure state
 //! machine's (`machine.rs`).
 
+mod cache;
 pub mod census;
 mod load;
 pub mod machine;
+mod objects;
 pub mod plan;
 mod reconcile;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -22,16 +24,19 @@ use kube::{
     Api, Client, ResourceExt,
     api::ListParams,
     runtime::{
-        Controller,
-        controller::Action,
+        Controller, WatchStreamExt,
+        controller::{self, Action},
         events::{Recorder, Reporter},
-        reflector::Store,
-        watcher,
+        reflector::{self, Store, reflector},
+        watcher::{self, watcher},
     },
 };
 use tracing::{Span, debug, info, info_span, warn};
 
-use self::plan::DryScan;
+use self::{
+    objects::{Memory, ObjectMemory},
+    plan::DryScan,
+};
 use crate::{
     bullmq::{ConnectError, RedisConn, RedisTarget, RetryEngine, Selector},
     config::Config,
@@ -52,13 +57,13 @@ pub struct Context {
     /// The controller's cache of JobRetry objects: what a run checks between batches.
     pub store: Store<JobRetry>,
     /// Per object (uid): what a run keeps between reconciles besides its status.
-    memory: Mutex<HashMap<String, Memory>>,
+    objects: ObjectMemory,
     /// Open Redis connections by target, reused across reconciles and objects.
     connections: Mutex<HashMap<u64, RedisConn>>,
     /// Runs selector pages.
     pub selector: Selector,
-    /// Per object (uid): what its selector dry run found so far.
-    dry: Mutex<HashMap<String, DryScan>>,
+    /// Connection Secrets read in the last seconds.
+    secrets: load::SecretCache,
     /// Whether this replica leads: asked before every batch, page and status write.
     pub gate: Arc<Gate>,
 }
@@ -82,28 +87,22 @@ impl Context {
             config,
             metrics,
             store,
-            memory: Mutex::default(),
+            objects: ObjectMemory::default(),
             connections: Mutex::default(),
             selector: Selector::default(),
-            dry: Mutex::default(),
+            secrets: load::SecretCache::default(),
             gate,
         }
     }
 
     /// What the run of object `uid` keeps between reconciles.
     fn memory(&self, uid: &str) -> Memory {
-        let map = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(uid).copied().unwrap_or_default()
+        self.objects.memory(uid)
     }
 
     /// Keeps `memory` for object `uid` (forgets it when it is empty).
     fn remember(&self, uid: &str, memory: Memory) {
-        let mut map = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        if memory == Memory::default() {
-            map.remove(uid);
-        } else {
-            map.insert(uid.to_string(), memory);
-        }
+        self.objects.remember(uid, memory);
     }
 
     /// Keeps the page budget of object `uid`'s selector run.
@@ -115,17 +114,22 @@ impl Context {
 
     /// What object `uid`'s selector dry run found so far, if the operator remembers it.
     fn dry_scan(&self, uid: &str) -> Option<DryScan> {
-        let map = self.dry.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(uid).cloned()
+        self.objects.dry_scan(uid)
     }
 
     /// Keeps (or, with `None`, forgets) what object `uid`'s dry run found.
     fn set_dry_scan(&self, uid: &str, scan: Option<DryScan>) {
-        let mut map = self.dry.lock().unwrap_or_else(|e| e.into_inner());
-        match scan {
-            Some(s) => map.insert(uid.to_string(), s),
-            None => map.remove(uid),
-        };
+        self.objects.set_dry_scan(uid, scan);
+    }
+
+    /// Forgets everything kept in memory about object `uid` (deleted, or its run is over).
+    fn forget(&self, uid: &str) {
+        self.objects.forget(uid);
+    }
+
+    /// Forgets the objects that have left the controller's cache (deleted meanwhile).
+    pub fn forget_departed(&self) {
+        self.objects.retain_cached(&self.store);
     }
 
     /// Records one more failed reconcile of `uid`; returns the delay before the next try.
@@ -173,17 +177,6 @@ impl Context {
     }
 }
 
-/// What a run keeps in memory between reconciles besides its status.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Memory {
-    /// Consecutive failed tries, for backoff.
-    failures: u32,
-    /// The earliest start of its next batch (rate limit).
-    not_before: Option<Instant>,
-    /// Jobs a selector page examines (adapted to how long the last page took); 0: not yet.
-    budget: u32,
-}
-
 /// The span of everything logged about `obj`'s run: its namespace, name and run key.
 pub fn run_span(obj: &JobRetry) -> Span {
     let ns = obj.namespace().unwrap_or_default();
@@ -204,6 +197,25 @@ fn error_policy(obj: Arc<JobRetry>, err: &Error, ctx: Arc<Context>) -> Action {
     }
 }
 
+/// How often the memory of objects deleted meanwhile is dropped.
+const FORGET_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Now and then drops what is remembered of objects deleted meanwhile (a delete triggers no
+/// reconcile); ends with the controller. It does not wait for the cache to be filled
+/// (`Store::wait_until_ready` wakes only its last waiter, and the controller waits on it):
+/// memory is only ever kept for objects a reconcile saw, which were in the cache then, and
+/// the cache swaps in a relist whole, so an object missing from it was deleted.
+async fn forget_departed(ctx: Weak<Context>) {
+    let mut tick = tokio::time::interval(FORGET_INTERVAL);
+    loop {
+        tick.tick().await;
+        match ctx.upgrade() {
+            Some(ctx) => ctx.forget_departed(),
+            None => return,
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` resolves and the running reconciles have ended;
 /// marks `health` ready once JobRetries can be listed. Every replica watches; only the one
 /// `gate` lets through retries, and each time it starts to lead it reconciles every object.
@@ -218,7 +230,12 @@ pub async fn run(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic());
+    // The watch cache keeps slimmed objects (cache.rs): memory stays small with many big ones.
+    let writer = reflector::store::Writer::default();
+    let reader = writer.as_reader();
+    let watch = watcher(api.clone(), watcher::Config::default().any_semantic()).modify(cache::slim);
+    let controller = Controller::for_stream(reflector(writer, watch).applied_objects(), reader)
+        .with_config(controller::Config::default().concurrency(config.max_concurrent_runs));
     let store = controller.store();
     health.metrics.declare_error_categories(
         &crate::error::CATEGORIES,
@@ -237,6 +254,7 @@ pub async fn run(
         store.clone(),
         gate,
     ));
+    tokio::spawn(forget_departed(Arc::downgrade(&ctx)));
     info!("starting jobretry-operator controller");
     // Ready once JobRetries can be listed (API reachable, RBAC in place). Not through
     // `store.wait_until_ready()`: its one-shot wakes only the last task that waited, and

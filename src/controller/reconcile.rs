@@ -68,16 +68,19 @@ async fn reconcile_once(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action,
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let api: Api<JobRetry> = Api::namespaced(ctx.client.clone(), &ns);
+    // A terminal phase is final: the cached copy saying so spares the API server a GET (the
+    // status write that ended a run triggers one more reconcile of every object).
+    if finished(&obj) {
+        ctx.forget(&obj.uid().unwrap_or_default());
+        return Ok(Action::await_change());
+    }
     let Some(obj) = api.get_opt(&obj.name_any()).await? else {
+        ctx.forget(&obj.uid().unwrap_or_default());
         return Ok(Action::await_change());
     };
     let uid = obj.uid().ok_or(Error::MissingObjectKey("metadata.uid"))?;
-    let finished = obj
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(phase::is_terminal);
-    if obj.metadata.deletion_timestamp.is_some() || finished {
+    if obj.metadata.deletion_timestamp.is_some() || finished(&obj) {
+        ctx.forget(&uid);
         return Ok(Action::await_change());
     }
     if let Some(wait) = ctx.wait_for_rate_limit(&uid) {
@@ -97,6 +100,14 @@ async fn reconcile_once(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action,
         run.slice().await?
     };
     run.record(slice).await
+}
+
+/// Whether the object's run is over (a terminal phase is never left).
+fn finished(obj: &JobRetry) -> bool {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(phase::is_terminal)
 }
 
 /// One reconcile of one object.
@@ -174,7 +185,16 @@ impl Run {
     /// why the run cannot go on now.
     async fn open_queue(&self) -> Result<Result<OpenQueue, RunError>, Error> {
         let spec = &self.obj.spec;
-        let target = match load::redis_target(&self.ctx.client, &self.ns, &spec.connection).await {
+        let label = self.ctx.config.secret_label.as_ref();
+        let target = match load::redis_target(
+            &self.ctx.secrets,
+            &self.ctx.client,
+            &self.ns,
+            &spec.connection,
+            label,
+        )
+        .await
+        {
             Ok(t) => t,
             Err(e) => {
                 self.ctx.metrics.secret_failed(e.category());
@@ -398,7 +418,7 @@ impl Run {
         let written = status::write(&self.api, &self.obj, &t.status).await?;
         if written == status::Written::Gone {
             info!("object deleted or replaced during the slice; its status is not written");
-            self.ctx.remember(&self.uid, Memory::default());
+            self.ctx.forget(&self.uid);
             return Ok(Action::await_change());
         }
         let finished = t.status.phase.as_deref().filter(|p| phase::is_terminal(p));

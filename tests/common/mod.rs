@@ -248,6 +248,11 @@ impl Operator {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id (for /proc/<pid>/status).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -460,6 +465,17 @@ pub fn queue_dump(queue: &str) -> BTreeMap<String, String> {
         .into_iter()
         .filter(|(k, _)| !k.ends_with(":stalled-check"))
         .collect()
+}
+
+/// The ids in `queue`'s wait list (prefix `bull`) on the Redis at `url`, head first.
+pub fn waiting_ids(url: &str, queue: &str) -> Vec<String> {
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    redis::cmd("LRANGE")
+        .arg(format!("bull:{queue}:wait"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut con)
+        .unwrap()
 }
 
 /// Deletes every key of `queue` from the test database (the large tests' clean-up, so that the

@@ -102,6 +102,8 @@ wait_for 30 "etcd health" curl -fsS "http://127.0.0.1:$ETCD_PORT/health" || exit
 # a namespace; the ServiceAccount admission plugin would then refuse every
 # Pod, hence it is disabled. The endpoint reconciler is off because it would
 # keep failing to publish the loopback advertise address as an Endpoint.
+# ValidatingAdmissionPolicy (the chart's tenancy policy, tests/e2e_tenancy.rs) needs no flag:
+# its admission plugin and admissionregistration.k8s.io/v1 are on by default since 1.30.
 start_bg "$STATE" kube-apiserver "$BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --bind-address 127.0.0.1 \

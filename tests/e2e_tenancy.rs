@@ -1,0 +1,205 @@
+//! Tenancy, against the real API server: the chart's ValidatingAdmissionPolicy refuses a
+//! JobRetry whose author may not read the Secret it names (impersonated users, RBAC granted
+//! here), and admits it for an author who may; the operator's opt-in `--secret-label` leaves
+//! a JobRetry naming an unlabelled Secret waiting with a condition saying why, and runs it once
+//! the Secret carries the label.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{helm::*, *};
+use serde_json::{Value, json};
+
+/// The RBAC of the test: `alice` and `bob` may create, read and change JobRetries in the
+/// namespace; only `bob` may read Secret `r2-good`.
+fn grant(ns: &TestNs) {
+    let rbac = format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: jobretry-author, namespace: {ns}}}
+rules:
+  - apiGroups: [jobretry.io]
+    resources: [jobretries]
+    verbs: [create, get, list, update, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: r2-good-reader, namespace: {ns}}}
+rules:
+  - apiGroups: [""]
+    resources: [secrets]
+    resourceNames: [r2-good]
+    verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: jobretry-authors, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: jobretry-author}}
+subjects:
+  - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}
+  - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: r2-good-readers, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: r2-good-reader}}
+subjects:
+  - {{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}}
+"#,
+        ns = ns.name
+    );
+    let applied = ns.apply("rbac.yaml", &rbac);
+    assert!(applied.ok, "{}", applied.stderr);
+}
+
+/// The chart's admission policy and its binding, applied as the chart renders them.
+fn install_policy(ns: &TestNs) {
+    let rendered = render("tenancy", &ns.name, &[]);
+    let policy: Vec<String> = docs(&rendered)
+        .into_iter()
+        .filter(|d| {
+            d["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))
+        })
+        .map(|d| serde_yaml::to_string(&d).unwrap())
+        .collect();
+    assert_eq!(
+        policy.len(),
+        2,
+        "the chart renders a policy and its binding"
+    );
+    let path = ns.dir.path().join("policy.yaml");
+    std::fs::write(&path, policy.join("---\n")).unwrap();
+    kubectl_ok(&["apply", "--server-side", "-f", path.to_str().unwrap()]);
+}
+
+/// `kubectl create -f <file>` (with `extra` flags) in the namespace as `user`.
+fn create_as(ns: &TestNs, kubeconfig: &std::path::Path, file: &str, extra: &[&str]) -> Out {
+    let path = ns.dir.path().join(file);
+    run(std::process::Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(["-n", &ns.name, "create", "-f", path.to_str().unwrap()])
+        .args(extra))
+}
+
+#[test]
+fn the_admission_policy_admits_a_jobretry_only_if_its_author_may_read_the_secret() {
+    let ns = TestNs::new("e2e-tenancy");
+    ns.secret("r2-good", &redis_url());
+    grant(&ns);
+    install_policy(&ns);
+    let alice = impersonating_kubeconfig(ns.dir.path(), "alice.kubeconfig", "alice");
+    let bob = impersonating_kubeconfig(ns.dir.path(), "bob.kubeconfig", "bob");
+    let yaml =
+        jobretry_yaml("steal", &ns.name, &["1"], "", "").replace("name: redis", "name: r2-good");
+    std::fs::write(ns.dir.path().join("steal.yaml"), &yaml).unwrap();
+    std::fs::write(
+        ns.dir.path().join("own.yaml"),
+        yaml.replace("name: steal", "name: own"),
+    )
+    .unwrap();
+
+    // The policy takes effect once the API server has loaded it: until then a server-side
+    // dry run is admitted.
+    let refusal = eventually(
+        Duration::from_secs(30),
+        "the policy to refuse alice",
+        || {
+            let out = create_as(&ns, &alice, "steal.yaml", &["--dry-run=server"]);
+            (!out.ok).then_some(out.stderr)
+        },
+    );
+    let expected = format!(
+        "user alice may not get Secret {}/r2-good, which spec.connection.secretRef names",
+        ns.name
+    );
+    assert!(refusal.contains(&expected), "{refusal}");
+    let out = create_as(&ns, &alice, "steal.yaml", &[]);
+    assert!(!out.ok && out.stderr.contains(&expected), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("ValidatingAdmissionPolicy"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !ns.kubectl(&["get", "jobretry", "steal"]).ok,
+        "nothing was created"
+    );
+
+    // bob may read the Secret: admitted.
+    let out = create_as(&ns, &bob, "own.yaml", &[]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        ns.get("own")["spec"]["connection"]["secretRef"]["name"],
+        "r2-good"
+    );
+
+    // alice may change JobRetries, but not one naming a Secret she may not read: an update
+    // (here: suspending bob's run, the one spec change the schema allows) is checked too.
+    let patched = run(std::process::Command::new("kubectl")
+        .env("KUBECONFIG", &alice)
+        .args(["-n", &ns.name, "patch", "jobretry", "own", "--type=merge"])
+        .args(["-p", r#"{"spec":{"suspend":true}}"#]));
+    assert!(
+        !patched.ok && patched.stderr.contains(&expected),
+        "{}",
+        patched.stderr
+    );
+    assert_eq!(ns.get("own")["spec"]["suspend"], json!(false));
+}
+
+fn reason(jr: &Value) -> (String, String) {
+    let c = condition(jr, "Ready");
+    (
+        c["reason"].as_str().unwrap_or_default().to_string(),
+        c["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn with_a_required_label_the_operator_uses_only_labelled_secrets() {
+    let ns = TestNs::new("e2e-secret-label");
+    let queue = ns.name.as_str();
+    let spec = json!({"jobs": [{"key": "a", "name": "charge", "data": {}, "opts": {}, "outcome": "fail"}]});
+    let a = id_of(&seed(ns.dir.path(), queue, &spec), "a");
+    let op = Operator::start(&ns, &["--secret-label", "jobretry.io/redis=true"]);
+    assert!(
+        ns.apply("l.yaml", &jobretry_yaml("l", queue, &[a.as_str()], "", ""))
+            .ok
+    );
+    let (why, message) = eventually(Duration::from_secs(30), "Ready=False SecretInvalid", || {
+        let r = reason(&ns.get("l"));
+        (r.0 == "SecretInvalid").then_some(r)
+    });
+    assert_eq!(why, "SecretInvalid");
+    assert!(
+        message.contains(&format!("Secret {}/redis", ns.name))
+            && message.contains("lacks the label jobretry.io/redis=true"),
+        "{message}"
+    );
+    assert_eq!(
+        queue_dump(queue)
+            .keys()
+            .filter(|k| k.ends_with(":wait"))
+            .count(),
+        0,
+        "nothing was retried with the unlabelled Secret"
+    );
+    // A label with another value is not the label.
+    ns.kubectl(&["label", "secret", "redis", "jobretry.io/redis=false"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(reason(&ns.get("l")).0, "SecretInvalid");
+    let labelled = ns.kubectl(&[
+        "label",
+        "--overwrite",
+        "secret",
+        "redis",
+        "jobretry.io/redis=true",
+    ]);
+    assert!(labelled.ok, "{}", labelled.stderr);
+    let waited = ns.wait_condition("l", "Complete", "60s");
+    assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
+    assert_eq!(ns.get("l")["status"]["counts"], json!({"Retried": 1}));
+}
