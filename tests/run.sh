@@ -42,6 +42,8 @@ JOBRETRY_TEST_PYTHON2=$(venv_for tests/bullmq/py/requirements-2.txt)
 export JOBRETRY_TEST_PYTHON JOBRETRY_TEST_PYTHON2
 export JOBRETRY_PLATFORM_TOPOLOGIES=1
 JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh); export JOBRETRY_TEST_HELM # tests/e2e_chart.rs
+# tests/e2e_image.rs builds the image (a release musl build, then buildah) and runs it.
+export JOBRETRY_TEST_IMAGE=${JOBRETRY_TEST_IMAGE:-1} # 0 skips it
 
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/jobretry-tests.XXXXXX")
 trap 'tests/platform/down.sh "$STATE" >/dev/null 2>&1 || true' EXIT
