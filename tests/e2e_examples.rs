@@ -167,6 +167,35 @@ fn seed_case(ns: &TestNs, c: &Case, url: &str, conn: &[&str], prefix: &str) -> V
     node("seed.mjs", &args)["jobs"].as_array().unwrap().clone()
 }
 
+/// For a topology: the URL the operator gets, the URL and connection flags seed.mjs and
+/// process.mjs get, and the queue's prefix.
+fn endpoints<'a>(
+    redis: &Topology,
+    tls: Option<&TlsRedis>,
+    sentinel_master: &'a str,
+) -> (String, String, Vec<&'a str>, &'static str) {
+    match redis {
+        Topology::Standalone => (redis_url(), redis_url(), vec![], "bull"),
+        Topology::Tls => {
+            let t = tls.expect("the test's TLS redis-server");
+            (
+                format!("rediss://127.0.0.1:{}", t.tls),
+                format!("redis://127.0.0.1:{}", t.plain),
+                vec![],
+                "bull",
+            )
+        }
+        Topology::Cluster => {
+            let u = env("JOBRETRY_TEST_CLUSTER_URL");
+            (u.clone(), u, vec!["--cluster"], "{bull}")
+        }
+        Topology::Sentinel => {
+            let u = env("JOBRETRY_TEST_SENTINEL_URL");
+            (u.clone(), u, vec!["--sentinel", sentinel_master], "bull")
+        }
+    }
+}
+
 /// Applies one example and checks its documented outcome; panics saying what differs.
 fn check_example(path: &Path) {
     let file = path.file_name().unwrap().to_str().unwrap().to_string();
@@ -182,27 +211,7 @@ fn check_example(path: &Path) {
     let sentinel_master = matches!(c.redis, Topology::Sentinel)
         .then(|| env("JOBRETRY_TEST_SENTINEL_MASTER"))
         .unwrap_or_default();
-    // (URL the operator gets, URL and flags seed.mjs gets, the queue's prefix)
-    let (url, seed_url, conn, prefix): (String, String, Vec<&str>, &str) = match c.redis {
-        Topology::Standalone => (redis_url(), redis_url(), vec![], "bull"),
-        Topology::Tls => {
-            let t = tls.as_ref().unwrap();
-            (
-                format!("rediss://127.0.0.1:{}", t.tls),
-                format!("redis://127.0.0.1:{}", t.plain),
-                vec![],
-                "bull",
-            )
-        }
-        Topology::Cluster => {
-            let u = env("JOBRETRY_TEST_CLUSTER_URL");
-            (u.clone(), u, vec!["--cluster"], "{bull}")
-        }
-        Topology::Sentinel => {
-            let u = env("JOBRETRY_TEST_SENTINEL_URL");
-            (u.clone(), u, vec!["--sentinel", &sentinel_master], "bull")
-        }
-    };
+    let (url, seed_url, conn, prefix) = endpoints(&c.redis, tls.as_ref(), &sentinel_master);
     if matches!(c.redis, Topology::Sentinel) {
         assert!(
             text.contains(&format!("sentinelMasterName: {sentinel_master}")),
@@ -261,20 +270,36 @@ fn check_example(path: &Path) {
     if want.get("preview").is_some() {
         return;
     }
-    // A real Worker then processes exactly the retried jobs, once each, with the attempt
-    // counter reset where the example asks for it.
+    assert_processed(
+        &file,
+        &text,
+        (&seed_url, &conn, prefix),
+        &ns.name,
+        &expected,
+    );
+}
+
+/// A real Worker processes exactly the `expected` jobs, once each, with the attempt counter
+/// reset where the example asks for it.
+fn assert_processed(
+    file: &str,
+    text: &str,
+    (seed_url, conn, prefix): (&str, &[&str], &str),
+    queue: &str,
+    expected: &BTreeSet<String>,
+) {
     let n = expected.len().to_string();
     let mut args = vec![
-        "--redis", &seed_url, "--queue", &ns.name, "--prefix", prefix, "--expect", &n,
+        "--redis", seed_url, "--queue", queue, "--prefix", prefix, "--expect", &n,
     ];
-    args.extend_from_slice(&conn);
+    args.extend_from_slice(conn);
     let out = node("process.mjs", &args);
     let processed = out["processed"].as_array().unwrap();
     let ids: BTreeSet<String> = (processed.iter())
         .map(|p| p["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(processed.len(), expected.len(), "{file}: each once: {out}");
-    assert_eq!(ids, expected, "{file}: {out}");
+    assert_eq!(&ids, expected, "{file}: {out}");
     if text.contains("resetAttemptsMade: true") {
         assert!(
             processed.iter().all(|p| p["attemptsMade"] == 0),
