@@ -4,7 +4,8 @@
 //! the quick start (the first manifest and the `$` lines after it, whose `kubectl get jr`
 //! output must read as the README shows it), the kubectl plugin's commands, and the install
 //! commands (the chart installed by helm into the API server). `tests/demo.sh` and
-//! `tests/run.sh` are the two commands `.ci/run` runs.
+//! `tests/run.sh` are the two commands `.ci/run` runs; `tests/e2e_image.rs` runs the image's
+//! build script. Not tried: `docker build` (no Docker engine or registry here).
 //!
 //! The test fails when a command block changes in a way it does not know how to run, so a
 //! new README command cannot go untried.
@@ -289,6 +290,23 @@ fn the_readme_commands_run_as_written() {
         "helm uninstall jobretry-operator -n jobretry-system",
     );
     assert!(out.ok, "{}", out.stderr);
+
+    // ---- the image: tests/e2e_image.rs runs the build script (with a store of its own) and
+    // the image it builds. `docker build` cannot run here (no Docker engine, and no registry
+    // to pull the Dockerfile's rust:1.89 builder from): the one README command not tried.
+    let image = shells
+        .iter()
+        .find(|(_, b)| b.contains("build-image.sh"))
+        .unwrap();
+    let image_test = std::fs::read_to_string(repo().join("tests/e2e_image.rs")).unwrap();
+    for cmd in commands(&image.0, &image.1) {
+        if cmd.starts_with("tests/platform/build-image.sh ") {
+            assert!(image_test.contains("tests/platform/build-image.sh"));
+        } else {
+            assert!(cmd.starts_with("docker build "), "untried: {cmd}");
+        }
+        ran.push(cmd);
+    }
 
     // Every command of every shell block was run above (or is run by CI).
     for (info, body) in &shells {

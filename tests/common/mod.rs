@@ -739,3 +739,128 @@ impl Operator {
         )
     }
 }
+
+/// A redis-server of the test's own with a plain port (for seeding) and a TLS port whose
+/// certificate is signed by a CA made here; killed when dropped.
+pub struct TlsRedis {
+    pub children: Vec<std::process::Child>,
+    pub plain: u16,
+    pub tls: u16,
+    pub ca: std::path::PathBuf,
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it (`server.pem`,
+/// `server.key`), written into `dir`.
+pub fn make_certs(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = run(std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args));
+        assert!(out.ok, "openssl {args:?}: {}", out.stderr);
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=jobretry-test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+pub fn start_tls_redis(dir: &std::path::Path) -> TlsRedis {
+    make_certs(dir);
+    let (plain, tls) = (free_port(), free_port());
+    let child = std::process::Command::new("redis-server")
+        .current_dir(dir)
+        .args([
+            "--port",
+            &plain.to_string(),
+            "--tls-port",
+            &tls.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+            "--tls-ca-cert-file",
+            "ca.pem",
+        ])
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            "redis.log",
+        ])
+        .spawn()
+        .expect("start redis-server");
+    let server = TlsRedis {
+        children: vec![child],
+        plain,
+        tls,
+        ca: dir.join("ca.pem"),
+    };
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the TLS redis-server to answer",
+        || {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{plain}")).ok()?;
+            let mut con = client.get_connection().ok()?;
+            redis::cmd("PING").query::<String>(&mut con).ok()
+        },
+    );
+    server
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the OS packages the tests need (Debian/apt): Redis, and lua5.4 for the Argo CD
-# health check. Idempotent: a quick
+# Install the OS packages the tests need (Debian/apt): Redis, lua5.4 for the Argo CD
+# health check, buildah and musl-tools for the image (build-image.sh). Idempotent: a quick
 # no-op when everything is already installed; `apt-get update` runs only when
 # something is missing.
 #
@@ -14,7 +14,7 @@ set -euo pipefail
 # shellcheck source=tests/platform/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PACKAGES=(redis-server redis-tools redis-sentinel lua5.4)
+PACKAGES=(redis-server redis-tools redis-sentinel lua5.4 buildah musl-tools)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
