@@ -1,5 +1,5 @@
-//! The operator's HTTP endpoint: `/healthz` (the process serves), `/readyz` (JobRetries can
-//! be listed and the controller's watch works) and `/metrics` (Prometheus text format).
+//! The operator's HTTP endpoint: `/healthz` (the process serves), `/readyz` (the controller's
+//! cache has synced and its watch works) and `/metrics` (Prometheus text format).
 //!
 //! Readiness recovers by itself: a watch that fails is retried by the controller at least
 //! every [`WATCH_SETTLE`] (its longest backoff plus a connect timeout) and each failed try is
@@ -44,14 +44,15 @@ pub struct Readiness {
 
 #[derive(Clone, Copy, Default)]
 struct WatchState {
-    listed: bool,
+    synced: bool,
     last_failure: Option<Instant>,
 }
 
 impl Readiness {
-    /// JobRetry objects can be listed (the API server answers, RBAC is in place).
-    pub fn listed(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).listed = true;
+    /// The controller's cache has synced: the watch's first full list of JobRetry objects is
+    /// in it (so the API server answers and RBAC is in place).
+    pub fn synced(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).synced = true;
     }
 
     /// The watch failed (one try).
@@ -64,13 +65,13 @@ impl Readiness {
 
     pub fn is_ready(&self) -> bool {
         let s = *self.state.lock().unwrap_or_else(|e| e.into_inner());
-        is_ready(s.listed, s.last_failure, Instant::now())
+        is_ready(s.synced, s.last_failure, Instant::now())
     }
 }
 
-/// Ready once listed, except within [`WATCH_SETTLE`] of the watch's last failure.
-pub fn is_ready(listed: bool, last_failure: Option<Instant>, now: Instant) -> bool {
-    listed && last_failure.is_none_or(|t| now.saturating_duration_since(t) >= WATCH_SETTLE)
+/// Ready once the cache has synced, except within [`WATCH_SETTLE`] of the watch's last failure.
+pub fn is_ready(synced: bool, last_failure: Option<Instant>, now: Instant) -> bool {
+    synced && last_failure.is_none_or(|t| now.saturating_duration_since(t) >= WATCH_SETTLE)
 }
 
 /// Serves until the process ends; an error means the address could not be bound.
@@ -108,9 +109,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_once_listed_and_again_once_the_watch_settles() {
+    fn ready_once_synced_and_again_once_the_watch_settles() {
         let t0 = Instant::now();
-        assert!(!is_ready(false, None, t0), "not listed yet");
+        assert!(!is_ready(false, None, t0), "not synced yet");
         assert!(is_ready(true, None, t0));
         assert!(!is_ready(true, Some(t0), t0), "the watch just failed");
         assert!(!is_ready(

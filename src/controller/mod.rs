@@ -22,7 +22,6 @@ use std::{
 use futures::StreamExt;
 use kube::{
     Api, Client, ResourceExt,
-    api::ListParams,
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
@@ -217,7 +216,7 @@ async fn forget_departed(ctx: Weak<Context>) {
 }
 
 /// Runs the controller until `shutdown` resolves and the running reconciles have ended;
-/// marks `health` ready once JobRetries can be listed. Every replica watches; only the one
+/// marks `health` ready once its cache has synced. Every replica watches; only the one
 /// `gate` lets through retries, and each time it starts to lead it reconciles every object.
 pub async fn run(
     client: Client,
@@ -233,7 +232,20 @@ pub async fn run(
     // The watch cache keeps slimmed objects (cache.rs): memory stays small with many big ones.
     let writer = reflector::store::Writer::default();
     let reader = writer.as_reader();
-    let watch = watcher(api.clone(), watcher::Config::default().any_semantic()).modify(cache::slim);
+    // Ready once the cache has synced: the watch's first full list is in it (InitDone), so
+    // a replica that takes the Lease starts from every object. Not through
+    // `Store::wait_until_ready()`: its one-shot wakes only the last task that waited, and
+    // the controller itself waits on it.
+    let watch = watcher(api.clone(), watcher::Config::default().any_semantic())
+        .modify(cache::slim)
+        .inspect({
+            let health = health.clone();
+            move |event| {
+                if let Ok(watcher::Event::InitDone) = event {
+                    health.readiness.synced();
+                }
+            }
+        });
     let controller = Controller::for_stream(reflector(writer, watch).applied_objects(), reader)
         .with_config(controller::Config::default().concurrency(config.max_concurrent_runs));
     let store = controller.store();
@@ -256,20 +268,6 @@ pub async fn run(
     ));
     tokio::spawn(forget_departed(Arc::downgrade(&ctx)));
     info!("starting jobretry-operator controller");
-    // Ready once JobRetries can be listed (API reachable, RBAC in place). Not through
-    // `store.wait_until_ready()`: its one-shot wakes only the last task that waited, and
-    // the controller itself waits on it.
-    tokio::spawn({
-        let (api, health) = (api.clone(), health.clone());
-        async move {
-            while let Err(e) = api.list_metadata(&ListParams::default().limit(1)).await {
-                warn!(error = %e, "cannot list JobRetry objects; not ready");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            info!("JobRetry objects can be listed; ready");
-            health.readiness.listed();
-        }
-    });
     controller
         .reconcile_all_on(acquired)
         .graceful_shutdown_on(shutdown)
