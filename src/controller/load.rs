@@ -22,7 +22,8 @@ pub const CA_KEY: &str = "ca.crt";
 #[derive(Debug)]
 pub enum LoadError {
     /// The Secret or key is missing or unusable: wait for the user. `category` is a fixed
-    /// label for metrics: `not_found`, `missing_key`, `not_utf8` or `invalid_url`.
+    /// label for metrics: `not_found`, `unlabelled`, `missing_key`, `not_utf8` or
+    /// `invalid_url`.
     Invalid {
         category: &'static str,
         message: String,

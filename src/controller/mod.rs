@@ -32,10 +32,7 @@ use kube::{
 };
 use tracing::{Span, debug, info, info_span, warn};
 
-use self::{
-    objects::{Memory, ObjectMemory},
-    plan::DryScan,
-};
+use self::objects::{Memory, ObjectMemory};
 use crate::{
     bullmq::{ConnectError, RedisConn, RedisTarget, RetryEngine, Selector},
     config::Config,
@@ -94,48 +91,18 @@ impl Context {
         }
     }
 
-    /// What the run of object `uid` keeps between reconciles.
-    fn memory(&self, uid: &str) -> Memory {
-        self.objects.memory(uid)
-    }
-
-    /// Keeps `memory` for object `uid` (forgets it when it is empty).
-    fn remember(&self, uid: &str, memory: Memory) {
-        self.objects.remember(uid, memory);
-    }
-
     /// Keeps the page budget of object `uid`'s selector run.
     fn set_budget(&self, uid: &str, budget: u32) {
-        let mut memory = self.memory(uid);
+        let mut memory = self.objects.memory(uid);
         memory.budget = budget;
-        self.remember(uid, memory);
-    }
-
-    /// What object `uid`'s selector dry run found so far, if the operator remembers it.
-    fn dry_scan(&self, uid: &str) -> Option<DryScan> {
-        self.objects.dry_scan(uid)
-    }
-
-    /// Keeps (or, with `None`, forgets) what object `uid`'s dry run found.
-    fn set_dry_scan(&self, uid: &str, scan: Option<DryScan>) {
-        self.objects.set_dry_scan(uid, scan);
-    }
-
-    /// Forgets everything kept in memory about object `uid` (deleted, or its run is over).
-    fn forget(&self, uid: &str) {
-        self.objects.forget(uid);
-    }
-
-    /// Forgets the objects that have left the controller's cache (deleted meanwhile).
-    pub fn forget_departed(&self) {
-        self.objects.retain_cached(&self.store);
+        self.objects.remember(uid, memory);
     }
 
     /// Records one more failed reconcile of `uid`; returns the delay before the next try.
     fn backoff(&self, uid: &str) -> Duration {
-        let mut memory = self.memory(uid);
+        let mut memory = self.objects.memory(uid);
         memory.failures = memory.failures.saturating_add(1);
-        self.remember(uid, memory);
+        self.objects.remember(uid, memory);
         machine::backoff(memory.failures)
     }
 
@@ -169,7 +136,8 @@ impl Context {
 
     /// How long the rate limit still holds back the next batch of `uid`.
     fn wait_for_rate_limit(&self, uid: &str) -> Option<Duration> {
-        self.memory(uid)
+        self.objects
+            .memory(uid)
             .not_before
             .and_then(|t| t.checked_duration_since(Instant::now()))
             .filter(|d| !d.is_zero())
@@ -209,7 +177,7 @@ async fn forget_departed(ctx: Weak<Context>) {
     loop {
         tick.tick().await;
         match ctx.upgrade() {
-            Some(ctx) => ctx.forget_departed(),
+            Some(ctx) => ctx.objects.retain_cached(&ctx.store),
             None => return,
         }
     }

@@ -71,16 +71,16 @@ async fn reconcile_once(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action,
     // A terminal phase is final: the cached copy saying so spares the API server a GET (the
     // status write that ended a run triggers one more reconcile of every object).
     if finished(&obj) {
-        ctx.forget(&obj.uid().unwrap_or_default());
+        ctx.objects.forget(&obj.uid().unwrap_or_default());
         return Ok(Action::await_change());
     }
     let Some(obj) = api.get_opt(&obj.name_any()).await? else {
-        ctx.forget(&obj.uid().unwrap_or_default());
+        ctx.objects.forget(&obj.uid().unwrap_or_default());
         return Ok(Action::await_change());
     };
     let uid = obj.uid().ok_or(Error::MissingObjectKey("metadata.uid"))?;
     if obj.metadata.deletion_timestamp.is_some() || finished(&obj) {
-        ctx.forget(&uid);
+        ctx.objects.forget(&uid);
         return Ok(Action::await_change());
     }
     if let Some(wait) = ctx.wait_for_rate_limit(&uid) {
@@ -407,18 +407,18 @@ impl Run {
             self.obj.metadata.generation,
             self.ctx.config.status_row_limit as usize,
         );
-        let failures = self.ctx.memory(&self.uid).failures;
+        let failures = self.ctx.objects.memory(&self.uid).failures;
         let t = machine::step(&old, failures, &facts, slice, Timestamp::now());
         if !self.ctx.gate.holds() {
             // Another replica may lead by now: its status wins; this slice's rows are in the
             // Redis record, from which the leader's next slice brings them back.
-            warn!(name = %self.obj.name_any(), namespace = %self.ns, "lost the leader Lease: status not written");
+            warn!("lost the leader Lease: status not written");
             return Ok(Action::await_change());
         }
         let written = status::write(&self.api, &self.obj, &t.status).await?;
         if written == status::Written::Gone {
             info!("object deleted or replaced during the slice; its status is not written");
-            self.ctx.forget(&self.uid);
+            self.ctx.objects.forget(&self.uid);
             return Ok(Action::await_change());
         }
         let finished = t.status.phase.as_deref().filter(|p| phase::is_terminal(p));
@@ -429,9 +429,9 @@ impl Run {
         let memory = Memory {
             failures: t.failures,
             not_before,
-            budget: self.ctx.memory(&self.uid).budget,
+            budget: self.ctx.objects.memory(&self.uid).budget,
         };
-        self.ctx.remember(
+        self.ctx.objects.remember(
             &self.uid,
             if finished.is_some() {
                 Memory::default()

@@ -56,14 +56,14 @@ impl Run {
             .map(ms);
         let now = Timestamp::now().as_millisecond();
         let upper = plan::upper_bound(frozen, sel.finished_before.as_ref().map(ms), now);
-        let mut dry = self.ctx.dry_scan(&self.uid);
+        let mut dry = self.ctx.objects.dry_scan(&self.uid);
         if run.dry_run && dry.is_none() {
             // Nothing of an earlier scan is left: start over (and say so if it had begun).
             slice.restart = old.selection.as_ref().is_some_and(|s| s.scanned > 0);
             dry = Some(DryScan::default());
         }
         let rate = self.jobs_per_second();
-        let mut budget = self.ctx.memory(&self.uid).budget;
+        let mut budget = self.ctx.objects.memory(&self.uid).budget;
         let deadline = Instant::now() + self.ctx.config.status_interval();
         let mut req = PageRequest {
             run: run.clone(),
@@ -148,14 +148,14 @@ impl Run {
             self.last_batch_started = Some(started);
             if page.done {
                 slice.result = SliceResult::Done;
-                self.ctx.set_dry_scan(&self.uid, None);
+                self.ctx.objects.set_dry_scan(&self.uid, None);
                 return;
             }
             if rate > 0 || Instant::now() >= deadline || self.stopped_meanwhile() {
                 slice.result = SliceResult::Batches {
                     last_batch: in_page,
                 };
-                self.ctx.set_dry_scan(&self.uid, dry);
+                self.ctx.objects.set_dry_scan(&self.uid, dry);
                 return;
             }
         }
