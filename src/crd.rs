@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -226,7 +226,7 @@ impl SourceState {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Selector {
-    /// Glob patterns on the whole job name (`*` any run of characters, `?` one character); a job matches if any pattern matches.
+    /// Glob patterns on the whole job name (`*` any run of characters, `?` one character); a job matches if any pattern matches. Every other character stands for itself (no escapes, no classes). Matching is linear in the name's length for each pattern, bounded per Redis call: a job whose name or failedReason is too large to match within one call (see status.selection.unexamined) is skipped and counted, never retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 256)))]
     pub names: Option<Vec<String>>,
@@ -234,10 +234,10 @@ pub struct Selector {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub failed_reason_contains: Option<String>,
-    /// Only jobs that finished (finishedOn, the job's score in the state's set) at or after this time (RFC 3339).
+    /// Only jobs that finished (finishedOn, the job's score in the state's set) at or after this time (RFC 3339). finishedOn is a whole number of milliseconds, so a time with a finer fraction is rounded up to the next millisecond, which selects exactly the same jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_after: Option<Time>,
-    /// Only jobs that finished before this time (RFC 3339).
+    /// Only jobs that finished before this time (RFC 3339); a finer fraction than a millisecond is rounded up to the next millisecond, which selects exactly the same jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_before: Option<Time>,
     /// Hard cap on the number of matched jobs: the run takes the oldest matches first and stops at this many (default 10000, at most 100000000).
@@ -328,15 +328,22 @@ pub struct JobRetryStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SelectionStatus {
-    /// Only jobs that finished before this time are candidates: the selector's finishedBefore, or the run's start if earlier; frozen when the run starts.
+    /// Only jobs that finished before this time (millisecond precision) are candidates: the selector's finishedBefore, or the time the operator first saw the object if earlier. Frozen then, and kept across waits, restarts and suspends; a re-created object with the same run key goes on with its first bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upper_bound: Option<Time>,
+    pub upper_bound: Option<MicroTime>,
     /// Jobs of the source state examined so far.
     #[serde(default)]
     pub scanned: u64,
     /// An estimate of the jobs left to examine in the window.
     #[serde(default)]
     pub remaining: u64,
+    /// Jobs skipped without being examined, never retried: their key is not a hash while a filter must read it, or their name or failedReason is too large to match within one bounded Redis call (a failedReason searched over 256,000 bytes, a name whose match needs more steps than a call allows). Retry them by id if they are wanted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unexamined: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a selector dry run found.
@@ -436,6 +443,9 @@ pub mod reason {
     /// Another selector run holds the queue and state; this one waits for it to end.
     pub const QUEUE_BUSY: &str = "QueueBusy";
     pub const LEDGER_CONFLICT: &str = "LedgerConflict";
+    /// The run's own state in Redis (its record) is missing or behind what its status says:
+    /// the connection now reaches other data, or Redis lost acknowledged writes (Failed).
+    pub const RUN_STATE_LOST: &str = "RunStateLost";
 }
 
 pub mod reference;

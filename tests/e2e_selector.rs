@@ -165,6 +165,7 @@ impl Filter {
             dry_matched: 0,
             reason_contains: self.reason.clone(),
             names: self.names.clone(),
+            expected_scanned: 0,
         }
     }
 }

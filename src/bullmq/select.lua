@@ -3,7 +3,16 @@
   keyset cursor (score = finishedOn, then id compared byte-wise), keeps the jobs that match the
   filters, retries them exactly as BullMQ's Job.retry() of one release would (core.lua,
   prepended when the script is built), and advances the cursor, all in one atomic call: a
-  crash can neither skip nor repeat a job. Work per call is bounded by the budget.
+  crash can neither skip nor repeat a job.
+
+  Bounded work, whatever the input: at most `budget` jobs are examined; name globs are matched
+  by a greedy matcher with one backtrack point (at most #name * #glob steps, no Lua pattern is
+  ever built from user input); the lengths of name and failedReason are read first (HSTRLEN,
+  O(1)) so that no more than `bytes budget` bytes of them are copied per call; matching costs
+  one work unit per matcher step and one per 8 bytes of failedReason searched, at most `work
+  budget` per call. A job that does not fit in what is left of a call ends the page before it
+  (the next call starts with it); a job that would not fit in a whole call, or whose key is
+  not a hash, is "unexamined": counted, skipped, never retried.
 
   KEYS 1-11: the queue's keys (core.lua); 12 the run record (hash), 13 the queue-and-state
   lock (string).
@@ -25,45 +34,141 @@
     15 cursor id          dry runs only
     16 matched so far     dry runs only
     17 failedReason must contain this ("" = any)
-    18… name patterns     Lua patterns, anchored (a job matches if any does; none = any name)
+    18 scanned expected   real runs: what the run's status says its record had scanned; a
+                          record that is missing or behind it means the run's state in Redis
+                          is lost (another server, or lost writes): reply "lost"
+    19 work budget        matching work units per call
+    20 bytes budget       bytes of names and reasons copied per call
+    21… name globs        `*` any run of characters, `?` one character (a byte and the
+                          continuation bytes 0x80-0xBF after it); a job matches if any glob
+                          matches its whole name; none = any name
 
-  The record (real runs): cs, cid (cursor), scanned, matched, upper (frozen at the first call,
-  wins over ARGV 11), done, and n:<code> (results by code: "1", "-1", "-3", "E"). Its
-  presence makes a re-created object with the same run key go on where the run stopped.
+  The record (real runs): cs, cid (cursor), scanned, matched, unexamined, upper (frozen at the
+  first call, wins over ARGV 11), done, and n:<code> (results by code: "1", "-1", "-3", "E").
+  Its presence makes a re-created object with the same run key go on where the run stopped.
 
-  Reply: { status ("more" | "done" | "busy"), cursor score, cursor id, scanned (total),
-           matched (total), remaining (estimate: jobs left in the window after the cursor),
-           { id, result, id, result, ... } for this call's matches,
+  Reply: { status ("more" | "done" | "busy" | "lost"), cursor score, cursor id, scanned
+           (total), matched (total), remaining (estimate: jobs left in the window after the
+           cursor), { id, result, id, result, ... } for this call's matches,
            { name, count, ... }, { reason, count, ... } of this call's matches (dry runs
-             only, for the preview; empty for real runs, which would pay for them per job),
+             only, for the preview, each cut to 200 bytes at a character boundary; empty for
+             real runs, which would pay for them per job),
            oldest and newest finishedOn of this call's matches ("" if none),
-           { code, count, ... } of the whole run (real runs; empty for dry runs) }
+           { code, count, ... } of the whole run (real runs; empty for dry runs),
+           the upper bound the run uses (the record's), unexamined (real runs: total; dry
+           runs: this call's) }
   "busy": another run holds the lock; element 2 names it; nothing was written.
+  "lost": { "lost", scanned in the record ("" if there is none), matched in the record };
+          nothing was written.
 ]]
 local R = newRun(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 local recordKey, lockKey = KEYS[12], KEYS[13]
 local holder, lockTtl = ARGV[8], ARGV[9]
 local maxJobs, budget = tonumber(ARGV[12]), tonumber(ARGV[13])
 local reasonNeedle = ARGV[17]
-local patterns = {}
-for i = 18, #ARGV do patterns[#patterns + 1] = ARGV[i] end
+local expectedScanned = tonumber(ARGV[18]) or 0
+local workBudget, bytesBudget = tonumber(ARGV[19]), tonumber(ARGV[20])
+local byte, sub = string.byte, string.sub
+local STAR, ANY = 42, 63
+
+local function isCont(c) return c ~= nil and c >= 0x80 and c <= 0xBF end
+
+-- The byte after a character that starts at byte i of s (n = #s): a character is a byte and
+-- the continuation bytes (0x80-0xBF) after it, one UTF-8 character in valid text.
+local function nextChar(s, i, n)
+  i = i + 1
+  while i <= n and isCont(byte(s, i)) do i = i + 1 end
+  return i
+end
+
+-- A glob, compiled once per call into tokens: STAR, ANY, or a literal character (its first
+-- byte in `b`, its bytes in `lit`); and the literal prefix and suffix every match must have
+-- (checked first, in C, so that the usual `charge-*` costs one step).
+local function compileGlob(g)
+  local b, lit, n = {}, {}, #g
+  local i = 1
+  while i <= n do
+    local e = nextChar(g, i, n)
+    b[#b + 1] = byte(g, i)
+    lit[#b] = sub(g, i, e - 1)
+    i = e
+  end
+  local m = #b
+  local first, last = 1, m
+  while first <= m and b[first] ~= STAR and b[first] ~= ANY do first = first + 1 end
+  while last >= 1 and b[last] ~= STAR and b[last] ~= ANY do last = last - 1 end
+  local function join(from, to) return table.concat(lit, "", from, to) end
+  return { text = g, b = b, lit = lit, m = m, literal = first > m, prefix = join(1, first - 1),
+    suffix = (last >= 1 and b[last] == STAR) and join(last + 1, m) or nil }
+end
+
+local globs = {}
+for i = 21, #ARGV do globs[#globs + 1] = compileGlob(ARGV[i]) end
+
+-- Whether glob G matches all of s: greedy, with one backtrack point (the last `*`), so at
+-- most #s * #G steps. Returns the verdict (nil: `limit` steps did not decide) and the steps.
+local function globMatch(s, G, limit)
+  if G.literal then return s == G.text, 1 end
+  local n = #s
+  local np = #G.prefix
+  if np > 0 and (sub(s, 1, np) ~= G.prefix or isCont(byte(s, np + 1))) then return false, 1 end
+  if G.suffix and (n < #G.prefix + #G.suffix or sub(s, n - #G.suffix + 1) ~= G.suffix) then
+    return false, 1
+  end
+  local gb, gl, m = G.b, G.lit, G.m
+  local i, j, star, mark, steps = 1, 1, nil, 1, 1
+  while i <= n do
+    steps = steps + 1
+    if steps > limit then return nil, steps end
+    local pj = gb[j]
+    local e
+    if pj ~= nil and pj ~= STAR and pj ~= ANY and pj == byte(s, i) then
+      local w = #gl[j]
+      e = i + w
+      if (w > 1 and sub(s, i, e - 1) ~= gl[j]) or isCont(byte(s, e)) then e = nil end
+    end
+    if pj == STAR then
+      repeat j = j + 1 until gb[j] ~= STAR
+      if j > m then return true, steps end
+      star, mark = j, i
+    elseif pj == ANY then
+      i, j = nextChar(s, i, n), j + 1
+    elseif e then
+      i, j = e, j + 1
+    elseif star then
+      mark = nextChar(s, mark, n)
+      i, j = mark, star
+    else
+      return false, steps
+    end
+  end
+  while gb[j] == STAR do j = j + 1 end
+  return j > m, steps
+end
+
+-- s cut to at most n bytes, never inside a UTF-8 character.
+local function cut(s, n)
+  if #s <= n then return s end
+  local e = n
+  while e > 0 do
+    local c = byte(s, e + 1)
+    if c < 0x80 or c > 0xBF then break end
+    e = e - 1
+  end
+  -- e is now the end of a character, or 0 when the first n+1 bytes are all continuations
+  return sub(s, 1, e)
+end
 
 local refused = checkKeyTypes({ {recordKey, "hash"}, {lockKey, "string"} })
 if refused then return refused end
-
--- The lock: one active selector run per queue and state; it expires if its holder stops.
-if holder ~= "" then
-  local current = rcall("GET", lockKey)
-  if current and current ~= holder then return { "busy", current } end
-end
 
 -- The run's results so far by code, from the record: exact whatever status writes a crash lost.
 local function totals()
   local out = {}
   local all = rcall("HGETALL", recordKey)
   for i = 1, #all, 2 do
-    if string.sub(all[i], 1, 2) == "n:" then
-      out[#out + 1] = string.sub(all[i], 3)
+    if sub(all[i], 1, 2) == "n:" then
+      out[#out + 1] = sub(all[i], 3)
       out[#out + 1] = all[i + 1]
     end
   end
@@ -72,16 +177,27 @@ end
 
 -- Where the run stands.
 local cs, cid, scanned, matched, upper = ARGV[14], ARGV[15], 0, tonumber(ARGV[16]) or 0, ARGV[11]
+local unexamined = 0
 if not R.dryRun then
-  local rec = rcall("HMGET", recordKey, "cs", "cid", "scanned", "matched", "upper", "done")
-  if rec[5] then
-    cs, cid, scanned, matched, upper = rec[1] or "", rec[2] or "", tonumber(rec[3]), tonumber(rec[4]), rec[5]
-  else
+  local rec = rcall("HMGET", recordKey, "cs", "cid", "scanned", "matched", "upper", "done", "unexamined")
+  if not rec[5] then
+    -- The status says the run had progressed, but its record is not here.
+    if expectedScanned > 0 then return { "lost", "", 0 } end
     cs, cid = "", ""
+  else
+    cs, cid, scanned, matched, upper = rec[1] or "", rec[2] or "", tonumber(rec[3]), tonumber(rec[4]), rec[5]
+    unexamined = tonumber(rec[7]) or 0
+    if scanned < expectedScanned then return { "lost", rec[3], rec[4] } end
   end
   if rec[6] == "1" then
-    return { "done", cs, cid, scanned, matched, 0, {}, {}, {}, "", "", totals() }
+    return { "done", cs, cid, scanned, matched, 0, {}, {}, {}, "", "", totals(), upper, unexamined }
   end
+end
+
+-- The lock: one active selector run per queue and state; it expires if its holder stops.
+if holder ~= "" then
+  local current = rcall("GET", lockKey)
+  if current and current ~= holder then return { "busy", current } end
 end
 local stateKey = R.stateKey
 
@@ -90,7 +206,7 @@ local function after(a, b)
   if a == b then return false end
   local n = math.min(#a, #b)
   for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
+    local x, y = byte(a, i), byte(b, i)
     if x ~= y then return x > y end
   end
   return #a > #b
@@ -110,12 +226,48 @@ else
   start = lo
 end
 
-local function matches(name, reason)
-  if reasonNeedle ~= "" and not (reason and string.find(reason, reasonNeedle, 1, true)) then return false end
-  if #patterns == 0 then return true end
-  if not name then return false end
-  for _, p in ipairs(patterns) do
-    if string.find(name, p) then return true end
+-- What this call may still spend on matching.
+local workLeft, bytesLeft = workBudget, bytesBudget
+local filterName, filterReason = #globs > 0, reasonNeedle ~= ""
+-- Preview values of fields no filter reads are fetched only up to this size.
+local PREVIEW_FETCH = 65536
+
+-- Examines the job at `key`: true / false (it matches or not, with its name and reason when
+-- fetched), "unexamined" (its key is not a hash while a filter must read it, or it would not
+-- fit in a whole call), or nil (it does not fit in what is left of this call). `first`: it is
+-- the first job this call examines. Spends the work and bytes it used.
+local function examine(key, first)
+  local wantName, wantReason = filterName or R.dryRun, filterReason or R.dryRun
+  if not (wantName or wantReason) then return true end
+  local okN, nameLen = true, 0
+  local okR, reasonLen = true, 0
+  if wantName then okN, nameLen = pcall(rcall, "HSTRLEN", key, "name") end
+  if wantReason then okR, reasonLen = pcall(rcall, "HSTRLEN", key, "failedReason") end
+  if not (okN and okR) then
+    -- Not a hash: with no filter it is a match whose retry reports the error.
+    if filterName or filterReason then return "unexamined" end
+    return true
+  end
+  local fetchName = filterName or (wantName and nameLen <= PREVIEW_FETCH)
+  local fetchReason = filterReason or (wantReason and reasonLen <= PREVIEW_FETCH)
+  local bytes = (fetchName and nameLen or 0) + (fetchReason and reasonLen or 0)
+  local work = filterReason and math.ceil(reasonLen / 8) or 0
+  if bytes > bytesBudget or work > workBudget then return "unexamined" end
+  if bytes > bytesLeft or work > workLeft then return nil end
+  local f = rcall("HMGET", key, "name", "failedReason")
+  local name = fetchName and f[1] or (f[1] and ("(a name of " .. nameLen .. " bytes)"))
+  local reason = fetchReason and f[2] or (f[2] and ("(a failed reason of " .. reasonLen .. " bytes)"))
+  bytesLeft, workLeft = bytesLeft - bytes, workLeft - work
+  if filterReason and not (f[2] and string.find(f[2], reasonNeedle, 1, true)) then
+    return false
+  end
+  if not filterName then return true, name, reason end
+  if not f[1] then return false end
+  for _, G in ipairs(globs) do
+    local v, steps = globMatch(f[1], G, workLeft)
+    workLeft = workLeft - steps
+    if v == nil then return first and "unexamined" or nil end
+    if v then return true, name, reason end
   end
   return false
 end
@@ -125,7 +277,7 @@ local upperN = tonumber(upper)
 local results, moves, names, reasons = {}, {}, {}, {}
 local oldest, newest = "", ""
 local done = #page < 2 * budget
-local fields = { "name", "failedReason", unpack(JOB_FIELDS) }
+local callUnexamined = 0
 -- The ledger entries of the whole page in one read (a job this run key retried before is
 -- skipped: it failed again, behind the cursor, stamped by a worker whose clock runs behind).
 local seenBefore = {}
@@ -137,31 +289,29 @@ end
 for i = 1, #page, 2 do
   local id, score = page[i], page[i + 1]
   if tonumber(score) >= upperN then done = true break end
+  local key = R.base .. id
+  local take, name, reason = examine(key, i == 1)
+  if take == nil then done = false break end
   scanned = scanned + 1
   cs, cid = score, id
-  local ok, f = pcall(rcall, "HMGET", R.base .. id, unpack(fields))
-  local take
-  if not ok then
-    take = reasonNeedle == "" and #patterns == 0
-    f = {}
-  else
-    take = matches(f[1], f[2])
-  end
-  if take and not seenBefore[(i + 1) / 2] then
+  if take == "unexamined" then
+    callUnexamined = callUnexamined + 1
+  elseif take and not seenBefore[(i + 1) / 2] then
     matched = matched + 1
+    local ok, f = pcall(rcall, "HMGET", key, unpack(JOB_FIELDS))
     local r, move
     if not ok then
-      r = "E" .. "job key " .. R.base .. id .. " is not a hash"
+      r = "E" .. "job key " .. key .. " is not a hash"
     else
-      r, move = planMove(R, id, { f[3], f[4], f[5] })
+      r, move = planMove(R, id, f)
     end
     results[#results + 1] = id
     results[#results + 1] = r
     if move then moves[#moves + 1] = move end
     if R.dryRun then
-      local name, reason = f[1] or "", string.sub(f[2] or "", 1, 200)
-      names[name] = (names[name] or 0) + 1
-      reasons[reason] = (reasons[reason] or 0) + 1
+      local n, why = cut(name or "", 200), cut(reason or "", 200)
+      names[n] = (names[n] or 0) + 1
+      reasons[why] = (reasons[why] or 0) + 1
     end
     if oldest == "" then oldest = score end
     newest = score
@@ -180,17 +330,20 @@ if not R.dryRun then
   local codes, counts = {}, {}
   for i = 2, #results, 2 do
     local r = results[i]
-    local code = string.sub(r, 1, 1) == "E" and "E" or r
+    local code = sub(r, 1, 1) == "E" and "E" or r
     if not counts[code] then codes[#codes + 1] = code; counts[code] = 0 end
     counts[code] = counts[code] + 1
   end
   for _, code in ipairs(codes) do rcall("HINCRBY", recordKey, "n:" .. code, counts[code]) end
+  unexamined = unexamined + callUnexamined
   rcall("HSET", recordKey, "cs", cs, "cid", cid, "scanned", scanned, "matched", matched,
-    "upper", upper, "done", done and "1" or "0")
+    "upper", upper, "done", done and "1" or "0", "unexamined", unexamined)
   rcall("PEXPIRE", recordKey, R.ttl)
   if holder ~= "" then
     if done then rcall("DEL", lockKey) else rcall("SET", lockKey, holder, "PX", lockTtl) end
   end
+else
+  unexamined = callUnexamined
 end
 
 local function flat(counts)
@@ -203,4 +356,4 @@ if not done then
   remaining = rcall("ZCOUNT", stateKey, cs == "" and ARGV[10] or "(" .. cs, "(" .. upper)
 end
 return { done and "done" or "more", cs, cid, scanned, matched, remaining, results,
-  flat(names), flat(reasons), oldest, newest, R.dryRun and {} or totals() }
+  flat(names), flat(reasons), oldest, newest, R.dryRun and {} or totals(), upper, unexamined }

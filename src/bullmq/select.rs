@@ -3,7 +3,8 @@
 //! keeps in the run's record for real runs (so a crash can neither skip nor repeat a job, and
 //! nothing a user writes into the object's status can move it).
 //!
-//! Also here, pure: name globs as Lua patterns, and the page size that keeps each call short.
+//! Also here, pure: the reference glob matcher (what the script's matcher must agree with),
+//! and the page size that keeps each call short.
 
 use std::time::Duration;
 
@@ -42,7 +43,16 @@ pub struct PageRequest {
     pub reason_contains: Option<String>,
     /// Globs on the job name (`*`, `?`); any may match; none = any name.
     pub names: Vec<String>,
+    /// Real runs: the jobs the run's status says its record had scanned. A record that is
+    /// missing or behind it is reported as [`PageOutcome::Lost`].
+    pub expected_scanned: u64,
 }
+
+/// Matching work units one page call may spend (one per matcher step, one per 8 bytes of
+/// failedReason searched): about 4 ms of Lua at the worst case measured (benches/README).
+pub const WORK_BUDGET: u64 = 32_000;
+/// Bytes of job names and failed reasons one page call may copy out of the job hashes.
+pub const BYTES_BUDGET: u64 = 4 << 20;
 
 /// What one page call did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,6 +75,12 @@ pub struct Page {
     pub newest: Option<i64>,
     /// A real run's results so far by outcome, from its record (exact across crashes).
     pub totals: Vec<(JobOutcome, u64)>,
+    /// The upper bound the run really uses (a real run's record keeps the first one).
+    pub upper: i64,
+    /// Jobs skipped because they could not be examined (key not a hash while a filter must
+    /// read it, or name/reason too large to match in one bounded call): a real run's total,
+    /// a dry run's count in this call.
+    pub unexamined: u64,
 }
 
 /// The answer of a page call.
@@ -73,12 +89,19 @@ pub enum PageOutcome {
     Page(Page),
     /// Another run (named) holds the queue-and-state lock; nothing was written.
     Busy(String),
+    /// The run's record is missing (`scanned` None) or behind what its status says: the
+    /// connection now reaches other data, or Redis lost writes. Nothing was written.
+    Lost {
+        scanned: Option<u64>,
+        matched: u64,
+    },
 }
 
 /// Runs selector pages; cheap to clone, holds the loaded script.
 #[derive(Clone)]
 pub struct Selector {
     script: Script,
+    unlock: Script,
 }
 
 impl Default for Selector {
@@ -88,6 +111,10 @@ impl Default for Selector {
                 include_str!("core.lua"),
                 include_str!("select.lua")
             )),
+            // KEYS[1] the lock, ARGV[1] the holder: deleted only if it is still the holder's.
+            unlock: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            ),
         }
     }
 }
@@ -117,21 +144,56 @@ impl Selector {
             .arg(cursor.score)
             .arg(cursor.id)
             .arg(req.dry_matched)
-            .arg(req.reason_contains.as_deref().unwrap_or(""));
+            .arg(req.reason_contains.as_deref().unwrap_or(""))
+            .arg(if dry { 0 } else { req.expected_scanned })
+            .arg(WORK_BUDGET)
+            .arg(BYTES_BUDGET);
         for glob in &req.names {
-            inv.arg(glob_pattern(glob));
+            inv.arg(glob.as_str());
         }
         let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(script_error)?;
         decode_page(reply)
     }
+
+    /// Releases the queue-and-state lock of `state` if `run_key` holds it (a run that stops:
+    /// suspended, deleted), so that the next run need not wait for it to expire.
+    pub async fn unlock<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        keys: &QueueKeys,
+        state: &str,
+        run_key: &str,
+    ) -> Result<bool, EngineError> {
+        let released: i64 = self
+            .unlock
+            .key(keys.lock(state))
+            .arg(run_key)
+            .invoke_async(conn)
+            .await
+            .map_err(script_error)?;
+        Ok(released == 1)
+    }
 }
 
+/// A reply element as text; bytes that are not UTF-8 (job names and ids are whatever the
+/// producer wrote) become U+FFFD rather than failing the page.
 fn text(v: &Value) -> Result<String, EngineError> {
-    redis::from_redis_value_ref(v).map_err(|e| EngineError::Protocol(format!("page reply: {e}")))
+    match v {
+        Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+        v => redis::from_redis_value_ref(v)
+            .map_err(|e| EngineError::Protocol(format!("page reply: {e}"))),
+    }
 }
 
 fn number(v: &Value) -> Result<u64, EngineError> {
     redis::from_redis_value_ref(v).map_err(|e| EngineError::Protocol(format!("page reply: {e}")))
+}
+
+fn number_i64(v: &Value) -> Result<i64, EngineError> {
+    let t = text(v)?;
+    t.parse::<f64>()
+        .map(|f| f as i64)
+        .map_err(|_| EngineError::Protocol(format!("page reply: bound {t}")))
 }
 
 fn pairs(v: &Value) -> Result<Vec<(String, String)>, EngineError> {
@@ -150,6 +212,10 @@ fn decode_page(reply: Vec<Value>) -> Result<PageOutcome, EngineError> {
     let status = reply.first().map(text).transpose()?;
     match (status.as_deref(), reply.as_slice()) {
         (Some("busy"), [_, holder]) => Ok(PageOutcome::Busy(text(holder)?)),
+        (Some("lost"), [_, scanned, matched]) => Ok(PageOutcome::Lost {
+            scanned: text(scanned)?.parse().ok(),
+            matched: number(matched)?,
+        }),
         (
             Some(s @ ("more" | "done")),
             [
@@ -165,6 +231,8 @@ fn decode_page(reply: Vec<Value>) -> Result<PageOutcome, EngineError> {
                 oldest,
                 newest,
                 totals,
+                upper,
+                unexamined,
             ],
         ) => {
             let (score, id) = (text(cs)?, text(cid)?);
@@ -199,6 +267,8 @@ fn decode_page(reply: Vec<Value>) -> Result<PageOutcome, EngineError> {
                         Ok((outcome, n))
                     })
                     .collect::<Result<_, EngineError>>()?,
+                upper: number_i64(upper)?,
+                unexamined: number(unexamined)?,
             }))
         }
         _ => Err(EngineError::Protocol(format!(
@@ -209,25 +279,48 @@ fn decode_page(reply: Vec<Value>) -> Result<PageOutcome, EngineError> {
     }
 }
 
-/// A name glob (`*` any run, `?` one character) as an anchored Lua pattern matching the
-/// whole name; every other character stands for itself.
-pub fn glob_pattern(glob: &str) -> Vec<u8> {
-    // One UTF-8 character: a lead byte (ASCII, or 0xC2-0xF4) and its continuation bytes.
-    const ONE_CHAR: &[u8] = b"[%z\x01-\x7f\xc2-\xf4][\x80-\xbf]*";
-    let mut out = vec![b'^'];
-    for c in glob.chars() {
-        match c {
-            '*' => out.extend_from_slice(b".*"),
-            '?' => out.extend_from_slice(ONE_CHAR),
-            '^' | '$' | '(' | ')' | '%' | '.' | '[' | ']' | '+' | '-' => {
-                out.push(b'%');
-                out.push(c as u8);
+/// Whether `glob` matches all of `name`: the reference for the script's matcher (which must
+/// agree with it on every input). `*` matches any run of characters, `?` one character,
+/// where a character is a byte and the continuation bytes (0x80-0xBF) after it (one UTF-8
+/// character when the name is valid UTF-8); every other character stands for itself.
+/// Dynamic programming over (glob, name) positions: linear space, #glob * #name time.
+pub fn glob_matches(glob: &str, name: &[u8]) -> bool {
+    let chars = split_chars(name);
+    let mut row: Vec<bool> = vec![false; chars.len() + 1];
+    row[0] = true;
+    for token in glob.chars() {
+        let mut next = vec![false; chars.len() + 1];
+        match token {
+            '*' => {
+                let mut any = false;
+                for (k, cell) in next.iter_mut().enumerate() {
+                    any |= row[k];
+                    *cell = any;
+                }
             }
-            '\0' => out.extend_from_slice(b"%z"),
-            c => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            c => {
+                let mut buf = [0; 4];
+                let lit = c.encode_utf8(&mut buf).as_bytes();
+                for (k, ch) in chars.iter().enumerate() {
+                    next[k + 1] = row[k] && (c == '?' || *ch == lit);
+                }
+            }
+        }
+        row = next;
+    }
+    row[chars.len()]
+}
+
+/// The characters of `name` as the script counts them.
+fn split_chars(name: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=name.len() {
+        if i == name.len() || !(0x80..=0xBF).contains(&name[i]) {
+            out.push(&name[start..i]);
+            start = i;
         }
     }
-    out.push(b'$');
     out
 }
 

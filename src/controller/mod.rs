@@ -183,6 +183,18 @@ async fn forget_departed(ctx: Weak<Context>) {
     }
 }
 
+/// Gives back the queue locks of selector runs deleted while running; ends with the
+/// controller.
+async fn release_deleted_locks(
+    mut deleted: tokio::sync::mpsc::UnboundedReceiver<JobRetry>,
+    ctx: Weak<Context>,
+) {
+    while let Some(obj) = deleted.recv().await {
+        let Some(ctx) = ctx.upgrade() else { return };
+        reconcile::release_deleted(obj, ctx).await;
+    }
+}
+
 /// Runs the controller until `shutdown` resolves and the running reconciles have ended;
 /// marks `health` ready once its cache has synced. Every replica watches; only the one
 /// `gate` lets through retries, and each time it starts to lead it reconciles every object.
@@ -204,14 +216,18 @@ pub async fn run(
     // a replica that takes the Lease starts from every object. Not through
     // `Store::wait_until_ready()`: its one-shot wakes only the last task that waited, and
     // the controller itself waits on it.
+    // Deleted objects go to `release_deleted_locks` (a delete triggers no reconcile).
+    let (deleted_tx, deleted_rx) = tokio::sync::mpsc::unbounded_channel();
     let watch = watcher(api.clone(), watcher::Config::default().any_semantic())
         .modify(cache::slim)
         .inspect({
             let health = health.clone();
-            move |event| {
-                if let Ok(watcher::Event::InitDone) = event {
-                    health.readiness.synced();
+            move |event| match event {
+                Ok(watcher::Event::InitDone) => health.readiness.synced(),
+                Ok(watcher::Event::Delete(obj)) => {
+                    let _ = deleted_tx.send(obj.clone());
                 }
+                _ => {}
             }
         });
     let controller = Controller::for_stream(reflector(writer, watch).applied_objects(), reader)
@@ -235,6 +251,7 @@ pub async fn run(
         gate,
     ));
     tokio::spawn(forget_departed(Arc::downgrade(&ctx)));
+    tokio::spawn(release_deleted_locks(deleted_rx, Arc::downgrade(&ctx)));
     info!("starting jobretry-operator controller");
     controller
         .reconcile_all_on(acquired)

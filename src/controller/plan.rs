@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{MicroTime, Time},
+    jiff::Timestamp,
+};
 
 use crate::{
     bullmq::{Cursor, Page},
@@ -44,8 +47,22 @@ pub fn next_batch(ids: &[String], processed: u64, size: usize) -> &[String] {
     &ids[start..(start + size).min(ids.len())]
 }
 
+/// A time bound as finishedOn compares with it: finishedOn is a whole number of ms, so a
+/// bound with a finer fraction is rounded up to the next ms, which selects exactly the same
+/// jobs (`finishedOn >= t` and `finishedOn < t` both hold for the same integers).
+pub fn ms_ceil(t: &Time) -> i64 {
+    let ns = t.0.as_nanosecond();
+    ns.div_euclid(1_000_000) as i64 + i64::from(ns.rem_euclid(1_000_000) != 0)
+}
+
+/// A bound in ms as status shows it (with its milliseconds).
+pub fn micro_time(ms: i64) -> Option<MicroTime> {
+    Timestamp::from_millisecond(ms).ok().map(MicroTime)
+}
+
 /// A selector run's snapshot: only jobs that finished before this (ms) are candidates; the
-/// selector's `finishedBefore`, or the run's start if earlier. Once frozen, it stays.
+/// selector's `finishedBefore`, or the time the operator first saw the object if earlier.
+/// Once frozen, it stays.
 pub fn upper_bound(frozen: Option<i64>, finished_before: Option<i64>, now: i64) -> i64 {
     frozen.unwrap_or_else(|| finished_before.map_or(now, |b| b.min(now)))
 }
@@ -64,6 +81,8 @@ pub struct DryScan {
     pub reasons: HashMap<String, u64>,
     pub oldest: Option<i64>,
     pub newest: Option<i64>,
+    /// Jobs skipped unexamined so far.
+    pub unexamined: u64,
 }
 
 impl DryScan {
@@ -73,6 +92,7 @@ impl DryScan {
         self.matched = page.matched;
         // A dry page reports what it scanned itself (a real run's record keeps the total).
         self.scanned += page.scanned;
+        self.unexamined += page.unexamined;
         for (counts, values) in [
             (&mut self.names, &page.names),
             (&mut self.reasons, &page.reasons),
@@ -166,6 +186,24 @@ mod tests {
         assert_eq!(upper_bound(None, Some(3_000), 5_000), 3_000);
         assert_eq!(upper_bound(None, Some(9_000), 5_000), 5_000);
         assert_eq!(upper_bound(Some(4_000), Some(3_000), 9_000), 4_000);
+    }
+
+    #[test]
+    fn time_bounds_round_up_to_the_next_whole_millisecond() {
+        let t = |s: &str| Time(s.parse().unwrap());
+        assert_eq!(ms_ceil(&t("2026-11-28T10:00:00Z")), 1_795_860_000_000);
+        assert_eq!(ms_ceil(&t("2026-11-28T10:00:00.123Z")), 1_795_860_000_123);
+        assert_eq!(
+            ms_ceil(&t("2026-11-28T10:00:00.1230001Z")),
+            1_795_860_000_124
+        );
+        assert_eq!(
+            ms_ceil(&t("2026-11-28T10:00:00.999999Z")),
+            1_795_860_001_000
+        );
+        assert_eq!(ms_ceil(&t("1969-12-31T23:59:59.9995Z")), 0);
+        let shown = serde_json::to_string(&micro_time(1_795_860_000_123)).unwrap();
+        assert!(shown.contains("10:00:00.123"), "{shown}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::{
         BatchRequest, EngineError, QueueKeys, QueueVersion, RedisConn, RedisTarget, Verdict,
         VersionError,
     },
-    crd::{JobRetry, phase},
+    crd::{JobRetry, SelectionStatus, phase},
     error::{Error, quoted},
     metrics::Script,
     status,
@@ -94,12 +94,35 @@ async fn reconcile_once(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action,
         ctx,
         last_batch_started: None,
     };
-    let slice = if run.obj.spec.suspend {
-        Slice::ended(SliceResult::Suspended)
+    let mut slice = if run.obj.spec.suspend {
+        run.suspended().await
     } else {
         run.slice().await?
     };
+    slice.selection = slice.selection.or_else(|| run.frozen_selection());
     run.record(slice).await
+}
+
+/// Gives back the queue's lock of a deleted object's selector run, if it held it: a delete
+/// triggers no reconcile (the object is gone), so the watch hands deleted objects here.
+pub async fn release_deleted(obj: JobRetry, ctx: Arc<Context>) {
+    let (Some(ns), Some(uid)) = (obj.namespace(), obj.uid()) else {
+        return;
+    };
+    if finished(&obj) {
+        return;
+    }
+    let span = run_span(&obj);
+    let api = Api::namespaced(ctx.client.clone(), &ns);
+    let mut run = Run {
+        obj,
+        api,
+        ns,
+        uid,
+        ctx,
+        last_batch_started: None,
+    };
+    run.give_back_lock().instrument(span).await;
 }
 
 /// Whether the object's run is over (a terminal phase is never left).
@@ -130,6 +153,67 @@ struct OpenQueue {
 }
 
 impl Run {
+    /// A selector run's progress as status shows it, with its snapshot bound frozen now if
+    /// it is not yet: the first time the operator sees the object, whatever happens next
+    /// (waiting for the queue, a suspend, an error), so a later start never widens it.
+    fn frozen_selection(&self) -> Option<SelectionStatus> {
+        let sel = self.obj.spec.selector.as_ref()?;
+        let old = self.obj.status.as_ref().and_then(|s| s.selection.clone());
+        let old = old.unwrap_or_default();
+        let frozen = old.upper_bound.as_ref().map(|t| t.0.as_millisecond());
+        let before = sel.finished_before.as_ref().map(plan::ms_ceil);
+        let upper = plan::upper_bound(frozen, before, Timestamp::now().as_millisecond());
+        Some(SelectionStatus {
+            upper_bound: plan::micro_time(upper),
+            ..old
+        })
+    }
+
+    /// A suspended run: nothing runs, and the queue's lock is given back.
+    async fn suspended(&mut self) -> Slice {
+        self.give_back_lock().await;
+        Slice::ended(SliceResult::Suspended)
+    }
+
+    /// A real selector run that had started and stops (suspended, deleted) gives the queue's
+    /// lock back, so that the next run need not wait for it to expire.
+    async fn give_back_lock(&mut self) {
+        let spec = &self.obj.spec;
+        if spec.selector.is_none() || spec.dry_run || !self.started() || !self.ctx.gate.holds() {
+            return;
+        }
+        if let Ok(Ok(mut q)) = self.open_queue().await {
+            let run_key = plan::run_key(spec, &self.ns, &self.obj.name_any());
+            let req = self.batch_request(&q, &run_key);
+            self.release_lock(&mut q, &req, &run_key).await;
+        }
+    }
+
+    /// Whether the operator started this run (its status has a start time): only then is a
+    /// record missing or behind the status a lost state rather than a status written by
+    /// hand, which is ignored (the record decides where the run stands).
+    fn started(&self) -> bool {
+        self.obj
+            .status
+            .as_ref()
+            .is_some_and(|s| s.start_time.is_some())
+    }
+
+    /// The run's settings for the engine.
+    fn batch_request(&self, q: &OpenQueue, run_key: &str) -> BatchRequest {
+        let spec = &self.obj.spec;
+        BatchRequest {
+            state: spec.state,
+            version: q.version.clone(),
+            reset_attempts_made: spec.reset_attempts_made,
+            reset_attempts_started: spec.reset_attempts_started,
+            dry_run: spec.dry_run,
+            ledger: Some((q.keys.ledger(run_key), self.owner_tag())),
+            ledger_ttl: self.ctx.config.ledger_retention(),
+            record: Some(q.keys.record(run_key)),
+        }
+    }
+
     /// Load and plan, then execute as many batches (or selector pages) as one status
     /// interval allows.
     async fn slice(&mut self) -> Result<Slice, Error> {
@@ -163,19 +247,13 @@ impl Run {
             }
         };
         slice.bullmq_version = Some(q.version.label.clone());
-        let req = BatchRequest {
-            state: spec.state,
-            version: q.version.clone(),
-            reset_attempts_made: spec.reset_attempts_made,
-            reset_attempts_started: spec.reset_attempts_started,
-            dry_run: spec.dry_run,
-            ledger: Some((q.keys.ledger(&run_key), self.owner_tag())),
-            ledger_ttl: self.ctx.config.ledger_retention(),
-            record: Some(q.keys.record(&run_key)),
-        };
+        let req = self.batch_request(&q, &run_key);
         match (ids, &spec.selector) {
             (Some(ids), _) => self.execute(&mut q, &req, &ids, &mut slice).await,
-            (None, Some(sel)) => self.select(sel, &mut q, &req, &run_key, &mut slice).await,
+            (None, Some(sel)) => {
+                slice.selection = self.frozen_selection();
+                self.select(sel, &mut q, &req, &run_key, &mut slice).await
+            }
             (None, None) => {}
         }
         Ok(slice)
@@ -304,8 +382,9 @@ impl Run {
         // Where the run stands. The status may be behind the record in Redis (written with
         // each batch) after a crash lost a status write: the run then replays from the status,
         // which the ledger makes harmless and which brings back the lost rows. It may not be
-        // ahead of it: a user can write the status, and must not make the run skip ids. A dry
-        // run records nothing and keeps its position in status.
+        // ahead of it: then the record was lost (the Secret now points at other data, or Redis
+        // lost acknowledged writes) and the run stops rather than retry those ids again or
+        // claim a success. A dry run records nothing and keeps its position in status.
         let in_status = self
             .obj
             .status
@@ -322,6 +401,14 @@ impl Run {
                 .recorded_position(&mut q.conn, record, &tag)
                 .await
             {
+                Ok(p) if p < in_status && self.started() => {
+                    let m = format!(
+                        "the run's state in Redis is lost: its status says {in_status} jobs were processed, but the run's record in Redis covers {p}; the Secret now points at other data, or Redis lost acknowledged writes ({} processed jobs are not covered by the record). The run stops and will not retry anything again; check the Secret and Redis, then create a new JobRetry",
+                        in_status - p
+                    );
+                    slice.result = SliceResult::Error(RunError::RunStateLost(m));
+                    return;
+                }
                 Ok(p) => p.min(in_status),
                 Err(e) => {
                     slice.result = SliceResult::Error(self.engine_failed(e, &q.target));
@@ -382,9 +469,11 @@ impl Run {
     /// as the controller's watch cache sees it (no API call per batch), or this replica lost
     /// the Lease or is shutting down.
     fn stopped_meanwhile(&self) -> bool {
-        if self.ctx.gate.should_pause() {
-            return true;
-        }
+        self.ctx.gate.should_pause() || self.object_stopped()
+    }
+
+    /// Whether the object was suspended, deleted or replaced since this reconcile began.
+    fn object_stopped(&self) -> bool {
         let key = ObjectRef::new(&self.obj.name_any()).within(&self.ns);
         self.ctx.store.get(&key).is_none_or(|o| {
             o.spec.suspend

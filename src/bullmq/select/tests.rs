@@ -1,19 +1,26 @@
 use super::*;
 
-/// The pattern as text (its matching is tested against Redis in tests/e2e_selector.rs).
-fn shape(glob: &str) -> String {
-    String::from_utf8_lossy(&glob_pattern(glob)).into_owned()
+#[test]
+fn globs_match_whole_names_with_star_and_question_mark() {
+    let m = |g: &str, n: &str| glob_matches(g, n.as_bytes());
+    assert!(m("charge-*", "charge-eu"));
+    assert!(!m("charge-*", "refund-charge-eu"));
+    assert!(m("*-eu", "charge-eu"));
+    assert!(m("a?c", "abc") && m("a?c", "aéc") && !m("a?c", "ac") && !m("a?c", "abbc"));
+    assert!(m("*", "") && m("*", "anything") && !m("?", ""));
+    assert!(m("a.b%[x]^$", "a.b%[x]^$") && !m("a.b", "axb"));
+    assert!(m("*a*a*a*a*a*a*a*a*c", "aaaaaaaaac"));
+    assert!(!m("*a*a*a*a*a*a*a*a*c", &"a".repeat(64)));
+    assert!(m("??", "éü") && !m("???", "éü"));
 }
 
 #[test]
-fn globs_become_anchored_patterns_with_magic_characters_escaped() {
-    assert_eq!(shape("charge-*"), "^charge%-.*$");
-    assert_eq!(shape("a.b"), "^a%.b$");
-    assert_eq!(shape("100%"), "^100%%$");
-    assert_eq!(shape("[x]+(y)^$"), "^%[x%]%+%(y%)%^%$$");
-    assert_eq!(shape("*"), "^.*$");
-    let q = glob_pattern("?");
-    assert!(q.starts_with(b"^[%z\x01-\x7f\xc2-\xf4][\x80-\xbf]*") && q.ends_with(b"$"));
+fn a_character_is_a_byte_and_its_continuation_bytes_even_in_invalid_text() {
+    assert!(glob_matches("a?", b"a\xff\x80"));
+    assert!(!glob_matches("a?", b"a\x80"), "a\\x80 is one character");
+    assert!(glob_matches("?", b"a\x80"));
+    assert!(glob_matches("?", b"\x80\x80"));
+    assert!(!glob_matches("a*", b"\x80a"));
 }
 
 #[test]
@@ -26,7 +33,6 @@ fn the_budget_adapts_to_the_call_duration_within_bounds() {
     assert_eq!(next_budget(4000, ms(0), ms(4), 50, 5000), 5000);
     assert_eq!(next_budget(1, ms(0), ms(4), 1, 5000), 2);
 }
-
 #[test]
 fn decodes_a_page_and_a_busy_reply() {
     let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
@@ -43,6 +49,8 @@ fn decodes_a_page_and_a_busy_reply() {
         s("1700000000100"),
         s("1700000000123"),
         Value::Array(vec![s("1"), s("7"), s("E"), s("1")]),
+        s("1700000009000"),
+        Value::Int(2),
     ];
     let PageOutcome::Page(p) = decode_page(reply).unwrap() else {
         panic!("not a page")
@@ -66,6 +74,12 @@ fn decodes_a_page_and_a_busy_reply() {
         ]
     );
     assert_eq!(p.names, vec![("charge".to_string(), 3)]);
+    let invalid = Value::BulkString(b"caf\xc3".to_vec());
+    assert_eq!(
+        text(&invalid).unwrap(),
+        "caf\u{fffd}",
+        "a cut name still decodes"
+    );
     assert_eq!(p.reasons.len(), 2);
     assert_eq!(
         (p.oldest, p.newest),
@@ -73,5 +87,22 @@ fn decodes_a_page_and_a_busy_reply() {
     );
     let busy = decode_page(vec![s("busy"), s("payments/other")]).unwrap();
     assert_eq!(busy, PageOutcome::Busy("payments/other".into()));
+    assert_eq!((p.upper, p.unexamined), (1700000009000, 2));
+    let lost = decode_page(vec![s("lost"), s(""), Value::Int(0)]).unwrap();
+    assert_eq!(
+        lost,
+        PageOutcome::Lost {
+            scanned: None,
+            matched: 0
+        }
+    );
+    let behind = decode_page(vec![s("lost"), s("120"), s("80")]).unwrap();
+    assert_eq!(
+        behind,
+        PageOutcome::Lost {
+            scanned: Some(120),
+            matched: 80
+        }
+    );
     assert!(decode_page(vec![s("what")]).is_err());
 }

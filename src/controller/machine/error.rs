@@ -40,6 +40,10 @@ pub enum RunError {
     /// Another selector run holds the queue and state; this one waits for it.
     #[error("{0}")]
     QueueBusy(String),
+    /// The run's record in Redis is missing or behind its status: the run stops rather than
+    /// retry jobs again or report a success it cannot vouch for.
+    #[error("{0}")]
+    RunStateLost(String),
 }
 
 impl RunError {
@@ -56,6 +60,7 @@ impl RunError {
             RunError::VersionUnknown(_) => "version_unknown",
             RunError::IncompatibleOptions(_) => "incompatible_options",
             RunError::QueueBusy(_) => "queue_busy",
+            RunError::RunStateLost(_) => "run_state_lost",
         }
     }
 
@@ -74,6 +79,7 @@ impl RunError {
             RunError::VersionUnknown(_) => reason::VERSION_UNKNOWN,
             RunError::IncompatibleOptions(_) => reason::INCOMPATIBLE_OPTIONS,
             RunError::QueueBusy(_) => reason::QUEUE_BUSY,
+            RunError::RunStateLost(_) => reason::RUN_STATE_LOST,
         }
     }
 
@@ -90,7 +96,8 @@ impl RunError {
             | RunError::RedisRefused(_)
             | RunError::IncompatibleQueue(_)
             | RunError::VersionUnknown(_)
-            | RunError::IncompatibleOptions(_) => Verdict::Permanent,
+            | RunError::IncompatibleOptions(_)
+            | RunError::RunStateLost(_) => Verdict::Permanent,
         }
     }
 }

@@ -2,13 +2,17 @@
 //! one atomic Redis call that filters, retries and advances the run's cursor, as many as one
 //! status interval allows; each page's size adapts so that no call keeps Redis busy long.
 //!
-//! Guarantees: the snapshot bound is frozen at the run's first slice; real runs take their
-//! position from the record in Redis, dry runs from the operator's memory (a dry run writes
-//! nothing, so a restarted operator scans it again from the start).
+//! Guarantees: the snapshot bound is frozen the first time the operator sees the object
+//! (`Run::slice`), and a real run's record keeps the bound of its first page; real runs take
+//! their position from the record in Redis, dry runs from the operator's memory (a dry run
+//! writes nothing, so a restarted operator scans it again from the start); a real run whose
+//! record is missing or behind its status stops (`RunStateLost`) instead of going on from
+//! wherever the connection now leads; a run that stops (suspended, deleted) releases the
+//! queue's lock at once.
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use tracing::{info, warn};
 
 use super::{OpenQueue, Run};
 use crate::{
@@ -17,6 +21,7 @@ use crate::{
         machine::{RunError, Slice, SliceResult},
         plan::{self, DryScan},
     },
+    crd::JobRetryStatus,
     crd::{SelectionStatus, Selector},
     metrics::Script,
     status,
@@ -33,8 +38,18 @@ const PAGE_MAX: u32 = 2_000;
 /// How long the queue-and-state lock outlives its holder's last page.
 const LOCK_TTL: Duration = Duration::from_secs(60);
 
-fn ms(t: &Time) -> i64 {
-    t.0.as_millisecond()
+/// The message of a run whose record in Redis is missing or behind its status.
+fn lost_message(old: &JobRetryStatus, scanned: Option<u64>, matched: u64) -> String {
+    let in_status = old.selection.as_ref().map_or(0, |s| s.scanned);
+    let processed = old.processed.unwrap_or(0);
+    let found = match scanned {
+        None => "no record of it".to_string(),
+        Some(n) => format!("a record that has scanned {n} jobs and matched {matched}"),
+    };
+    format!(
+        "the run's state in Redis is lost: its status says {in_status} jobs were scanned and {processed} processed, but Redis has {found}; the Secret now points at other data, or Redis lost acknowledged writes ({} processed jobs are not covered by the record). The run stops and will not retry anything again; check the Secret and Redis, then create a new JobRetry",
+        processed.saturating_sub(if scanned.is_some() { matched } else { 0 })
+    )
 }
 
 impl Run {
@@ -49,13 +64,11 @@ impl Run {
         slice: &mut Slice,
     ) {
         let old = self.obj.status.clone().unwrap_or_default();
-        let frozen = old
+        let upper = slice
             .selection
             .as_ref()
             .and_then(|s| s.upper_bound.as_ref())
-            .map(ms);
-        let now = Timestamp::now().as_millisecond();
-        let upper = plan::upper_bound(frozen, sel.finished_before.as_ref().map(ms), now);
+            .map_or(0, |t| t.0.as_millisecond());
         let mut dry = self.ctx.objects.dry_scan(&self.uid);
         if run.dry_run && dry.is_none() {
             // Nothing of an earlier scan is left: start over (and say so if it had begun).
@@ -69,7 +82,7 @@ impl Run {
             run: run.clone(),
             run_key: run_key.to_string(),
             lock_ttl: LOCK_TTL,
-            lower: sel.finished_after.as_ref().map(ms),
+            lower: sel.finished_after.as_ref().map(plan::ms_ceil),
             upper,
             max_jobs: sel.max_jobs,
             budget: 0,
@@ -77,6 +90,10 @@ impl Run {
             dry_matched: 0,
             reason_contains: sel.failed_reason_contains.clone(),
             names: sel.names.clone().unwrap_or_default(),
+            expected_scanned: match self.started() {
+                true => old.selection.as_ref().map_or(0, |s| s.scanned),
+                false => 0,
+            },
         };
         let tag = self.owner_tag();
         loop {
@@ -95,6 +112,11 @@ impl Run {
                         run.state.as_str()
                     );
                     slice.result = SliceResult::Error(RunError::QueueBusy(m));
+                    return;
+                }
+                Ok(PageOutcome::Lost { scanned, matched }) => {
+                    let m = lost_message(&old, scanned, matched);
+                    slice.result = SliceResult::Error(RunError::RunStateLost(m));
                     return;
                 }
                 Err(e) => {
@@ -141,9 +163,10 @@ impl Run {
                 slice.preview = Some(d.preview());
             }
             slice.selection = Some(SelectionStatus {
-                upper_bound: Timestamp::from_millisecond(upper).ok().map(Time),
+                upper_bound: plan::micro_time(page.upper),
                 scanned,
                 remaining: page.remaining,
+                unexamined: dry.as_ref().map_or(page.unexamined, |d| d.unexamined),
             });
             self.last_batch_started = Some(started);
             if page.done {
@@ -156,7 +179,28 @@ impl Run {
                     last_batch: in_page,
                 };
                 self.ctx.objects.set_dry_scan(&self.uid, dry);
+                if !run.dry_run && self.object_stopped() {
+                    self.release_lock(q, run, run_key).await;
+                }
                 return;
+            }
+        }
+    }
+
+    /// Releases the queue-and-state lock if this run holds it: the run stops (suspended or
+    /// deleted), and the next run on the queue need not wait for the lock to expire.
+    pub(super) async fn release_lock(&self, q: &mut OpenQueue, run: &BatchRequest, run_key: &str) {
+        let state = run.state.as_str();
+        match self
+            .ctx
+            .selector
+            .unlock(&mut q.conn, &q.keys, state, run_key)
+            .await
+        {
+            Ok(true) => info!("released the queue's {state} lock: the run stopped"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %q.target.redact(&e.to_string()), "cannot release the queue's lock; it expires by itself")
             }
         }
     }
