@@ -9,7 +9,7 @@
   by a greedy matcher with one backtrack point (at most #name * #glob steps, no Lua pattern is
   ever built from user input); the lengths of name and failedReason are read first (HSTRLEN,
   O(1)) so that no more than `bytes budget` bytes of them are copied per call; matching costs
-  one work unit per matcher step and one per 8 bytes of failedReason searched, at most `work
+  one work unit per matcher step and one per 16 bytes of failedReason searched, at most `work
   budget` per call. A job that does not fit in what is left of a call ends the page before it
   (the next call starts with it); a job that would not fit in a whole call, or whose key is
   not a hash, is "unexamined": counted, skipped, never retried.
@@ -251,23 +251,24 @@ local function examine(key, first)
   local fetchName = filterName or (wantName and nameLen <= PREVIEW_FETCH)
   local fetchReason = filterReason or (wantReason and reasonLen <= PREVIEW_FETCH)
   local bytes = (fetchName and nameLen or 0) + (fetchReason and reasonLen or 0)
-  local work = filterReason and math.ceil(reasonLen / 8) or 0
+  local work = filterReason and math.ceil(reasonLen / 16) or 0
   if bytes > bytesBudget or work > workBudget then return "unexamined" end
   if bytes > bytesLeft or work > workLeft then return nil end
-  local f = rcall("HMGET", key, "name", "failedReason")
-  local name = fetchName and f[1] or (f[1] and ("(a name of " .. nameLen .. " bytes)"))
-  local reason = fetchReason and f[2] or (f[2] and ("(a failed reason of " .. reasonLen .. " bytes)"))
+  local name = fetchName and rcall("HGET", key, "name") or nil
+  local reason = fetchReason and rcall("HGET", key, "failedReason") or nil
   bytesLeft, workLeft = bytesLeft - bytes, workLeft - work
-  if filterReason and not (f[2] and string.find(f[2], reasonNeedle, 1, true)) then
+  if filterReason and not (reason and string.find(reason, reasonNeedle, 1, true)) then
     return false
   end
-  if not filterName then return true, name, reason end
-  if not f[1] then return false end
+  local shownName = name or (nameLen > 0 and ("(a name of " .. nameLen .. " bytes)")) or nil
+  local shownReason = reason or (reasonLen > 0 and ("(a failed reason of " .. reasonLen .. " bytes)")) or nil
+  if not filterName then return true, shownName, shownReason end
+  if not name then return false end
   for _, G in ipairs(globs) do
-    local v, steps = globMatch(f[1], G, workLeft)
+    local v, steps = globMatch(name, G, workLeft)
     workLeft = workLeft - steps
     if v == nil then return first and "unexamined" or nil end
-    if v then return true, name, reason end
+    if v then return true, name, shownReason end
   end
   return false
 end
