@@ -420,6 +420,9 @@ pub mod reason {
     pub const PROGRESSING: &str = "Progressing";
     pub const SUSPENDED: &str = "Suspended";
     pub const SECRET_INVALID: &str = "SecretInvalid";
+    /// The API server forbids the operator to read the connection Secret (Stalled until
+    /// granted: `rbac.secretNamespaces`, or a Role allowing `get` on Secrets there).
+    pub const SECRET_FORBIDDEN: &str = "SecretForbidden";
     pub const REDIS_UNAVAILABLE: &str = "RedisUnavailable";
     pub const INCOMPATIBLE_QUEUE: &str = "IncompatibleQueue";
     /// No BullMQ version is given or recorded by the queue (Failed, nothing touched).
