@@ -260,7 +260,7 @@ pub struct RateLimit {
     pub jobs_per_second: u32,
 }
 
-/// Observed state of a JobRetry run.
+/// Observed state of a JobRetry run. The status stays under 256 KiB serialized: beyond, job rows are dropped from the end (jobsTruncated; the counts stay exact), then the preview's least frequent values.
 // The schema defaults `status` to `{observedGeneration: 0}` (the API server fills it in on
 // every read until the operator writes one): a JobRetry the operator has not seen yet then
 // reads as "generation not observed", so kstatus (Flux) says InProgress instead of Current.
@@ -311,14 +311,14 @@ pub struct JobRetryStatus {
     /// Exact number of processed jobs per result.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub counts: BTreeMap<String, u64>,
-    /// One row per processed job; beyond the row limit only non-success rows are kept.
+    /// One row per processed job; beyond the row limit only non-success rows are kept, and rows are dropped from the end (jobsTruncated) while the status would exceed 256 KiB.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10000))]
     pub jobs: Vec<JobResultRow>,
-    /// True when `jobs` omits rows because the run exceeded the row limit.
+    /// True when `jobs` omits rows: the run exceeded the row limit, or the status its 256 KiB.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub jobs_truncated: bool,
-    /// Latest observations of the run's state (Ready, Reconciling, Stalled, Complete, Failed, Suspended).
+    /// Latest observations of the run's state (Ready, Reconciling, Stalled, Complete, Failed, Suspended). A message is at most 1024 bytes (a longer one, e.g. quoting Redis, is cut at a character boundary).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -359,11 +359,11 @@ pub struct Preview {
     /// finishedOn of the newest match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest: Option<Time>,
-    /// The 10 most frequent job names among the matches, with their counts.
+    /// The 10 most frequent job names among the matches (each at most 200 bytes), with their counts; fewer while the status would exceed 256 KiB.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub names: Vec<ValueCount>,
-    /// The 10 most frequent failed reasons among the matches (first 200 bytes), with their counts.
+    /// The 10 most frequent failed reasons among the matches (each at most 200 bytes), with their counts; fewer while the status would exceed 256 KiB.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub reasons: Vec<ValueCount>,
@@ -373,7 +373,7 @@ pub struct Preview {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ValueCount {
-    /// A job name, or the first 200 bytes of a failed reason.
+    /// A job name or failed reason, at most 200 bytes: a longer one is cut at a character boundary (never inside a UTF-8 sequence).
     pub value: String,
     /// How many matches have it.
     pub count: u64,
@@ -390,7 +390,7 @@ pub struct JobResultRow {
     /// BullMQ's result code where BullMQ defines one (1, -1, -3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<i64>,
-    /// Why the job was not retried.
+    /// Why the job was not retried; at most 512 bytes (a longer message from Redis is cut at a character boundary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -427,6 +427,9 @@ pub mod reason {
     pub const PROGRESSING: &str = "Progressing";
     pub const SUSPENDED: &str = "Suspended";
     pub const SECRET_INVALID: &str = "SecretInvalid";
+    /// The API server forbids the operator to read the connection Secret (Stalled until
+    /// granted: `rbac.secretNamespaces`, or a Role allowing `get` on Secrets there).
+    pub const SECRET_FORBIDDEN: &str = "SecretForbidden";
     pub const REDIS_UNAVAILABLE: &str = "RedisUnavailable";
     pub const INCOMPATIBLE_QUEUE: &str = "IncompatibleQueue";
     /// No BullMQ version is given or recorded by the queue (Failed, nothing touched).

@@ -4,7 +4,9 @@
 //! (`controller::machine`).
 //!
 //! Guarantees: counts stay exact however many rows are dropped; a condition's
-//! `lastTransitionTime` changes only when its status flips; `observedGeneration` is set.
+//! `lastTransitionTime` changes only when its status flips; `observedGeneration` is set;
+//! every string copied from Redis is cut at a character boundary to its documented length,
+//! and no status larger than [`STATUS_BYTES`] serialized is ever written.
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -14,11 +16,12 @@ use kube::{
     Api,
     api::{Patch, PatchParams},
 };
+use serde::Serialize;
 use serde_json::json;
 
 use crate::{
     bullmq::JobOutcome,
-    crd::{JobResultRow, JobRetry, JobRetryStatus},
+    crd::{JobResultRow, JobRetry, JobRetryStatus, Preview, ValueCount},
 };
 
 /// The field manager of every status write.
@@ -63,7 +66,11 @@ pub fn job_row(id: &str, outcome: &JobOutcome, state: &str, own_tag: &str) -> Jo
             None,
             Some("this run key retried the job before".into()),
         ),
-        JobOutcome::Error(msg) => (result::ERROR, None, Some(msg.clone())),
+        JobOutcome::Error(msg) => (
+            result::ERROR,
+            None,
+            Some(cut(msg, MESSAGE_BYTES).to_string()),
+        ),
     };
     JobResultRow {
         id: id.to_string(),
@@ -109,6 +116,112 @@ pub fn add_rows(status: &mut JobRetryStatus, rows: Vec<JobResultRow>, row_limit:
         .count();
     status.jobs.truncate(fit);
     status.jobs_truncated = status.jobs_truncated || status.jobs.len() < before;
+}
+
+/// The most bytes of a job row's `message` (documented in `crd::JobResultRow`).
+pub const MESSAGE_BYTES: usize = 512;
+/// The most bytes of a preview value, a job name or failed reason (documented in
+/// `crd::ValueCount`; the select script cuts them to the same length).
+pub const VALUE_BYTES: usize = 200;
+/// The most bytes of a condition's message (documented in `crd::JobRetryStatus`).
+pub const CONDITION_MESSAGE_BYTES: usize = 1024;
+/// The most bytes the whole status may take serialized (documented in
+/// `crd::JobRetryStatus`): with the spec's own 400 KiB bound, the object stays far below
+/// etcd's 1.5 MiB and the API server's request limit.
+pub const STATUS_BYTES: usize = 256 * 1024;
+
+/// `text` cut to at most `max` bytes at a character boundary: never inside a UTF-8 sequence.
+pub fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let end = (0..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    &text[..end]
+}
+
+/// Cuts `text` in place to at most `max` bytes at a character boundary.
+fn cut_in_place(text: &mut String, max: usize) {
+    let len = cut(text, max).len();
+    text.truncate(len);
+}
+
+/// Cuts every string of `status` that was copied from Redis (row messages, preview values,
+/// condition messages, which may quote Redis) to its documented length.
+pub fn cut_strings(status: &mut JobRetryStatus) {
+    for message in status.jobs.iter_mut().filter_map(|r| r.message.as_mut()) {
+        cut_in_place(message, MESSAGE_BYTES);
+    }
+    if let Some(p) = status.preview.as_mut() {
+        for v in p.names.iter_mut().chain(p.reasons.iter_mut()) {
+            cut_in_place(&mut v.value, VALUE_BYTES);
+        }
+    }
+    for c in &mut status.conditions {
+        cut_in_place(&mut c.message, CONDITION_MESSAGE_BYTES);
+    }
+}
+
+/// Bytes of `value` serialized as JSON.
+fn json_len<T: Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).map_or(0, |v| v.len())
+}
+
+/// Keeps `status` within `budget` bytes serialized: cuts the strings copied from Redis
+/// ([`cut_strings`]); then, while it is still larger, drops job rows from the end (the counts
+/// stay exact and `jobsTruncated` is set), then the least frequent preview values.
+pub fn fit(status: &mut JobRetryStatus, budget: usize) {
+    cut_strings(status);
+    loop {
+        let over = json_len(status).saturating_sub(budget);
+        if over == 0 {
+            return;
+        }
+        if !status.jobs.is_empty() {
+            drop_rows(status, over);
+            continue;
+        }
+        match status.preview.as_mut() {
+            Some(p) if has_values(p) => drop_values(&mut p.names, &mut p.reasons, over),
+            // Nothing left to drop: what remains is bounded by the schema and the cuts.
+            _ => return,
+        }
+    }
+}
+
+/// Drops rows from the end of `status.jobs` until at least `over` bytes are freed.
+fn drop_rows(status: &mut JobRetryStatus, over: usize) {
+    let mut freed = 0;
+    while freed < over
+        && let Some(row) = status.jobs.pop()
+    {
+        freed += json_len(&row) + 1;
+    }
+    status.jobs_truncated = true;
+}
+
+fn has_values(p: &Preview) -> bool {
+    !p.names.is_empty() || !p.reasons.is_empty()
+}
+
+/// Drops the least frequent values (the lists are sorted by count, most frequent first),
+/// the longer last one first, until at least `over` bytes are freed.
+fn drop_values(names: &mut Vec<ValueCount>, reasons: &mut Vec<ValueCount>, over: usize) {
+    let mut freed = 0;
+    while freed < over {
+        let last = |l: &Vec<ValueCount>| l.last().map_or(0, json_len);
+        let list = if last(names) >= last(reasons) {
+            &mut *names
+        } else {
+            &mut *reasons
+        };
+        match list.pop() {
+            Some(v) => freed += json_len(&v) + 1,
+            None => return,
+        }
+    }
 }
 
 /// Sets `retried`, `skipped` and `errors` from the counts.
@@ -174,7 +287,8 @@ pub enum Written {
 /// How many times a status write is retried when the object changed (same uid) meanwhile.
 const WRITE_ATTEMPTS: usize = 3;
 
-/// Writes `status` with server-side apply unless it equals the object's current status.
+/// Writes `status`, made to [`fit`] within [`STATUS_BYTES`], with server-side apply unless
+/// it equals the object's current status.
 ///
 /// The write is bound to this object, not just its name: the patch carries the
 /// `resourceVersion` it was computed from, so the API server refuses it (409 Conflict) if the
@@ -188,13 +302,15 @@ pub async fn write(
     obj: &JobRetry,
     status: &JobRetryStatus,
 ) -> kube::Result<Written> {
-    if obj.status.as_ref() == Some(status) {
+    let mut status = status.clone();
+    fit(&mut status, STATUS_BYTES);
+    if obj.status.as_ref() == Some(&status) {
         return Ok(Written::Unchanged);
     }
     let name = obj.metadata.name.as_deref().unwrap_or_default();
     let mut version = obj.metadata.resource_version.clone();
     for _ in 1..WRITE_ATTEMPTS {
-        match apply(api, name, version.as_deref(), status).await {
+        match apply(api, name, version.as_deref(), &status).await {
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             done => return done,
         }
@@ -205,7 +321,7 @@ pub async fn write(
             _ => return Ok(Written::Gone),
         }
     }
-    apply(api, name, version.as_deref(), status).await
+    apply(api, name, version.as_deref(), &status).await
 }
 
 /// One server-side apply of `status` on the object version `version`; 404 is

@@ -3,7 +3,8 @@
 //! BullMQ's own `getJobs` says match (computed here independently), in keyset order, once,
 //! and a real Worker then processes each of them once. Also: ties of equal finishedOn paged
 //! byte-wise one job at a time, the snapshot bound, a dry run that changes nothing and
-//! previews what the real run then retries, and the one-run-per-queue lock.
+//! previews what the real run then retries (and whose preview of 1 MiB job names still fits
+//! in the status), and the one-run-per-queue lock.
 
 mod common;
 
@@ -712,6 +713,48 @@ fn a_selector_jobretry_previews_then_retries_exactly_the_matching_jobs() {
         done,
         want.iter().map(String::as_str).collect::<BTreeSet<_>>()
     );
+}
+
+#[test]
+fn a_preview_of_jobs_with_huge_names_still_fits_in_the_status() {
+    let ns = TestNs::new("e2e-select-huge");
+    let queue = ns.name.as_str();
+    // Three jobs whose names take 1 MiB each (two-byte characters): copied whole into
+    // status, they would make every status write too large for the API server.
+    let names: Vec<String> = ["é", "ß", "ø"]
+        .iter()
+        .map(|c| c.repeat(512 * 1024))
+        .collect();
+    let jobs: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "ECONNRESET")).collect();
+    seed_failed(0, queue, &jobs, ns.dir.path());
+    let _op = Operator::start(&ns, &[]);
+    let dry = ns.apply(
+        "huge.yaml",
+        &selector_yaml("huge", queue, "    maxJobs: 10\n", "  dryRun: true\n"),
+    );
+    assert!(dry.ok, "{}", dry.stderr);
+    let waited = ns.wait_condition("huge", "Complete", "60s");
+    assert!(waited.ok, "{}", waited.stderr);
+    let jr = ns.get("huge");
+    let preview = &jr["status"]["preview"];
+    assert_eq!(preview["matched"], 3, "{}", jr["status"]);
+    let mut shown: Vec<(String, u64)> = preview["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["value"].as_str().unwrap().to_string(),
+                n["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    shown.sort();
+    // Each name cut to its documented 200 bytes, between characters.
+    let mut want: Vec<(String, u64)> = ["é", "ß", "ø"].iter().map(|c| (c.repeat(100), 1)).collect();
+    want.sort();
+    assert_eq!(shown, want);
+    assert_eq!(row_ids(&jr, "WouldRetry").len(), 3);
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! JobRetry whose author may not read the Secret it names (impersonated users, RBAC granted
 //! here), and admits it for an author who may; the operator's opt-in `--secret-label` leaves
 //! a JobRetry naming an unlabelled Secret waiting with a condition saying why, and runs it once
-//! the Secret carries the label.
+//! the Secret carries the label; a JobRetry whose Secret the operator may not read (the
+//! chart's `rbac.secretNamespaces` leaves its namespace out) stalls with a condition saying
+//! what to grant, and runs once it is granted.
 
 mod common;
 
@@ -202,4 +204,121 @@ fn with_a_required_label_the_operator_uses_only_labelled_secrets() {
     let waited = ns.wait_condition("l", "Complete", "60s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
     assert_eq!(ns.get("l")["status"]["counts"], json!({"Retried": 1}));
+}
+
+/// Applies what the chart renders for release `release` in `ns` with `set`, and returns a
+/// kubeconfig impersonating its ServiceAccount, the account's user name and the operator's
+/// flags as the rendered Deployment gives them (less the pod's HTTP address).
+fn install_chart_rbac(ns: &TestNs, set: &[&str]) -> (std::path::PathBuf, String, Vec<String>) {
+    let rendered = render(&ns.name, &ns.name, set);
+    let manifests = docs(&rendered);
+    let path = ns.dir.path().join("chart.yaml");
+    std::fs::write(&path, &rendered).unwrap();
+    kubectl_ok(&["apply", "--server-side", "-f", path.to_str().unwrap()]);
+    let sa_name = find(&manifests, "ServiceAccount")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sa = format!("system:serviceaccount:{}:{sa_name}", ns.name);
+    let kubeconfig = impersonating_kubeconfig(ns.dir.path(), "operator.kubeconfig", &sa);
+    let args = find(&manifests, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .filter(|a| !a.starts_with("--http-addr"))
+        .collect();
+    (kubeconfig, sa, args)
+}
+
+#[test]
+fn a_secret_the_operator_may_not_read_stalls_the_run_saying_what_to_grant() {
+    let ns = TestNs::new("e2e-secret-forbidden");
+    // The chart grants Secret reads in another namespace only.
+    let elsewhere = TestNs::new("e2e-secret-elsewhere");
+    let queue = ns.name.as_str();
+    let spec = json!({"jobs": [{"key": "a", "name": "charge", "data": {}, "opts": {}, "outcome": "fail"}]});
+    let a = id_of(&seed(ns.dir.path(), queue, &spec), "a");
+    let (kubeconfig, sa, mut args) = install_chart_rbac(
+        &ns,
+        &[
+            &format!("rbac.secretNamespaces={{{}}}", elsewhere.name),
+            "leaderElection.enabled=false",
+            "admissionPolicy.enabled=false",
+        ],
+    );
+    // All namespaces' RBAC, as rendered; the watch is narrowed to this test's namespace.
+    args.extend(["--watch-namespace".to_string(), ns.name.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let op = Operator::start_with_kubeconfig(&ns, &kubeconfig, &args);
+    let applied = ns.apply(
+        "locked.yaml",
+        &jobretry_yaml("locked", queue, &[a.as_str()], "", ""),
+    );
+    assert!(applied.ok, "{}", applied.stderr);
+
+    let stalled = eventually(
+        Duration::from_secs(30),
+        "Stalled=True SecretForbidden",
+        || {
+            let jr = ns.get("locked");
+            let c = condition(&jr, "Stalled");
+            (c["status"] == "True" && c["reason"] == "SecretForbidden").then_some(jr)
+        },
+    );
+    let message = condition(&stalled, "Stalled")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let n = &ns.name;
+    assert!(
+        message.contains(&format!(
+            "the operator may not read Secret {n}/redis: add namespace {n} to the chart's rbac.secretNamespaces"
+        )),
+        "{message}\n{}",
+        op.logs()
+    );
+    assert!(
+        message.contains(&sa),
+        "names the refused account: {message}"
+    );
+    assert_eq!(stalled["status"]["phase"], "Pending");
+    assert_eq!(
+        reason(&stalled).0,
+        "SecretForbidden",
+        "Ready=False says why"
+    );
+    assert_eq!(
+        queue_dump(queue)
+            .keys()
+            .filter(|k| k.ends_with(":wait"))
+            .count(),
+        0,
+        "nothing was retried"
+    );
+
+    // Granting what the message asks for lets the run go on by itself (it rechecks).
+    let grant = format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: operator-reads-secrets, namespace: {n}}}
+rules:
+  - {{apiGroups: [""], resources: [secrets], verbs: [get]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: operator-reads-secrets, namespace: {n}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: operator-reads-secrets}}
+subjects:
+  - {{kind: ServiceAccount, name: {account}, namespace: {n}}}
+"#,
+        account = sa.rsplit(':').next().unwrap()
+    );
+    let granted = ns.apply("grant.yaml", &grant);
+    assert!(granted.ok, "{}", granted.stderr);
+    let waited = ns.wait_condition("locked", "Complete", "60s");
+    assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
+    let jr = ns.get("locked");
+    assert_eq!(jr["status"]["counts"], json!({"Retried": 1}));
+    assert_eq!(condition(&jr, "Stalled")["status"], "False");
 }

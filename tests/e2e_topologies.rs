@@ -218,7 +218,12 @@ fn tls_with_a_private_ca_from_the_secret() {
     let spec = json!({"jobs": [{"key": "a", "name": "charge", "data": {}, "opts": {}, "outcome": "fail"}]});
     let a = id_of(&seed_at(ns.dir.path(), &plain, queue, &spec), "a");
     let tls_url = format!("rediss://127.0.0.1:{}", server.tls);
-    ns.secret("redis", &tls_url);
+    // A password in the URL, to check that no message quotes it (the handshake fails first).
+    let password = "tls-hunter2-secret";
+    ns.secret(
+        "redis",
+        &format!("rediss://:{password}@127.0.0.1:{}", server.tls),
+    );
     let op = Operator::start(&ns, &[]);
     assert!(
         ns.apply(
@@ -227,19 +232,27 @@ fn tls_with_a_private_ca_from_the_secret() {
         )
         .ok
     );
-    // Without the CA the certificate is not trusted: the run waits, nothing is retried.
-    eventually(
+    // Without the CA the certificate is not trusted: the run stalls saying so and what to
+    // set (waiting would never fix it); nothing is retried.
+    let jr = eventually(
         std::time::Duration::from_secs(60),
-        "RedisUnavailable while the CA is unknown",
+        "Stalled=True while the CA is unknown",
         || {
             let jr = ns.get("tls");
-            let conds = jr["status"]["conditions"].as_array()?.clone();
-            conds
-                .iter()
-                .any(|c| c["type"] == "Ready" && c["reason"] == "RedisUnavailable")
-                .then_some(())
+            (condition(&jr, "Stalled")["status"] == "True").then_some(jr)
         },
     );
+    let stalled = condition(&jr, "Stalled");
+    let message = stalled["message"].as_str().unwrap();
+    assert_eq!(stalled["reason"], "RedisRefused", "{message}");
+    assert!(
+        message.contains("TLS certificate could not be verified")
+            && message.contains("under the key ca.crt"),
+        "{message}"
+    );
+    assert_eq!(jr["status"]["phase"], "Pending");
+    assert!(!jr.to_string().contains(password), "the password leaked");
+    assert!(waiting_ids(&plain, queue).is_empty(), "nothing retried");
     ns.kubectl(&["delete", "secret", "redis"]);
     let ca = format!("--from-file=ca.crt={}", server.ca.display());
     let created = ns.kubectl(&[
@@ -256,6 +269,10 @@ fn tls_with_a_private_ca_from_the_secret() {
     assert_eq!(ns.get("tls")["status"]["counts"], json!({"Retried": 1}));
     let waiting = waiting_ids(&plain, queue);
     assert_eq!(waiting, vec![a]);
+    assert!(
+        !op.logs().contains(password),
+        "the password leaked into the logs"
+    );
 }
 
 /// `start_tls_redis`'s server as the master of a sentinel that speaks only TLS (its own

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jobretry_operator::{
     crd::{JobRetry, phase},
     plugin::{
-        self, Cli, Command, PluginError, PreviewArgs, RunArgs,
+        self, Cli, Command, PluginError, PreviewArgs, RunArgs, api_error,
         render::{self, Progress},
     },
 };
@@ -52,7 +52,9 @@ async fn dispatch(cli: Cli) -> Result<(), PluginError> {
         Command::Preview(args) => preview(&api, &namespace, args, now).await,
         Command::Run(args) => start(&api, &namespace, args, now).await,
         Command::Status(args) => {
-            print!("{}", render::status(&api.get(&args.name).await?));
+            let jr = (api.get(&args.name).await)
+                .map_err(|e| api_error(e, &namespace, Some(&args.name)))?;
+            print!("{}", render::status(&jr));
             Ok(())
         }
     }
@@ -78,7 +80,8 @@ async fn connect(cli: &Cli) -> Result<(Client, String), PluginError> {
         (None, None) => kube::Config::infer().await.map_err(|e| bad(&e))?,
     };
     let namespace = (cli.namespace.clone()).unwrap_or_else(|| config.default_namespace.clone());
-    Ok((Client::try_from(config)?, namespace))
+    let client = Client::try_from(config).map_err(|e| api_error(e, &namespace, None))?;
+    Ok((client, namespace))
 }
 
 /// `preview`: a dry run, waited for, printed, and deleted unless `--keep`.
@@ -89,15 +92,16 @@ async fn preview(
     now: Timestamp,
 ) -> Result<(), PluginError> {
     let jr = plugin::jobretry(&args.select, None, Some(namespace), now)?;
-    let name = create(api, &jr).await?;
+    let name = create(api, namespace, &jr).await?;
     eprintln!("jobretry/{name} created (dry run); waiting for its preview");
     let timeout = plugin::parse_duration(&args.timeout)?;
-    let done = follow(api, &name, timeout, &mut |_| {}).await;
+    let done = follow(api, namespace, &name, timeout, &mut |_| {}).await;
     if let Ok(jr) = &done {
         print!("{}", render::preview(jr));
     }
-    if !args.keep && !matches!(done, Err(PluginError::Timeout(..))) {
-        api.delete(&name, &DeleteParams::default()).await?;
+    if !args.keep && !matches!(done, Err(PluginError::Timeout { .. })) {
+        (api.delete(&name, &DeleteParams::default()).await)
+            .map_err(|e| api_error(e, namespace, Some(&name)))?;
     }
     done.map(|_| ())
 }
@@ -110,15 +114,18 @@ async fn start(
     now: Timestamp,
 ) -> Result<(), PluginError> {
     let jr = plugin::jobretry(&args.select, Some(args), Some(namespace), now)?;
-    let name = create(api, &jr).await?;
+    let name = create(api, namespace, &jr).await?;
     println!("jobretry.jobretry.io/{name} created");
     if !args.wait {
-        println!("follow it with: kubectl jobretry status -n {namespace} {name}");
+        println!(
+            "follow it with: {}",
+            plugin::status_command(namespace, &name)
+        );
         return Ok(());
     }
     let timeout = plugin::parse_duration(&args.timeout)?;
     let mut display = Display::new();
-    let done = follow(api, &name, timeout, &mut |jr| {
+    let done = follow(api, namespace, &name, timeout, &mut |jr| {
         display.show(&render::progress(jr))
     })
     .await;
@@ -128,8 +135,14 @@ async fn start(
     Ok(())
 }
 
-async fn create(api: &Api<JobRetry>, jr: &JobRetry) -> Result<String, PluginError> {
-    let made = api.create(&PostParams::default(), jr).await?;
+async fn create(
+    api: &Api<JobRetry>,
+    namespace: &str,
+    jr: &JobRetry,
+) -> Result<String, PluginError> {
+    let name = jr.metadata.name.as_deref();
+    let made = (api.create(&PostParams::default(), jr).await)
+        .map_err(|e| api_error(e, namespace, name))?;
     Ok(made.metadata.name.unwrap_or_default())
 }
 
@@ -137,13 +150,14 @@ async fn create(api: &Api<JobRetry>, jr: &JobRetry) -> Result<String, PluginErro
 /// ends Failed, is stalled (waits for a fix outside it), or `timeout` passes.
 async fn follow(
     api: &Api<JobRetry>,
+    namespace: &str,
     name: &str,
     timeout: Duration,
     show: &mut dyn FnMut(&JobRetry),
 ) -> Result<JobRetry, PluginError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let jr = api.get(name).await?;
+        let jr = (api.get(name).await).map_err(|e| api_error(e, namespace, Some(name)))?;
         show(&jr);
         let st = jr.status.as_ref();
         if render::is_done(&jr) {
@@ -158,8 +172,11 @@ async fn follow(
             )));
         }
         if Instant::now() >= deadline {
-            let t = format!("{}s", timeout.as_secs());
-            return Err(PluginError::Timeout(t, name.to_string()));
+            return Err(PluginError::Timeout {
+                after: format!("{}s", timeout.as_secs()),
+                name: name.to_string(),
+                namespace: namespace.to_string(),
+            });
         }
         tokio::time::sleep(POLL).await;
     }

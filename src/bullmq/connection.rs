@@ -13,7 +13,10 @@ use redis::{
     sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
 };
 
-use super::engine::{Verdict, classify};
+use super::{
+    engine::{Verdict, classify},
+    tls::TlsFailure,
+};
 use crate::crd::ConnectionMode;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,8 +132,12 @@ impl RedisTarget {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => {
                 let (category, verdict) = classify(&e);
+                let message = TlsFailure::of(&e).map_or_else(
+                    || format!("cannot connect to Redis: {e}"),
+                    |tls| tls.message(),
+                );
                 Err(ConnectError {
-                    message: self.redact(&format!("cannot connect to Redis: {e}")),
+                    message: self.redact(&message),
                     category,
                     verdict,
                 })

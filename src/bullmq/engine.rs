@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use redis::{Script, ScriptInvocation, aio::ConnectionLike};
 
-use super::{QueueKeys, QueueVersion};
+use super::{QueueKeys, QueueVersion, tls::TlsFailure};
 use crate::crd::SourceState;
 
 /// What happened to one job.
@@ -102,8 +102,9 @@ impl EngineError {
 }
 
 /// Every category [`classify`] gives (metrics declare each at 0).
-pub const REDIS_CATEGORIES: [&str; 7] = [
+pub const REDIS_CATEGORIES: [&str; 8] = [
     "connection",
+    "tls",
     "auth",
     "permission",
     "unavailable",
@@ -113,11 +114,16 @@ pub const REDIS_CATEGORIES: [&str; 7] = [
 ];
 
 /// Sorts a Redis error by what fixes it. Only trouble that passes by itself (connections,
-/// timeouts, a busy, loading or failing-over server, memory pressure) is transient; refused
-/// credentials or ACL permissions wait for the user; anything else Redis refuses (a script
-/// error, an unknown command, keys in different slots) can never succeed as it is.
+/// timeouts, a busy, loading or failing-over server, memory pressure) is transient; a TLS
+/// handshake that fails (an untrusted certificate, a port without TLS), refused credentials
+/// or ACL permissions wait for the user; anything else Redis refuses (a script error, an
+/// unknown command, keys in different slots) can never succeed as it is.
 pub fn classify(e: &redis::RedisError) -> (&'static str, Verdict) {
     use redis::{ErrorKind as K, ServerErrorKind as S};
+    // Before the I/O check: a failed handshake reaches us as an I/O error.
+    if TlsFailure::of(e).is_some() {
+        return ("tls", Verdict::Stalled);
+    }
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return ("connection", Verdict::Transient);
     }
@@ -349,8 +355,15 @@ mod tests {
         use Verdict::*;
         let io: redis::RedisError =
             std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into();
+        // A rediss:// handshake with a certificate no trusted CA signed, as redis returns it.
+        let untrusted: redis::RedisError = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        )
+        .into();
         let cases = [
             (io, "connection", Transient),
+            (untrusted, "tls", Stalled),
             (
                 server("LOADING", "Redis is loading"),
                 "unavailable",

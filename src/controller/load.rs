@@ -1,8 +1,9 @@
 //! Load step: the Redis target named by a JobRetry's connection Secret.
 //!
 //! Guarantees: error messages name the Secret and key to fix and never quote the URL; a
-//! Secret is read at most once per [`SecretCache::TTL`] (many JobRetries name the same one),
-//! so a changed Secret is seen within that time.
+//! Secret the operator may not read is a condition for the user (what to grant), not an API
+//! failure to retry; a Secret is read at most once per [`SecretCache::TTL`] (many JobRetries
+//! name the same one), so a changed Secret is seen within that time.
 
 use std::{
     collections::HashMap,
@@ -19,17 +20,23 @@ use crate::{bullmq::RedisTarget, client::SecretLabel, crd::Connection};
 pub const CA_KEY: &str = "ca.crt";
 
 /// Why the Secret cannot be used; the message says what to fix.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The Secret or key is missing or unusable: wait for the user. `category` is a fixed
     /// label for metrics: `not_found`, `unlabelled`, `missing_key`, `not_utf8` or
     /// `invalid_url`.
+    #[error("{message}")]
     Invalid {
         category: &'static str,
         message: String,
     },
+    /// The API server forbids the operator to read the Secret (403): wait for the user to
+    /// grant it; the message says how.
+    #[error("{0}")]
+    Forbidden(String),
     /// The API server failed: retry.
-    Kube(kube::Error),
+    #[error("cannot read the connection Secret: {0}")]
+    Kube(#[source] kube::Error),
 }
 
 /// Every category of [`LoadError::category`] (metrics declare each at 0).
@@ -48,7 +55,7 @@ impl LoadError {
     pub fn category(&self) -> &'static str {
         match self {
             LoadError::Invalid { category, .. } => category,
-            LoadError::Kube(kube::Error::Api(s)) if s.is_forbidden() => "forbidden",
+            LoadError::Forbidden(_) => "forbidden",
             LoadError::Kube(_) => "api",
         }
     }
@@ -116,11 +123,15 @@ pub async fn redis_target(
         category,
         message: format!("Secret {namespace}/{} {what}", r.name),
     };
-    let secret = secrets
-        .get(client, namespace, &r.name)
-        .await
-        .map_err(LoadError::Kube)?
-        .ok_or_else(|| invalid("not_found", "not found".to_string()))?;
+    let secret = match secrets.get(client, namespace, &r.name).await {
+        Err(kube::Error::Api(s)) if s.is_forbidden() => {
+            return Err(LoadError::Forbidden(forbidden(
+                namespace, &r.name, &s.message,
+            )));
+        }
+        read => read.map_err(LoadError::Kube)?,
+    }
+    .ok_or_else(|| invalid("not_found", "not found".to_string()))?;
     if let Some(label) = required_label.filter(|l| !l.is_on(secret.metadata.labels.as_ref())) {
         return Err(invalid(
             "unlabelled",
@@ -136,6 +147,14 @@ pub async fn redis_target(
     RedisTarget::new(&url, conn.mode, conn.sentinel_master_name.clone())
         .map(|t| t.with_ca(value(&secret, CA_KEY)))
         .map_err(|e| invalid("invalid_url", format!("key {}: {e}", r.key)))
+}
+
+/// Why the operator may not read Secret `namespace/name` and what grants it, with what the
+/// API server said (it names the operator's account).
+fn forbidden(namespace: &str, name: &str, refusal: &str) -> String {
+    format!(
+        "the operator may not read Secret {namespace}/{name}: add namespace {namespace} to the chart's rbac.secretNamespaces, or grant the operator's ServiceAccount get on Secrets there (the API server said: {refusal})"
+    )
 }
 
 /// The value of `key` in the Secret's data (or stringData, as written by some tools).
@@ -157,6 +176,20 @@ fn value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forbidden_secret_says_what_to_grant_and_who_was_refused() {
+        let refusal = r#"secrets "redis" is forbidden: User "system:serviceaccount:ops:jr" cannot get resource "secrets" in API group "" in the namespace "payments""#;
+        let m = forbidden("payments", "redis", refusal);
+        assert!(
+            m.starts_with("the operator may not read Secret payments/redis: add namespace payments to the chart's rbac.secretNamespaces, or grant"),
+            "{m}"
+        );
+        assert!(m.contains("system:serviceaccount:ops:jr"), "{m}");
+        let e = LoadError::Forbidden(m.clone());
+        assert_eq!((e.category(), e.to_string()), ("forbidden", m));
+        assert!(CATEGORIES.contains(&e.category()));
+    }
 
     #[test]
     fn a_secret_read_is_reused_only_within_the_ttl() {

@@ -26,7 +26,8 @@ mod stage;
 
 pub use self::error::RunError;
 
-/// How long to wait before looking again at a run stalled on an unusable Secret.
+/// How long to wait before looking again at a run stalled on an unusable or unreadable
+/// Secret.
 pub const STALLED_RECHECK: Duration = Duration::from_secs(10);
 /// The longest backoff between two tries after errors.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -246,7 +247,7 @@ fn decide<'a>(result: &'a SliceResult, failures: u32, facts: &Facts) -> (Stage<'
             };
             (Stage::Running, 0, requeue)
         }
-        SliceResult::Error(e @ RunError::SecretInvalid(_)) => {
+        SliceResult::Error(e @ (RunError::SecretInvalid(_) | RunError::SecretForbidden(_))) => {
             (Stage::Stalled(e), failures, Requeue::After(STALLED_RECHECK))
         }
         SliceResult::Error(e) => {

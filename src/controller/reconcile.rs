@@ -280,6 +280,9 @@ impl Run {
                     load::LoadError::Invalid { message, .. } => {
                         Ok(Err(RunError::SecretInvalid(message)))
                     }
+                    load::LoadError::Forbidden(message) => {
+                        Ok(Err(RunError::SecretForbidden(message)))
+                    }
                     load::LoadError::Kube(e) => Err(e.into()),
                 };
             }

@@ -6,7 +6,10 @@
 //! selector, so a preview shows what the run then retries; a flag the API would refuse is
 //! refused here first with a message naming the flag.
 
+mod error;
 pub mod render;
+
+pub use error::{PluginError, api_error, status_command};
 
 use std::path::PathBuf;
 
@@ -20,51 +23,6 @@ use crate::crd::{
     Connection, ConnectionMode, JobRetry, JobRetrySpec, QueueRef, RateLimit, SecretKeyRef,
     Selector, SourceState,
 };
-
-/// Why the plugin stopped, each with a static category (its exit code).
-#[derive(Debug, thiserror::Error)]
-pub enum PluginError {
-    /// A flag's value cannot make a valid JobRetry.
-    #[error("{0}")]
-    InvalidFlag(String),
-    /// The Kubernetes API refused or failed a request.
-    #[error("Kubernetes API error: {0}")]
-    Kube(#[from] kube::Error),
-    /// The kubeconfig could not be read.
-    #[error("kubeconfig: {0}")]
-    Kubeconfig(String),
-    /// The run did not end within `--timeout`.
-    #[error("timed out after {0}; the run goes on: follow it with `kubectl jobretry status {1}`")]
-    Timeout(String, String),
-    /// The run ended Failed or is stalled until something outside it is fixed.
-    #[error("{0}")]
-    RunFailed(String),
-    /// The object could not be printed.
-    #[error("cannot print the manifest: {0}")]
-    Output(String),
-}
-
-impl PluginError {
-    /// A short, fixed label for the error kind.
-    pub fn category(&self) -> &'static str {
-        match self {
-            PluginError::InvalidFlag(_) => "invalid_flag",
-            PluginError::Kube(_) => "kube",
-            PluginError::Kubeconfig(_) => "kubeconfig",
-            PluginError::Timeout(..) => "timeout",
-            PluginError::RunFailed(_) => "run_failed",
-            PluginError::Output(_) => "output",
-        }
-    }
-
-    /// The process exit code: 1 when the run itself failed, 2 for usage and API problems.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            PluginError::RunFailed(_) | PluginError::Timeout(..) => 1,
-            _ => 2,
-        }
-    }
-}
 
 /// `kubectl jobretry`: preview, start and follow JobRetry runs.
 #[derive(Parser, Debug)]

@@ -250,3 +250,123 @@ fn progress_is_scanned_of_the_estimate_for_a_selector_run() {
         "Pending: scanned 0/0, matched 0, retried 0, skipped 0, errors 0"
     );
 }
+
+/// A failed request as kube returns it, from the Status JSON the API server sends.
+fn api_refusal(status: serde_json::Value) -> kube::Error {
+    kube::Error::Api(Box::new(serde_json::from_value(status).unwrap()))
+}
+
+/// An error with a cause, as hyper's client errors come.
+#[derive(Debug)]
+struct Wrapped(&'static str, std::io::Error);
+
+impl std::fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Wrapped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.1)
+    }
+}
+
+#[test]
+fn api_errors_read_as_one_line_about_the_object() {
+    let not_found = api_refusal(serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+        "reason": "NotFound", "message": "jobretries.jobretry.io \"foo\" not found",
+        "details": {"name": "foo", "group": "jobretry.io", "kind": "jobretries"},
+    }));
+    let no_namespace = api_refusal(serde_json::json!({
+        "status": "Failure", "code": 404, "reason": "NotFound",
+        "message": "namespaces \"bar\" not found", "details": {"name": "bar", "kind": "namespaces"},
+    }));
+    let no_crd = api_refusal(serde_json::json!({
+        "status": "Failure", "code": 404, "reason": "NotFound",
+        "message": "the server could not find the requested resource", "details": {},
+    }));
+    let forbidden_text = "jobretries.jobretry.io \"foo\" is forbidden: User \"alice\" cannot get resource \"jobretries\" in API group \"jobretry.io\" in the namespace \"bar\"";
+    let forbidden = api_refusal(serde_json::json!({
+        "status": "Failure", "code": 403, "reason": "Forbidden", "message": forbidden_text,
+        "details": {"name": "foo", "group": "jobretry.io", "kind": "jobretries"},
+    }));
+    let exists = api_refusal(serde_json::json!({
+        "status": "Failure", "code": 409, "reason": "AlreadyExists",
+        "message": "jobretries.jobretry.io \"foo\" already exists",
+        "details": {"name": "foo", "group": "jobretry.io", "kind": "jobretries"},
+    }));
+    let refused = std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "Connection refused (os error 111)",
+    );
+    let unreachable = kube::Error::Service(Box::new(Wrapped("client error (Connect)", refused)));
+    let said = |e, name| api_error(e, "bar", name).to_string();
+    let cases = [
+        (
+            said(not_found, Some("foo")),
+            "jobretry foo not found in namespace bar".to_string(),
+        ),
+        (said(no_namespace, None), "namespace bar not found".into()),
+        (
+            said(exists, Some("foo")),
+            "jobretry foo already exists in namespace bar: give the new run another name, or see it with `kubectl jobretry status -n bar foo`".into(),
+        ),
+        (said(forbidden, Some("foo")), forbidden_text.into()),
+        (
+            said(unreachable, Some("foo")),
+            "cannot reach the API server: client error (Connect): Connection refused (os error 111)"
+                .into(),
+        ),
+    ];
+    for (got, want) in cases {
+        assert_eq!(got, want);
+    }
+    let crd = said(no_crd, Some("foo"));
+    assert!(
+        crd.starts_with("the API server does not serve JobRetries")
+            && crd.contains("install the CRD"),
+        "{crd}"
+    );
+}
+
+#[test]
+fn no_error_is_a_debug_dump_or_spans_lines() {
+    let multi = api_refusal(serde_json::json!({
+        "status": "Failure", "code": 422, "reason": "Invalid",
+        "message": "JobRetry.jobretry.io \"foo\" is invalid:\n  spec.queue.name: Invalid value",
+    }));
+    let text = api_error(multi, "bar", Some("foo")).to_string();
+    assert_eq!(
+        text,
+        "JobRetry.jobretry.io \"foo\" is invalid: spec.queue.name: Invalid value"
+    );
+    assert!(
+        !text.contains("Status {") && !text.contains("ApiError"),
+        "{text}"
+    );
+    let bare = api_refusal(serde_json::json!({"code": 500, "reason": "InternalError"}));
+    assert_eq!(
+        api_error(bare, "bar", None).to_string(),
+        "the API server answered 500 InternalError"
+    );
+}
+
+#[test]
+fn every_suggested_command_names_the_namespace() {
+    assert_eq!(
+        status_command("payments", "incident-4712"),
+        "kubectl jobretry status -n payments incident-4712"
+    );
+    let timeout = PluginError::Timeout {
+        after: "30s".into(),
+        name: "incident-4712".into(),
+        namespace: "payments".into(),
+    };
+    assert_eq!(
+        timeout.to_string(),
+        "timed out after 30s; the run goes on: follow it with `kubectl jobretry status -n payments incident-4712`"
+    );
+    assert_eq!(timeout.exit_code(), 1);
+}

@@ -12,6 +12,9 @@ pub enum RunError {
     /// The connection Secret or its key is missing or unusable.
     #[error("{0}")]
     SecretInvalid(String),
+    /// The API server forbids the operator to read the connection Secret (RBAC).
+    #[error("{0}")]
+    SecretForbidden(String),
     /// Redis cannot be reached or is busy now.
     #[error("{0}")]
     RedisUnavailable(String),
@@ -52,6 +55,7 @@ impl RunError {
         match self {
             RunError::SelectorUnsupported(_) => "selector_unsupported",
             RunError::SecretInvalid(_) => "secret_invalid",
+            RunError::SecretForbidden(_) => "secret_forbidden",
             RunError::RedisUnavailable(_) => "redis_unavailable",
             RunError::RedisAccessDenied(_) => "redis_access_denied",
             RunError::RedisConnectionRefused(_) | RunError::RedisRefused(_) => "redis_refused",
@@ -69,6 +73,7 @@ impl RunError {
         match self {
             RunError::SelectorUnsupported(_) => reason::SELECTOR_UNSUPPORTED,
             RunError::SecretInvalid(_) => reason::SECRET_INVALID,
+            RunError::SecretForbidden(_) => reason::SECRET_FORBIDDEN,
             RunError::RedisUnavailable(_) => reason::REDIS_UNAVAILABLE,
             RunError::RedisAccessDenied(_) => reason::REDIS_ACCESS_DENIED,
             RunError::RedisConnectionRefused(_) | RunError::RedisRefused(_) => {
@@ -89,6 +94,7 @@ impl RunError {
         match self {
             RunError::RedisUnavailable(_) | RunError::QueueBusy(_) => Verdict::Transient,
             RunError::SecretInvalid(_)
+            | RunError::SecretForbidden(_)
             | RunError::RedisAccessDenied(_)
             | RunError::RedisConnectionRefused(_)
             | RunError::QueueDataInvalid(_) => Verdict::Stalled,

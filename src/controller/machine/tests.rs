@@ -277,6 +277,11 @@ fn stalled_runs_wait_for_the_user_then_recover() {
             10,
         ),
         (
+            RunError::SecretForbidden("the operator may not read Secret p/r".into()),
+            "SecretForbidden",
+            10,
+        ),
+        (
             RunError::RedisAccessDenied("WRONGPASS".into()),
             "RedisAccessDenied",
             10,
@@ -323,12 +328,16 @@ fn a_stalled_redis_error_rechecks_with_growing_backoff() {
     let denied = || error(RunError::RedisAccessDenied("NOPERM".into()));
     let t = step(&JobRetryStatus::default(), 6, &f, denied(), at(0));
     assert_eq!((t.failures, t.requeue), (7, Requeue::After(MAX_BACKOFF)));
-    let secret = error(RunError::SecretInvalid("missing".into()));
-    let t = step(&JobRetryStatus::default(), 6, &f, secret, at(0));
-    assert_eq!(
-        (t.failures, t.requeue),
-        (6, Requeue::After(STALLED_RECHECK))
-    );
+    for e in [
+        RunError::SecretInvalid("missing".into()),
+        RunError::SecretForbidden("may not read".into()),
+    ] {
+        let t = step(&JobRetryStatus::default(), 6, &f, error(e), at(0));
+        assert_eq!(
+            (t.failures, t.requeue),
+            (6, Requeue::After(STALLED_RECHECK))
+        );
+    }
 }
 
 #[test]
