@@ -264,7 +264,7 @@ fn hostile_globs_and_megabyte_names_and_reasons_keep_every_call_short() {
     let queue = "hostile";
     seed_at(dir.path(), &redis.url, queue, &hostile_jobs());
     let jobs = listed(&redis.url, queue);
-    let _: () = redis.cmd(&mut redis::cmd("SLOWLOG").arg("RESET"));
+    let _: () = redis.cmd(redis::cmd("SLOWLOG").arg("RESET"));
     let pinger = Pinger::start(&redis.url);
     let key = |j: &Value| j["id"].as_str().unwrap().to_string();
     let name = |j: &Value| j["name"].as_str().unwrap().to_string();
