@@ -11,6 +11,7 @@ cd "$ROOT"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 tests/platform/install-deps.sh
+ensure_kubectl # the kubectl on PATH, else one built at the control plane's version
 (cd tests/bullmq && npm ci --no-audit --no-fund --loglevel=error)
 say "building the operator"
 cargo build --locked --bin jobretry-operator

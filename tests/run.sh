@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The full test suite, on a fresh machine or a warm one:
-#   installs Redis (Debian) and the BullMQ fixtures (npm ci), builds the control plane from
-#   its Go modules (cached outside the repo), starts etcd + kube-apiserver + redis-server on
-#   loopback, and runs every test, then stops the platform. Format, lint and unit tests run
-#   first, before anything is installed.
+#   installs Redis and the other OS packages the tests use (Debian, install-deps.sh) and the
+#   BullMQ fixtures (npm ci), builds the control plane from its Go modules (cached outside the
+#   repo), and kubectl too when none is on PATH, starts etcd + kube-apiserver + redis-server
+#   on loopback, and runs every test, then stops the platform. Format, lint and unit tests
+#   run first, before anything is installed.
 # Usage: tests/run.sh [extra cargo test args]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=tests/platform/lib.sh
+. tests/platform/lib.sh # ensure_kubectl (its log and die are replaced here)
 log() { printf '[tests %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 START=$SECONDS
 
@@ -25,6 +28,7 @@ tests/platform/install-deps.sh
 log "npm ci (BullMQ fixtures)"
 (cd tests/bullmq && npm ci --no-audit --no-fund --loglevel=error)
 tests/platform/build-control-plane.sh >/dev/null
+ensure_kubectl # the kubectl on PATH, else one built at the control plane's version
 # The PyPI bullmq clients (3.x, and 2.x for the differential tests), each in a venv cached
 # outside the repo, keyed by its pinned version.
 venv_for() {

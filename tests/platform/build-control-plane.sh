@@ -37,45 +37,11 @@ mkdir -p "$BUILD/kube-apiserver" "$BUILD/etcd"
 # Use the installed Go; both modules declare go 1.24, which it satisfies.
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 
-# Every module under kubernetes' staging/src/k8s.io. k8s.io/kubernetes
-# requires them at v0.0.0 with replace => ./staging/..., replaces which do not
-# apply outside its own module, so we pin them to the published v0.x tags.
-STAGING_MODULES=(
-  api apiextensions-apiserver apimachinery apiserver cli-runtime client-go
-  cloud-provider cluster-bootstrap code-generator component-base
-  component-helpers controller-manager cri-api cri-client csi-translation-lib
-  dynamic-resource-allocation endpointslice externaljwt kms kube-aggregator
-  kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
-  mount-utils pod-security-admission sample-apiserver sample-cli-plugin
-  sample-controller
-)
-
 build_kube_apiserver() {
-  local dir="$BUILD/kube-apiserver" start=$SECONDS m
+  local dir="$BUILD/kube-apiserver" start=$SECONDS ldflags
   log "building kube-apiserver ${K8S_VERSION} in ${dir}"
-  {
-    echo "module jobretry.local/build/kube-apiserver"
-    echo
-    echo "go 1.24.0"
-    echo
-    echo "godebug default=go1.24" # same as k8s.io/kubernetes' own go.mod
-    echo
-    echo "require k8s.io/kubernetes ${K8S_VERSION}"
-    echo
-    for m in "${STAGING_MODULES[@]}"; do
-      echo "replace k8s.io/${m} => k8s.io/${m} ${K8S_STAGING_VERSION}"
-    done
-  } >"$dir/go.mod"
-
-  # Version stamping, as kubernetes' hack/lib/version.sh does it.
-  local minor=${K8S_VERSION#v1.}
-  minor=${minor%%.*}
-  local ldflags="-s -w" pkg
-  for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-    ldflags+=" -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
-    ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
-  done
-
+  k8s_go_mod jobretry.local/build/kube-apiserver >"$dir/go.mod"
+  ldflags=$(k8s_ldflags)
   (cd "$dir" && go build -p 2 -trimpath -ldflags "$ldflags" \
     -o "$dir/kube-apiserver.new" k8s.io/kubernetes/cmd/kube-apiserver)
   mv -f "$dir/kube-apiserver.new" "$OUT/kube-apiserver"

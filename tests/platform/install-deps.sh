@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Install the OS packages the tests need (Debian/apt): Redis, lua5.4 for the Argo CD
-# health check, buildah and musl-tools for the image (build-image.sh). Idempotent: a quick
-# no-op when everything is already installed; `apt-get update` runs only when
-# something is missing.
+# Install the OS packages the tests and scripts need (Debian/apt): Redis, lua5.4 for the
+# Argo CD health check, buildah and musl-tools for the image (build-image.sh); and, unless
+# the tool is already there by another route, curl, openssl, python3 with venv (the PyPI
+# bullmq venvs of tests/run.sh), procps (`kill`) and the CA certificates (HTTPS to the Go
+# module proxy and PyPI). Idempotent: a quick no-op when everything is already installed;
+# `apt-get update` runs only when something is missing.
+#
+# Not installed here: kubectl (no Debian package is close enough to the control plane; lib.sh's
+# ensure_kubectl builds one when none is on PATH), and the toolchains the README lists as
+# prerequisites (Rust, Go, Node.js and npm: Debian's are too old).
 #
 # Usage: install-deps.sh
 #
@@ -14,6 +20,7 @@ set -euo pipefail
 # shellcheck source=tests/platform/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# Needed as Debian packages.
 PACKAGES=(redis-server redis-tools redis-sentinel lua5.4 buildah musl-tools)
 
 missing=()
@@ -23,8 +30,23 @@ for p in "${PACKAGES[@]}"; do
   fi
 done
 
+# Needed as tools: the package is installed only when the tool does not work, so one that
+# came another way (a pyenv python3, a curl from elsewhere) is used as it is.
+TOOLS=(curl openssl python3-venv procps ca-certificates)
+# curl: up.sh's etcd health check, the tests' /metrics and /readyz calls.
+command -v curl >/dev/null || missing+=(curl)
+# openssl: up.sh's certificates, the tests' TLS certificates.
+command -v openssl >/dev/null || missing+=(openssl)
+# python3 -m venv (tests/run.sh) needs ensurepip, which Debian ships in python3-venv; the
+# package brings python3 itself, which lib.sh's free_ports and other helpers run.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# The tests signal processes with the `kill` program (not the shell builtin).
+type -P kill >/dev/null || missing+=(procps)
+# HTTPS to the Go module proxy and PyPI (Go and pip read the system's CA bundle).
+[[ -s /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
+
 if ((${#missing[@]} == 0)); then
-  log "OS packages present: ${PACKAGES[*]}"
+  log "OS packages present: ${PACKAGES[*]}; tools present: ${TOOLS[*]}"
   exit 0
 fi
 

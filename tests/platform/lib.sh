@@ -16,6 +16,52 @@ ETCD_VERSION="v3.6.5"
 # shellcheck disable=SC2034
 PLATFORM_BIN_DIR="${JOBRETRY_CACHE:-$HOME/.cache/jobretry-operator}/control-plane/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}"
 
+# Where build-kubectl.sh caches the kubectl it builds (only when none is on PATH).
+# shellcheck disable=SC2034
+KUBECTL_BIN_DIR="${JOBRETRY_CACHE:-$HOME/.cache/jobretry-operator}/kubectl/${K8S_VERSION}"
+
+# Every module under kubernetes' staging/src/k8s.io. k8s.io/kubernetes requires them at
+# v0.0.0 with replace => ./staging/..., replaces which do not apply outside its own module,
+# so k8s_go_mod pins them to the published v0.x tags.
+K8S_STAGING_MODULES=(
+  api apiextensions-apiserver apimachinery apiserver cli-runtime client-go
+  cloud-provider cluster-bootstrap code-generator component-base
+  component-helpers controller-manager cri-api cri-client csi-translation-lib
+  dynamic-resource-allocation endpointslice externaljwt kms kube-aggregator
+  kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
+  mount-utils pod-security-admission sample-apiserver sample-cli-plugin
+  sample-controller
+)
+
+# k8s_go_mod MODULE : prints a go.mod for module MODULE that builds commands of
+# k8s.io/kubernetes ${K8S_VERSION} (k8s.io/kubernetes/cmd/...), staging modules pinned.
+k8s_go_mod() {
+  local m
+  echo "module $1"
+  echo
+  echo "go 1.24.0"
+  echo
+  echo "godebug default=go1.24" # same as k8s.io/kubernetes' own go.mod
+  echo
+  echo "require k8s.io/kubernetes ${K8S_VERSION}"
+  echo
+  for m in "${K8S_STAGING_MODULES[@]}"; do
+    echo "replace k8s.io/${m} => k8s.io/${m} ${K8S_STAGING_VERSION}"
+  done
+}
+
+# k8s_ldflags : the -ldflags that stamp ${K8S_VERSION} into a k8s.io/kubernetes command,
+# as kubernetes' hack/lib/version.sh does it (`--version`, `kubectl version`).
+k8s_ldflags() {
+  local minor=${K8S_VERSION#v1.} ldflags="-s -w" pkg
+  minor=${minor%%.*}
+  for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    ldflags+=" -X ${pkg}.gitVersion=${K8S_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
+    ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$ldflags"
+}
+
 # log MSG... : timestamped message on stderr.
 log() { printf '[platform %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -157,4 +203,14 @@ go_install() {
   mkdir -p "$build"
   (cd "$build" && GOBIN="$build" go install -p 2 -trimpath -tags "$tags" -ldflags "$ldflags" "$pkg")
   mv -f "$build/$(basename "$bin")" "$bin"
+}
+
+# ensure_kubectl : makes sure `kubectl` runs: the one on PATH if there is one, else the one
+# build-kubectl.sh builds from k8s.io/kubernetes at the control plane's version (cached in
+# KUBECTL_BIN_DIR), whose folder is put first on PATH (exported, for the tests it starts).
+ensure_kubectl() {
+  command -v kubectl >/dev/null && return 0
+  local dir
+  dir=$("$(dirname "${BASH_SOURCE[0]}")/build-kubectl.sh") || die "could not build kubectl"
+  export PATH="$dir:$PATH"
 }

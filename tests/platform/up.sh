@@ -9,7 +9,8 @@
 # redis), pki/ (generated certs), etcd-data/, kubeconfig (admin,
 # system:masters, embedded certs) and `env`, a sourceable file exporting
 #   KUBECONFIG, JOBRETRY_TEST_KUBECONFIG (same), JOBRETRY_TEST_REDIS_URL,
-#   JOBRETRY_TEST_REDIS_PORT, JOBRETRY_TEST_STATE_DIR.
+#   JOBRETRY_TEST_REDIS_PORT, JOBRETRY_TEST_STATE_DIR, and PATH with the kubectl
+#   build-kubectl.sh built when none was on PATH (lib.sh's ensure_kubectl).
 # Stop everything with down.sh STATE_DIR. Anything still running from an
 # earlier up.sh on the same STATE_DIR is stopped first.
 #
@@ -33,8 +34,14 @@ START=$SECONDS
 rm -rf "$STATE/etcd-data" "$PKI" "$STATE/env" "$STATE/kubeconfig"
 mkdir -p "$PKI"
 
-command -v redis-server >/dev/null || "$HERE/install-deps.sh"
+# What this script runs besides the control plane: install it if any of it is missing.
+deps_ok=1
+for tool in redis-server redis-cli openssl curl python3; do
+  command -v "$tool" >/dev/null || deps_ok=0
+done
+((deps_ok)) || "$HERE/install-deps.sh"
 BIN=$("$HERE/build-control-plane.sh")
+ensure_kubectl
 
 # On any failure: show the logs' tails and stop what we started.
 on_exit() {
@@ -170,6 +177,11 @@ export JOBRETRY_TEST_REDIS_URL='redis://127.0.0.1:$REDIS_PORT'
 export JOBRETRY_TEST_REDIS_PORT='$REDIS_PORT'
 export JOBRETRY_TEST_STATE_DIR='$STATE'
 EOF
+# The kubectl ensure_kubectl built, if it had to, for whoever sources `env`.
+if [[ $(command -v kubectl) == "$KUBECTL_BIN_DIR/kubectl" ]]; then
+  # shellcheck disable=SC2016 # $PATH is expanded when `env` is sourced
+  printf 'export PATH=%q:"$PATH"\n' "$KUBECTL_BIN_DIR" >>"$STATE/env"
+fi
 
 # ---- optional Redis topologies -------------------------------------------------
 if [[ ${JOBRETRY_PLATFORM_TOPOLOGIES:-0} == 1 ]]; then
