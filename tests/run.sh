@@ -30,19 +30,29 @@ log "npm ci (BullMQ fixtures)"
 tests/platform/build-control-plane.sh >/dev/null
 ensure_kubectl # the kubectl on PATH, else one built at the control plane's version
 # The PyPI bullmq clients (3.x, and 2.x for the differential tests), each in a venv cached
-# outside the repo, keyed by its pinned version.
-venv_for() {
-  local req=$1 venv
-  venv="${JOBRETRY_CACHE:-$HOME/.cache/jobretry-operator}/venv-$(tr -c 'a-z0-9.=\n' _ <"$req" | tr -d '\n')"
-  if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import bullmq' 2>/dev/null; then
-    log "pip install -r $req into $venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
-  fi
-  echo "$venv/bin/python"
+# outside the repo, keyed by its pinned version. The venvs are made by plain statements, never
+# inside $(...): bash does not apply set -e in a command substitution, so a failed venv or
+# pip install there would go unnoticed.
+venv_dir() { # REQUIREMENTS_FILE : prints the venv's folder
+  local key
+  key=$(tr -c 'a-z0-9.=\n' _ <"$1" | tr -d '\n') || return 1
+  echo "${JOBRETRY_CACHE:-$HOME/.cache/jobretry-operator}/venv-$key"
 }
-JOBRETRY_TEST_PYTHON=$(venv_for tests/bullmq/py/requirements.txt)
-JOBRETRY_TEST_PYTHON2=$(venv_for tests/bullmq/py/requirements-2.txt)
+make_venv() { # REQUIREMENTS_FILE : makes the venv unless it already imports bullmq
+  local req=$1 venv
+  venv=$(venv_dir "$req")
+  if [[ -x $venv/bin/python ]] && "$venv/bin/python" -c 'import bullmq' 2>/dev/null; then
+    return 0
+  fi
+  log "pip install -r $req into $venv"
+  python3 -m venv --clear "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  "$venv/bin/python" -c 'import bullmq'
+}
+make_venv tests/bullmq/py/requirements.txt
+make_venv tests/bullmq/py/requirements-2.txt
+JOBRETRY_TEST_PYTHON="$(venv_dir tests/bullmq/py/requirements.txt)/bin/python"
+JOBRETRY_TEST_PYTHON2="$(venv_dir tests/bullmq/py/requirements-2.txt)/bin/python"
 export JOBRETRY_TEST_PYTHON JOBRETRY_TEST_PYTHON2
 export JOBRETRY_PLATFORM_TOPOLOGIES=1
 JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh); export JOBRETRY_TEST_HELM # tests/e2e_chart.rs, e2e_tenancy.rs
