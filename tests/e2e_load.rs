@@ -2,10 +2,13 @@
 //! 20,000 jobs that a real BullMQ Worker failed. One operator, watching all namespaces, with
 //! a bound on concurrent runs and on its API request rate, must complete every object and
 //! retry every job: timed from the operator's start to the last object done, with the
-//! operator's peak RSS (VmHWM) from /proc, both printed. It fails beyond 64 MiB, or beyond
-//! 120 s: the API rate limit alone makes 1,000 runs take about 40 s (42-55 s measured on a
-//! busy 2-core machine), so the bound catches a regression (runs serialized, or retried
-//! with backoff) without turning a slow machine into a failure.
+//! operator's peak RSS (VmHWM) from /proc. Both are printed in one line beside their bounds
+//! (`[load] 1000 objects Succeeded in S s (bound 120 s), operator peak RSS M MiB (bound
+//! 64 MiB)`), so CI logs show them. The bounds are regression catches, not targets:
+//! the API rate limit alone makes 1,000 runs take about 40 s (42-55 s measured on a busy
+//! 2-core machine), so 120 s catches a regression (runs serialized, or retried with backoff)
+//! without turning a slow machine into a failure; 64 MiB catches a leak or an unbounded
+//! cache.
 
 mod common;
 
@@ -18,6 +21,10 @@ const NAMESPACES: usize = 10;
 const PER_NAMESPACE: usize = 100;
 const IDS: usize = 20;
 const JOBS: usize = NAMESPACES * PER_NAMESPACE * IDS;
+/// Regression catches, not targets: the run takes about 40-60 s and the operator's peak RSS
+/// is well under the bound; the measured figures are printed beside these in one line.
+const WALL_BOUND: Duration = Duration::from_secs(120);
+const RSS_BOUND_MIB: u64 = 64;
 
 /// Peak resident set of process `pid` in KiB (VmHWM).
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -117,10 +124,14 @@ fn a_thousand_jobretries_applied_at_once_all_complete() {
     );
     let wall = started.elapsed();
     let rss = peak_rss_kib(op.pid());
+    // The figures CI logs show, beside the bounds asserted below.
     eprintln!(
-        "[load] all 1000 objects Succeeded {:.1}s after the operator started; operator peak RSS {:.1} MiB",
+        "[load] {} objects Succeeded in {:.1} s (bound {} s), operator peak RSS {:.1} MiB (bound {} MiB)",
+        NAMESPACES * PER_NAMESPACE,
         wall.as_secs_f64(),
-        rss as f64 / 1024.0
+        WALL_BOUND.as_secs(),
+        rss as f64 / 1024.0,
+        RSS_BOUND_MIB
     );
     let objects: Vec<Value> = namespaces
         .iter()
@@ -159,11 +170,11 @@ fn a_thousand_jobretries_applied_at_once_all_complete() {
         ns.kubectl(&["delete", "jobretries", "--all", "--wait=false"]);
     }
     assert!(
-        wall < Duration::from_secs(120),
-        "took {wall:?}; expected about 40-60 s, at most 120 s"
+        wall < WALL_BOUND,
+        "took {wall:?}; expected about 40-60 s, at most {WALL_BOUND:?}"
     );
     assert!(
-        rss < 64 * 1024,
-        "peak RSS {rss} KiB; the target is under 64 MiB"
+        rss < RSS_BOUND_MIB * 1024,
+        "peak RSS {rss} KiB; the bound is {RSS_BOUND_MIB} MiB"
     );
 }
