@@ -15,6 +15,9 @@ ensure_kubectl # the kubectl on PATH, else one built at the control plane's vers
 (cd tests/bullmq && npm ci --no-audit --no-fund --loglevel=error)
 say "building the operator"
 cargo build --locked --bin jobretry-operator
+# Where cargo put it: target/ unless CARGO_TARGET_DIR (or a cargo config) says otherwise.
+OPERATOR=$(cargo metadata --no-deps --format-version 1 --locked |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug/jobretry-operator
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/jobretry-demo.XXXXXX")
 OP_PID=
 cleanup() {
@@ -42,7 +45,7 @@ node -e '
 ids=$(node -e 'const s=require(process.argv[1]); console.log(s.jobs.filter(j=>/ECONNRESET/.test(j.failedReason??"")).map(j=>JSON.stringify(j.id)).concat(["\"9999\"", JSON.stringify(s.jobs.find(j=>j.state==="completed").id)]).join(", "))' "$STATE/seeded.json")
 
 say "starting the operator"
-KUBECONFIG="$KUBECONFIG" target/debug/jobretry-operator --http-addr 127.0.0.1:0 >"$STATE/operator.log" 2>&1 &
+KUBECONFIG="$KUBECONFIG" "$OPERATOR" --http-addr 127.0.0.1:0 >"$STATE/operator.log" 2>&1 &
 OP_PID=$!
 
 cat >"$STATE/incident.yaml" <<YAML

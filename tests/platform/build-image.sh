@@ -32,15 +32,18 @@ fi
 # set; some build scripts (ring's) watch them and would rebuild half the tree each time.
 while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(CARGO_(PKG_|MANIFEST_|CRATE_|BIN_|TARGET_TMPDIR|PRIMARY_)|OUT_DIR$)')
 
-VERSION=$(cd "$ROOT" && cargo metadata --no-deps --format-version 1 --locked |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["packages"][0]["version"])')
+# The crate's version, and where cargo puts what it builds (target/ unless CARGO_TARGET_DIR or
+# a cargo config says otherwise).
+{ read -r VERSION && read -r TARGET_DIR; } < <(cd "$ROOT" && cargo metadata --no-deps --format-version 1 --locked |
+  python3 -c 'import json,sys; m=json.load(sys.stdin); print(m["packages"][0]["version"]); print(m["target_directory"])')
+[[ -n $VERSION && -n $TARGET_DIR ]] || die "cannot read the version and target directory from cargo metadata"
 log "cargo build --release --target $TARGET"
 (cd "$ROOT" && cargo build --release --locked --target "$TARGET" --bin jobretry-operator >&2)
 BUILT=$((SECONDS - START))
 
 CONTEXT="$STORE/context"
 rm -rf "$CONTEXT" && mkdir -p "$CONTEXT"
-cp "$ROOT/target/$TARGET/release/jobretry-operator" "$CONTEXT/"
+cp "$TARGET_DIR/$TARGET/release/jobretry-operator" "$CONTEXT/"
 IMAGE="jobretry-operator:$VERSION"
 buildah --root "$STORE/root" --runroot "$STORE/run" --storage-driver vfs \
   bud --isolation chroot --quiet -f "$ROOT/Dockerfile.prebuilt" \
