@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo, on a fresh machine or a warm one: a local control plane (real kube-apiserver +
-# etcd) and Redis, real failed BullMQ jobs, a JobRetry applied, its status shown.
+# etcd) and Redis, real failed BullMQ jobs, a JobRetry applied, its status shown, then checked
+# against what the demo promises (tests/demo/check.cjs): it exits 1 when the run ended otherwise.
 # Usage: tests/demo.sh          (stops everything at the end)
 #        KEEP=1 tests/demo.sh   (leaves the platform and operator running to explore)
 set -euo pipefail
@@ -21,7 +22,7 @@ OPERATOR=$(cargo metadata --no-deps --format-version 1 --locked |
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/jobretry-demo.XXXXXX")
 OP_PID=
 cleanup() {
-  [[ -n $OP_PID ]] && kill "$OP_PID" 2>/dev/null || true
+  if [[ -n $OP_PID ]]; then kill "$OP_PID" 2>/dev/null || true; fi
   tests/platform/down.sh "$STATE" >/dev/null 2>&1 || true
 }
 if [[ ${KEEP:-} != 1 ]]; then trap cleanup EXIT; fi
@@ -38,6 +39,7 @@ kubectl -n payments create secret generic payments-redis --from-literal=url="$JO
 
 say "BullMQ 6.7.0: adding jobs to queue 'payments'; a real Worker fails the charges"
 node tests/bullmq/seed.mjs --redis "$JOBRETRY_TEST_REDIS_URL" --queue payments --spec tests/demo/jobs.json >"$STATE/seeded.json" 2>/dev/null
+# shellcheck disable=SC2016 # JavaScript, not shell
 node -e '
   const s = require(process.argv[1]);
   for (const j of s.jobs) console.log(`  job ${j.id}  ${j.name.padEnd(8)} ${j.state.padEnd(9)} attemptsMade=${j.attemptsMade}  ${j.failedReason ?? ""}`);
@@ -72,12 +74,21 @@ kubectl -n payments wait --for=condition=Complete jobretry/incident-4711-payment
 say "kubectl get jr -n payments"
 kubectl get jr -n payments
 say "the job rows"
+kubectl -n payments get jr incident-4711-payments -o json >"$STATE/jobretry.json"
 kubectl -n payments get jr incident-4711-payments -o jsonpath='{range .status.jobs[*]}{.id}{"\t"}{.result}{"\t"}{.code}{"\t"}{.message}{"\n"}{end}' |
   awk -F'\t' 'BEGIN{printf "%-8s %-12s %-5s %s\n","ID","RESULT","CODE","MESSAGE"} {printf "%-8s %-12s %-5s %s\n",$1,$2,$3,$4}'
 
 say "a BullMQ Worker now processes exactly the retried jobs"
-node tests/bullmq/process.mjs --redis "$JOBRETRY_TEST_REDIS_URL" --queue payments --expect 3 --settle-ms 1500 2>/dev/null |
-  node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const r=JSON.parse(s);for(const p of r.processed)console.log(`  processed job ${p.id} (${p.name}) attemptsMade=${p.attemptsMade}`)})'
+node tests/bullmq/process.mjs --redis "$JOBRETRY_TEST_REDIS_URL" --queue payments --expect 3 --settle-ms 1500 \
+  >"$STATE/processed.json" 2>"$STATE/process.log"
+# shellcheck disable=SC2016 # JavaScript, not shell
+node -e 'for (const p of require(process.argv[1]).processed) console.log(`  processed job ${p.id} (${p.name}) attemptsMade=${p.attemptsMade}`)' "$STATE/processed.json"
+
+say "checking the run against what the demo promised"
+if ! node tests/demo/check.cjs "$STATE/seeded.json" "$STATE/jobretry.json" "$STATE/processed.json"; then
+  echo "the demo did not end as promised; the operator's log: $STATE/operator.log" >&2
+  exit 1
+fi
 
 if [[ ${KEEP:-} == 1 ]]; then
   say "left running: . $STATE/env; stop with: kill $OP_PID; tests/platform/down.sh $STATE"
