@@ -10,7 +10,6 @@ use redis::{
     Cmd, Pipeline, RedisFuture, Value,
     aio::{ConnectionLike, MultiplexedConnection},
     cluster_async::ClusterConnection,
-    sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
 };
 
 use super::{
@@ -174,44 +173,68 @@ impl RedisTarget {
                 Ok(RedisConn::Cluster(client.get_async_connection().await?))
             }
             ConnectionMode::Sentinel => {
-                let mut client = self.sentinel_client()?;
-                Ok(RedisConn::Single(client.get_async_connection().await?))
+                // The master's address as the sentinel says it now, kept with the connection:
+                // a later answer that differs means the master moved (see `master_moved`).
+                let mut sentinel = self.sentinel_connection().await?;
+                let master = ask_master(&mut sentinel, self.master_name()).await?;
+                let conn = self.master_connection(&master).await?;
+                Ok(RedisConn::Sentinel(Box::new(SentinelConn {
+                    conn,
+                    sentinel,
+                    name: self.master_name().to_string(),
+                    master,
+                })))
             }
         }
     }
 
-    /// A client asking the sentinel at the URL's host and port for the master's address, then
-    /// connecting to that master with the URL's credentials and db. With rediss:// both hops
-    /// speak TLS and trust the Secret's CA (if any) besides the public roots; the sentinel
-    /// itself is asked without credentials.
-    fn sentinel_client(&self) -> redis::RedisResult<SentinelClient> {
-        let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())?;
-        let sentinel = redis::IntoConnectionInfo::into_connection_info(self.sentinel_url()?)?;
-        let data = info.redis_settings();
-        let master = self.sentinel_master.clone().unwrap_or_default();
-        let mut builder = SentinelClientBuilder::new(
-            [sentinel.addr().clone()],
-            master,
-            SentinelServerType::Master,
-        )?
-        .set_client_to_redis_db(data.db())
-        .set_client_to_redis_protocol(data.protocol());
-        if let Some(user) = data.username() {
-            builder = builder.set_client_to_redis_username(user);
+    fn master_name(&self) -> &str {
+        self.sentinel_master.as_deref().unwrap_or_default()
+    }
+
+    /// A connection to the sentinel itself (no credentials; TLS and the Secret's CA as the
+    /// URL says).
+    async fn sentinel_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let url = self.sentinel_url()?;
+        let client = match self.certificates().filter(|_| url.starts_with("rediss://")) {
+            Some(certs) => redis::Client::build_with_tls(url.as_str(), certs)?,
+            None => redis::Client::open(url.as_str())?,
+        };
+        client.get_multiplexed_async_connection().await
+    }
+
+    /// A connection to the master at `addr` ("host:port", as the sentinel named it) with the
+    /// URL's credentials, db and scheme (rediss:// trusts the Secret's CA besides the public
+    /// roots), checked to be a master: a node the sentinel still names while it is already a
+    /// replica is refused rather than written to.
+    async fn master_connection(&self, addr: &str) -> redis::RedisResult<MultiplexedConnection> {
+        let invalid = |what: &'static str| {
+            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, what))
+        };
+        let mut url = url::Url::parse(&self.url).map_err(|_| invalid("invalid URL"))?;
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("bad master address"))?;
+        url.set_host(Some(host))
+            .map_err(|_| invalid("bad master host"))?;
+        url.set_port(port.parse().ok())
+            .map_err(|_| invalid("bad master port"))?;
+        let client = match self.certificates().filter(|_| url.scheme() == "rediss") {
+            Some(certs) => redis::Client::build_with_tls(url.as_str(), certs)?,
+            None => redis::Client::open(url.as_str())?,
+        };
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+        let first = role
+            .first()
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
+        match first.as_deref() {
+            Some("master") => Ok(conn),
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the node the sentinel names as master is not a master (a failover is under way)",
+            ))),
         }
-        if let Some(password) = data.password() {
-            builder = builder.set_client_to_redis_password(password);
-        }
-        if self.url.starts_with("rediss://") {
-            // The master and replicas speak TLS like the sentinel does.
-            builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
-            if let Some(certs) = self.certificates() {
-                builder = builder
-                    .set_client_to_sentinel_certificates(certs.clone())
-                    .set_client_to_redis_certificates(certs);
-            }
-        }
-        builder.build()
     }
 
     /// The sentinel's own address: the URL's host and port, without credentials or db.
@@ -251,17 +274,55 @@ fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
     String::from_utf8(out)
 }
 
-/// An open connection to a standalone/Sentinel-resolved server or to a Cluster.
+/// The master's address ("host:port") the sentinel gives for `name`.
+async fn ask_master(
+    sentinel: &mut MultiplexedConnection,
+    name: &str,
+) -> redis::RedisResult<String> {
+    let addr: Vec<String> = redis::cmd("SENTINEL")
+        .arg("GET-MASTER-ADDR-BY-NAME")
+        .arg(name)
+        .query_async(sentinel)
+        .await?;
+    Ok(addr.join(":"))
+}
+
+/// A connection to the master a sentinel named, with the sentinel and that master's address.
+#[derive(Clone)]
+pub struct SentinelConn {
+    conn: MultiplexedConnection,
+    sentinel: MultiplexedConnection,
+    name: String,
+    master: String,
+}
+
+/// An open connection to a standalone server, a Sentinel's master, or a Cluster.
 #[derive(Clone)]
 pub enum RedisConn {
     Single(MultiplexedConnection),
+    Sentinel(Box<SentinelConn>),
     Cluster(ClusterConnection),
+}
+
+impl RedisConn {
+    /// Whether this connection's server is no longer the master its sentinel names (a
+    /// failover): a connection kept open to a demoted master may still accept writes for
+    /// seconds, writes the new master never sees, so a run asks before each batch. Always
+    /// false for a standalone server or a Cluster (which redirects by itself).
+    pub async fn master_moved(&mut self) -> redis::RedisResult<Option<(String, String)>> {
+        let RedisConn::Sentinel(s) = self else {
+            return Ok(None);
+        };
+        let now = ask_master(&mut s.sentinel, &s.name).await?;
+        Ok((now != s.master).then(|| (s.master.clone(), now)))
+    }
 }
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Sentinel(s) => s.conn.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -274,6 +335,7 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Sentinel(s) => s.conn.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -281,6 +343,7 @@ impl ConnectionLike for RedisConn {
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Single(c) => c.get_db(),
+            RedisConn::Sentinel(s) => s.conn.get_db(),
             RedisConn::Cluster(c) => c.get_db(),
         }
     }

@@ -427,6 +427,10 @@ impl Run {
                 slice.result = SliceResult::Done;
                 return;
             }
+            if let Err(e) = self.check_master(q).await {
+                slice.result = SliceResult::Error(e);
+                return;
+            }
             let started = Instant::now();
             let after = done + batch.len() as u64;
             let outcomes = match self
@@ -460,6 +464,24 @@ impl Run {
                 };
                 return;
             }
+        }
+    }
+
+    /// Before each batch or page: a Sentinel failover since the connection opened makes the
+    /// run reconnect to the new master rather than write to the old one (whose writes the
+    /// new master never sees). Transient: the next slice opens the new master, where the
+    /// run's record shows whether anything acknowledged was lost.
+    async fn check_master(&self, q: &mut OpenQueue) -> Result<(), RunError> {
+        match q.conn.master_moved().await {
+            Ok(None) => Ok(()),
+            Ok(Some((was, now))) => {
+                info!(%was, %now, "the Sentinel's master moved; reconnecting");
+                self.ctx.drop_connection(&q.target);
+                Err(RunError::RedisUnavailable(format!(
+                    "the Sentinel's master moved from {was} to {now}; reconnecting to the new master"
+                )))
+            }
+            Err(e) => Err(self.engine_failed(e.into(), &q.target)),
         }
     }
 

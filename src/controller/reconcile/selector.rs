@@ -103,6 +103,10 @@ impl Run {
                 req.dry_cursor = d.cursor.clone();
                 req.dry_matched = d.matched;
             }
+            if let Err(e) = self.check_master(q).await {
+                slice.result = SliceResult::Error(e);
+                return;
+            }
             let started = Instant::now();
             let page = match self.ctx.selector.page(&mut q.conn, &q.keys, &req).await {
                 Ok(PageOutcome::Page(p)) => p,
