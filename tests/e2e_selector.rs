@@ -719,12 +719,15 @@ fn a_selector_jobretry_previews_then_retries_exactly_the_matching_jobs() {
 fn a_preview_of_jobs_with_huge_names_still_fits_in_the_status() {
     let ns = TestNs::new("e2e-select-huge");
     let queue = ns.name.as_str();
-    // Three jobs whose names take 1 MiB each (two-byte characters): copied whole into
-    // status, they would make every status write too large for the API server.
-    let names: Vec<String> = ["é", "ß", "ø"]
+    // Three jobs whose names take 256 KiB each (two-byte characters) and one of 1 MiB:
+    // copied whole into status, they would make every status write too large for the API
+    // server. A preview copies names up to 256 KiB out of Redis and cuts them; a larger
+    // one shows as its size.
+    let mut names: Vec<String> = ["é", "ß", "ø"]
         .iter()
-        .map(|c| c.repeat(512 * 1024))
+        .map(|c| c.repeat(128 * 1024))
         .collect();
+    names.push("x".repeat(1 << 20));
     let jobs: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "ECONNRESET")).collect();
     seed_failed(0, queue, &jobs, ns.dir.path());
     let _op = Operator::start(&ns, &[]);
@@ -737,7 +740,7 @@ fn a_preview_of_jobs_with_huge_names_still_fits_in_the_status() {
     assert!(waited.ok, "{}", waited.stderr);
     let jr = ns.get("huge");
     let preview = &jr["status"]["preview"];
-    assert_eq!(preview["matched"], 3, "{}", jr["status"]);
+    assert_eq!(preview["matched"], 4, "{}", jr["status"]);
     let mut shown: Vec<(String, u64)> = preview["names"]
         .as_array()
         .unwrap()
@@ -750,11 +753,12 @@ fn a_preview_of_jobs_with_huge_names_still_fits_in_the_status() {
         })
         .collect();
     shown.sort();
-    // Each name cut to its documented 200 bytes, between characters.
+    // Each name cut to its documented 200 bytes, between characters; the 1 MiB one by size.
     let mut want: Vec<(String, u64)> = ["é", "ß", "ø"].iter().map(|c| (c.repeat(100), 1)).collect();
+    want.push(("(a name of 1048576 bytes)".to_string(), 1));
     want.sort();
     assert_eq!(shown, want);
-    assert_eq!(row_ids(&jr, "WouldRetry").len(), 3);
+    assert_eq!(row_ids(&jr, "WouldRetry").len(), 4);
 }
 
 #[test]

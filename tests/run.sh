@@ -59,6 +59,8 @@ JOBRETRY_TEST_HELM=$(tests/platform/build-helm.sh); export JOBRETRY_TEST_HELM # 
 JOBRETRY_TEST_KSTATUS=$(tests/platform/build-kstatus.sh); export JOBRETRY_TEST_KSTATUS # tests/e2e_flux.rs
 # tests/e2e_observability.rs: promtool checks and unit-tests the chart's alerting rules.
 JOBRETRY_TEST_PROMTOOL=$(tests/platform/build-promtool.sh); export JOBRETRY_TEST_PROMTOOL
+# tests/e2e_fault_suite.rs: toxiproxy drops and delays the operator's traffic.
+JOBRETRY_TEST_TOXIPROXY=$(tests/platform/build-toxiproxy.sh); export JOBRETRY_TEST_TOXIPROXY
 # tests/e2e_image.rs builds the image (a release musl build, then buildah) and runs it.
 export JOBRETRY_TEST_IMAGE=${JOBRETRY_TEST_IMAGE:-1} # 0 skips it
 

@@ -13,6 +13,7 @@
 // stdout: { "failed": N, "ms": total milliseconds }
 
 import {
+  TOPOLOGY_OPTIONS,
   bullmqConnection,
   intOpt,
   loadBullmq,
@@ -38,6 +39,7 @@ runMain(
   async (onCleanup) => {
     const values = parseCli(
       {
+        ...TOPOLOGY_OPTIONS,
         jobs: { type: 'string' },
         chunk: { type: 'string' },
         concurrency: { type: 'string' },
