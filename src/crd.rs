@@ -337,7 +337,7 @@ pub struct SelectionStatus {
     /// An estimate of the jobs left to examine in the window.
     #[serde(default)]
     pub remaining: u64,
-    /// Jobs skipped without being examined, never retried: their key is not a hash while a filter must read it, or their name or failedReason is too large to match within one bounded Redis call (a failedReason searched over 128,000 bytes, a name or failedReason over 1 MiB, a name whose match needs more than 8,000 matcher steps). Retry them by id if they are wanted.
+    /// Jobs skipped without being examined, never retried: their key is not a hash while a filter must read it, or their name or failedReason is too large to match within one bounded Redis call (a failedReason searched over 128,000 bytes, a name or failedReason over 1 MiB, a name whose match needs more than 8,000 matcher steps). A run with unexamined jobs ends PartiallySucceeded and says so in its Complete condition. Retry them by id if they are wanted.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unexamined: u64,
 }

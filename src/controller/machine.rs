@@ -304,11 +304,12 @@ fn milestone(s: &JobRetryStatus, stage: &Stage, requeue: Requeue) -> Milestone {
         Stage::Done => normal(
             "Completed",
             format!(
-                "{} of {} jobs retried, {} skipped, {} errors",
+                "{} of {} jobs retried, {} skipped, {} errors{}",
                 s.retried.unwrap_or(0),
                 s.matched.unwrap_or(0),
                 s.skipped.unwrap_or(0),
-                s.errors.unwrap_or(0)
+                s.errors.unwrap_or(0),
+                stage::unexamined_note(s)
             ),
         ),
         Stage::Suspended => normal("Suspended", "run suspended".to_string()),

@@ -50,6 +50,16 @@ pub(super) fn apply_stage(
     }
 }
 
+/// What a selector run skipped without examining it, said where the run reports progress.
+pub(super) fn unexamined_note(status: &JobRetryStatus) -> String {
+    match status.selection.as_ref().map_or(0, |s| s.unexamined) {
+        0 => String::new(),
+        n => format!(
+            "; {n} jobs not examined (too large to match within one Redis call, or not a hash): see status.selection.unexamined, retry them by id if wanted"
+        ),
+    }
+}
+
 /// The phase and the conditions (in the order they are set) of `stage`.
 fn conditions<'a>(status: &JobRetryStatus, stage: &'a Stage) -> (&'static str, Vec<Cond<'a>>) {
     use condition::*;
@@ -137,14 +147,17 @@ fn done_conditions(
 ) -> (&'static str, Vec<Cond<'static>>) {
     use condition::*;
     let (skipped, errors) = (status.skipped.unwrap_or(0), status.errors.unwrap_or(0));
-    let (done, r) = if skipped + errors == 0 {
+    // Jobs a selector could not examine may have matched: not a full success.
+    let unexamined = status.selection.as_ref().map_or(0, |s| s.unexamined);
+    let (done, r) = if skipped + errors + unexamined == 0 {
         (phase::SUCCEEDED, reason::SUCCEEDED)
     } else {
         (phase::PARTIALLY_SUCCEEDED, reason::PARTIALLY_SUCCEEDED)
     };
     let m = format!(
-        "{progress}: {} retried, {skipped} skipped, {errors} errors",
-        status.retried.unwrap_or(0)
+        "{progress}: {} retried, {skipped} skipped, {errors} errors{}",
+        status.retried.unwrap_or(0),
+        unexamined_note(status)
     );
     let conds = vec![
         (COMPLETE, true, r, m.clone()),

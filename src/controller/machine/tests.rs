@@ -479,3 +479,52 @@ fn a_busy_queue_waits_reconciling_with_reason_queue_busy() {
     );
     assert_eq!(t.requeue, Requeue::After(Duration::from_secs(1)));
 }
+
+#[test]
+fn a_run_that_skipped_jobs_unexamined_says_so_where_it_reports_its_outcome() {
+    let f = facts("");
+    let mut done = slice(rows(&["1", "2"], "Retried"), SliceResult::Done);
+    done.selection = Some(SelectionStatus {
+        scanned: 5,
+        unexamined: 3,
+        ..Default::default()
+    });
+    let t = step(&JobRetryStatus::default(), 0, &f, done, at(0));
+    let complete = t
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Complete")
+        .unwrap();
+    assert!(
+        complete.message.contains("3 jobs not examined"),
+        "{}",
+        complete.message
+    );
+    assert_eq!(
+        t.status.phase.as_deref(),
+        Some("PartiallySucceeded"),
+        "they may have matched"
+    );
+    let event = t.events.iter().find(|e| e.reason == "Completed").unwrap();
+    assert!(event.note.contains("3 jobs not examined"), "{}", event.note);
+    // None unexamined: nothing said.
+    let t = step(
+        &JobRetryStatus::default(),
+        0,
+        &f,
+        slice(rows(&["1"], "Retried"), SliceResult::Done),
+        at(0),
+    );
+    let complete = t
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Complete")
+        .unwrap();
+    assert!(
+        !complete.message.contains("examined"),
+        "{}",
+        complete.message
+    );
+}
