@@ -381,8 +381,10 @@ impl Scenario {
             "the queue churned during the run ({} late failures)",
             late.len()
         );
-        assert_eq!(twice, 0, "{fault}: jobs processed more than once");
+        // A rollback (not strict) hands BullMQ's own erased work out again: reported, not
+        // asserted; our retries stay at most one per job (asserted above).
         if strict {
+            assert_eq!(twice, 0, "{fault}: jobs processed more than once");
             let first: Vec<_> = never_ids.iter().take(5).collect();
             assert_eq!(
                 never, 0,

@@ -11,6 +11,11 @@
 //! (no version known, an option the release lacks, a corrupt value BullMQ would choke on
 //! half-way), or equal to 5.79.2 where 5.58.2–5.79.1 fail half-way (the one deliberate
 //! divergence, see README).
+//!
+//! The selector joins the matrix: in the same cases, our selector (no filter, a window from
+//! the oldest to the newest job's finishedOn, bounds exact to the millisecond) retries every
+//! job of the case's source state in keyset order, and the client's own `Job.retry` does the
+//! same jobs in the same order; the databases must be equal again.
 
 mod common;
 
@@ -22,8 +27,8 @@ use std::{
 
 use common::*;
 use jobretry_operator::bullmq::{
-    BatchRequest, EngineError, JobOutcome, QueueKeys, QueueVersion, RetryEngine, VersionError,
-    version::Semver,
+    BatchRequest, EngineError, JobOutcome, PageOutcome, PageRequest, QueueKeys, QueueVersion,
+    RetryEngine, Selector, VersionError, version::Semver,
 };
 use jobretry_operator::crd::SourceState;
 use serde_json::Value;
@@ -158,8 +163,9 @@ fn part(d: &Dump, plan: &Value) -> (BTreeMap<String, String>, BTreeSet<String>) 
         .iter()
         .map(|q| format!("bull:{}:", q.as_str().unwrap()))
         .collect();
-    let ledger = ledger_key(plan);
-    let mine = |k: &String| *k != ledger && queues.iter().any(|q| k.starts_with(q));
+    // Our own keys (ledger, a selector's record and lock) are left out; the ledger is
+    // checked apart.
+    let mine = |k: &String| !k.contains(":jobretry:") && queues.iter().any(|q| k.starts_with(q));
     (
         d.content
             .iter()
@@ -240,7 +246,7 @@ enum Ours {
     Refused(Expect, String),
 }
 
-fn ours(db: u8, plan: &Value, spec_version: Option<&str>) -> Ours {
+fn ours(db: u8, plan: &Value, spec_version: Option<&str>, selector: bool) -> Ours {
     let ids: Vec<String> = plan["ids"]
         .as_array()
         .unwrap()
@@ -286,7 +292,12 @@ fn ours(db: u8, plan: &Value, spec_version: Option<&str>) -> Ours {
             ledger_ttl: std::time::Duration::from_secs(600),
             record: None,
         };
-        match engine.retry_batch(&mut conn, &keys, &req, &ids, 0).await {
+        let done = if selector {
+            select_all(&mut conn, &keys, req, plan).await
+        } else {
+            engine.retry_batch(&mut conn, &keys, &req, &ids, 0).await
+        };
+        match done {
             Ok(out) => Ours::Results(
                 out.iter()
                     .map(|o| match o {
@@ -301,6 +312,84 @@ fn ours(db: u8, plan: &Value, spec_version: Option<&str>) -> Ours {
             Err(e) => panic!("engine error: {e}"),
         }
     })
+}
+
+/// Our selector over the case's queue: no filter, the plan's window (`lower`, `upper` in
+/// ms), pages of 2 jobs until done; the outcomes in keyset order.
+async fn select_all(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &QueueKeys,
+    run: BatchRequest,
+    plan: &Value,
+) -> Result<Vec<JobOutcome>, EngineError> {
+    let mut req = PageRequest {
+        run,
+        run_key: RUN_KEY.into(),
+        lock_ttl: std::time::Duration::from_secs(60),
+        lower: plan["lower"].as_i64(),
+        upper: plan["upper"].as_i64().unwrap_or(i64::MAX / 2),
+        max_jobs: 1000,
+        budget: 2,
+        dry_cursor: None,
+        dry_matched: 0,
+        reason_contains: None,
+        names: vec![],
+        expected_scanned: 0,
+    };
+    let selector = Selector::default();
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        match selector.page(conn, keys, &req).await? {
+            PageOutcome::Page(p) => {
+                out.extend(p.rows.into_iter().map(|(_, o)| o));
+                if p.done {
+                    return Ok(out);
+                }
+                req.dry_cursor = p.cursor;
+                req.dry_matched = p.matched;
+            }
+            other => panic!("selector: {other:?}"),
+        }
+    }
+    panic!("the selector does not end")
+}
+
+/// The plans of a selector comparison: each case's ids become every job of its source
+/// state, in keyset order (finishedOn, then id byte-wise), within a window from the oldest
+/// to the newest finishedOn (inclusive; the upper bound is exclusive, so newest + 1 ms).
+fn selector_plans(built: &Value) -> Value {
+    let mut con = db_conn(BUILD);
+    let plans: Vec<Value> = built["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["case"] != "ledger-collision")
+        .map(|p| {
+            let mut p = p.clone();
+            if p["unavailable"].is_null() {
+                let state = p["state"].as_str().unwrap_or("failed");
+                let key = format!("bull:{}:{state}", p["queue"].as_str().unwrap());
+                let mut members: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query(&mut con)
+                    .unwrap();
+                members.sort_by(|a, b| {
+                    a.1.total_cmp(&b.1)
+                        .then_with(|| a.0.as_bytes().cmp(b.0.as_bytes()))
+                });
+                if let (Some(first), Some(last)) = (members.first(), members.last()) {
+                    p["lower"] = (first.1 as i64).into();
+                    p["upper"] = (last.1 as i64 + 1).into();
+                }
+                p["ids"] = members.into_iter().map(|(id, _)| Value::from(id)).collect();
+            }
+            p
+        })
+        .collect();
+    serde_json::json!({ "bullmq": built["bullmq"], "plans": plans })
 }
 
 /// A client's own results, in our result names.
@@ -399,7 +488,7 @@ fn judge(
 
 /// Builds, retries both ways and compares every case of one client; returns one table cell
 /// per case (detected, given) and the failures.
-fn compare(client: &Client, dir: &Path) -> (BTreeMap<String, String>, Vec<String>) {
+fn compare(client: &Client, dir: &Path, selector: bool) -> (BTreeMap<String, String>, Vec<String>) {
     for db in [BUILD, THEIRS, DETECTED, GIVEN, FIXED] {
         let _: () = redis::cmd("FLUSHDB").query(&mut db_conn(db)).unwrap();
     }
@@ -414,7 +503,15 @@ fn compare(client: &Client, dir: &Path) -> (BTreeMap<String, String>, Vec<String
             "all",
         ],
     );
-    let file = dir.join(format!("plans-{}.json", client.title.replace(' ', "-")));
+    let built = if selector {
+        selector_plans(&built)
+    } else {
+        built
+    };
+    let file = dir.join(format!(
+        "plans-{}-{selector}.json",
+        client.title.replace(' ', "-")
+    ));
     std::fs::write(&file, built.to_string()).unwrap();
     let file = file.to_str().unwrap();
     clone_state();
@@ -455,7 +552,7 @@ fn compare(client: &Client, dir: &Path) -> (BTreeMap<String, String>, Vec<String
         for detected in [true, false] {
             let db = if detected { DETECTED } else { GIVEN };
             let spec = (!detected).then_some(client.spec_version.as_str());
-            ran.push((plan, detected, ours(db, plan, spec)));
+            ran.push((plan, detected, ours(db, plan, spec, selector)));
         }
     }
     let dumps: BTreeMap<u8, Dump> = [BUILD, THEIRS, DETECTED, GIVEN, FIXED]
@@ -492,6 +589,25 @@ fn compare(client: &Client, dir: &Path) -> (BTreeMap<String, String>, Vec<String
 
 #[test]
 fn our_retry_leaves_redis_exactly_as_each_bullmq_release_does() {
+    differential(
+        false,
+        "each release's Job.retry vs jobretry-operator's id batches",
+    );
+}
+
+#[test]
+fn our_selector_leaves_redis_exactly_as_each_bullmq_release_does() {
+    differential(
+        true,
+        "each release's Job.retry over every job of the state vs jobretry-operator's selector (no filter, window exact to the ms)",
+    );
+}
+
+/// Runs every client's comparison (ids, or the selector) and prints the matrix.
+fn differential(selector: bool, title: &str) {
+    // The two matrices share the databases: one at a time.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let clients: Vec<Client> = NODE
         .iter()
@@ -512,7 +628,7 @@ fn our_retry_leaves_redis_exactly_as_each_bullmq_release_does() {
     let mut failures = Vec::new();
     for client in &clients {
         let started = std::time::Instant::now();
-        let (cells, failed) = compare(client, dir.path());
+        let (cells, failed) = compare(client, dir.path(), selector);
         eprintln!(
             "{}: {} cases in {:.1}s",
             client.title,
@@ -539,7 +655,7 @@ fn our_retry_leaves_redis_exactly_as_each_bullmq_release_does() {
         table.push(format!("{case:<22}|{row}"));
     }
     println!(
-        "\nDifferential: each release's Job.retry vs jobretry-operator (version detected, given)\n\
+        "\nDifferential: {title} (version detected, given)\n\
          = equal to BullMQ (keys, fields, lists, scores, events, expiry, result codes)\n\
          ~ equal to 5.79.2 where this release fails half-way (the deliberate divergence)\n\
          U refused, nothing changed: no version recorded (VersionUnknown)\n\
