@@ -403,3 +403,31 @@ fn the_scripts_glob_matcher_agrees_with_the_reference_on_generated_cases() {
         "the cases match something ({checked} matches)"
     );
 }
+
+/// A job id whose key is not a hash: with a name filter it cannot be examined, and is
+/// counted (never silently skipped); with no filter it is a match whose retry reports why.
+#[test]
+fn a_job_key_that_is_not_a_hash_is_counted_not_skipped() {
+    let redis = PrivateRedis::start();
+    let queue = "odd";
+    let mut conn = redis.conn().unwrap();
+    let _: () = redis::pipe()
+        .hset(format!("bull:{queue}:1"), "name", "charge")
+        .hset(format!("bull:{queue}:1"), "opts", "{}")
+        .set(format!("bull:{queue}:2"), "not a job")
+        .zadd(format!("bull:{queue}:failed"), "1", 1000)
+        .zadd(format!("bull:{queue}:failed"), "2", 1001)
+        .query(&mut conn)
+        .unwrap();
+    let d = drain(&redis.url, queue, request(queue, &["*"], None, true));
+    assert_eq!(ids(&d), BTreeSet::from(["1".to_string()]));
+    assert_eq!((d.scanned, d.unexamined), (2, 1));
+    let d = drain(&redis.url, queue, request(queue, &[], None, true));
+    assert_eq!(d.rows.len(), 2);
+    assert!(
+        matches!(&d.rows[1], (id, JobOutcome::Error(m)) if id == "2" && m.contains("not a hash")),
+        "{:?}",
+        d.rows
+    );
+    assert_eq!(d.unexamined, 0);
+}

@@ -403,4 +403,31 @@ mod tests {
             RedisTarget::new("not a url hunter2", ConnectionMode::Standalone, None).unwrap_err();
         assert!(!err.contains("hunter2"), "{err}");
     }
+
+    proptest::proptest! {
+        /// Any password (percent-encoded in the URL as a user would) is scrubbed from any
+        /// text that carries it in the URL's form, and never shows in Debug; any other text
+        /// as a URL is refused without quoting it, and never panics.
+        #[test]
+        fn no_password_survives_redaction_and_no_url_panics(
+            password in "[a-zA-Z0-9!#$%&*+=?^_~-]{4,24}",
+            junk in ".{0,40}",
+        ) {
+            let encoded: String = password
+                .bytes()
+                .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+                .collect();
+            let url = format!("redis://app:{encoded}@redis.example:6379/0");
+            let t = RedisTarget::new(&url, ConnectionMode::Standalone, None).unwrap();
+            let text = format!("error talking to {url} as app:{password}@redis.example");
+            let out = t.redact(&text);
+            proptest::prop_assert!(!out.contains(&format!(":{password}@")), "{}", out);
+            proptest::prop_assert!(!out.contains(&encoded) || encoded.len() < 4, "{}", out);
+            let shown = format!("{t:?}");
+            proptest::prop_assert!(!shown.contains(&encoded));
+            if let Err(e) = RedisTarget::new(&junk, ConnectionMode::Standalone, None) {
+                proptest::prop_assert!(junk.len() < 6 || !e.contains(junk.trim()), "{}", e);
+            }
+        }
+    }
 }

@@ -106,3 +106,32 @@ fn decodes_a_page_and_a_busy_reply() {
     );
     assert!(decode_page(vec![s("what")]).is_err());
 }
+
+/// Glob matching written the obvious (exponential) way, on characters, to check
+/// `glob_matches` against on valid UTF-8 names.
+fn naive(pattern: &[char], name: &[char]) -> bool {
+    match (pattern.split_first(), name.split_first()) {
+        (None, _) => name.is_empty(),
+        (Some(('*', rest)), _) => (0..=name.len()).any(|i| naive(rest, &name[i..])),
+        (Some(('?', rest)), Some((_, n))) => naive(rest, n),
+        (Some((p, rest)), Some((c, n))) if p == c => naive(rest, n),
+        _ => false,
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// The reference matcher agrees with the naive one on names and globs made of the
+    /// characters that trip pattern translations (`.`, `%`, `[`, `\`), multi-byte ones,
+    /// and the wildcards.
+    #[test]
+    fn the_reference_glob_matcher_agrees_with_the_naive_one(
+        glob in proptest::collection::vec(proptest::sample::select(vec!['*', '?', 'a', 'b', '.', '%', '[', '\\', 'é', '日']), 0..8),
+        name in proptest::collection::vec(proptest::sample::select(vec!['a', 'b', '.', '%', '[', '\\', 'é', '日', '?', '*']), 0..10),
+    ) {
+        let g: String = glob.iter().collect();
+        let n: String = name.iter().collect();
+        proptest::prop_assert_eq!(glob_matches(&g, n.as_bytes()), naive(&glob, &name), "glob {:?} name {:?}", g, n);
+    }
+}

@@ -124,3 +124,22 @@ fn reset_options_need_a_release_whose_job_retry_has_them() {
         .unwrap_err();
     assert!(err.contains("before python:2.17.0"), "{err}");
 }
+
+proptest::proptest! {
+    /// A version written as x.y.z parses back to itself, with any of the prefixes the
+    /// queue's meta or the spec may carry; any other text never panics the parser.
+    #[test]
+    fn versions_parse_back_and_nothing_panics(
+        (a, b, c) in (0u32..100, 0u32..1000, 0u32..1000),
+        junk in ".{0,24}",
+    ) {
+        let text = format!("{a}.{b}.{c}");
+        proptest::prop_assert_eq!(Semver::parse(&text), Some(Semver(a, b, c)));
+        let _ = Semver::parse(&junk);
+        let _ = QueueVersion::resolve(Some(&junk), None);
+        let _ = QueueVersion::resolve(None, Some(&format!("bullmq:{junk}")));
+        let resolved = QueueVersion::resolve(None, Some(&format!("bullmq:{text}")));
+        let supported = (5..=6).contains(&a);
+        proptest::prop_assert_eq!(resolved.is_ok(), supported, "{}", text);
+    }
+}
