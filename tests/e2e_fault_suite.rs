@@ -1246,25 +1246,6 @@ fn a_secret_switched_mid_run_then_switched_back() {
     row.print();
 }
 
-/// Copies the queue's BullMQ keys (not ours, under `jobretry:`) from db 0 into `db`.
-fn copy_bullmq_keys(queue: &str, db: u8) {
-    let mut con = db_conn(0);
-    let _: () = redis::cmd("FLUSHDB").query(&mut db_conn(db)).unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("bull:{queue}:*"))
-        .query(&mut con)
-        .unwrap();
-    for k in keys.iter().filter(|k| !k.contains(":jobretry:")) {
-        let _: i64 = redis::cmd("COPY")
-            .arg(k)
-            .arg(k)
-            .arg("DB")
-            .arg(db)
-            .query(&mut con)
-            .unwrap();
-    }
-}
-
 /// The documented durability row: Redis without `appendfsync always` crashes and comes back
 /// from an older snapshot, losing acknowledged writes. The run detects that its record is
 /// behind its status and stops with RunStateLost instead of retrying those jobs again.

@@ -166,26 +166,6 @@ fn a_run_that_waited_for_the_queue_keeps_the_bound_of_its_first_sight() {
     }
 }
 
-/// Copies the queue's keys (jobs, sets, meta) from db 0 into `db`: another server with the
-/// same queue but none of the run's records.
-fn copy_queue(queue: &str, db: u8) {
-    let mut con = db_conn(0);
-    let _: () = redis::cmd("FLUSHDB").query(&mut db_conn(db)).unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("bull:{queue}:*"))
-        .query(&mut con)
-        .unwrap();
-    for k in keys {
-        let _: i64 = redis::cmd("COPY")
-            .arg(&k)
-            .arg(&k)
-            .arg("DB")
-            .arg(db)
-            .query(&mut con)
-            .unwrap();
-    }
-}
-
 /// Defect: switching the Secret's URL mid-run moved the run to another Redis silently:
 /// counts went backwards and the run ended Succeeded with selected jobs never retried.
 #[test]
@@ -193,7 +173,7 @@ fn a_secret_switched_mid_run_stops_the_run_and_it_never_reports_success() {
     let ns = TestNs::new("e2e-switch");
     let queue = ns.name.as_str();
     seed_failed(&ns, queue, 400);
-    copy_queue(queue, 7);
+    copy_bullmq_keys(queue, 7);
     let _op = Operator::start(&ns, &[]);
     let slow = "  rateLimit:\n    jobsPerSecond: 50\n";
     assert!(

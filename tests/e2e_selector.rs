@@ -17,6 +17,7 @@ use common::*;
 use jobretry_operator::{
     bullmq::{
         BatchRequest, JobOutcome, PageOutcome, PageRequest, QueueKeys, QueueVersion, Selector,
+        select::glob_matches,
     },
     crd::SourceState,
 };
@@ -90,17 +91,6 @@ fn listed(db: u8, queue: &str) -> Vec<Value> {
     jobs
 }
 
-/// Glob matching written independently of the operator's Lua patterns.
-fn glob(pattern: &[char], name: &[char]) -> bool {
-    match (pattern.split_first(), name.split_first()) {
-        (None, _) => name.is_empty(),
-        (Some(('*', rest)), _) => (0..=name.len()).any(|i| glob(rest, &name[i..])),
-        (Some(('?', rest)), Some((_, n))) => glob(rest, n),
-        (Some((p, rest)), Some((c, n))) if p == c => glob(rest, n),
-        _ => false,
-    }
-}
-
 /// A selector's filters.
 #[derive(Clone, Default)]
 struct Filter {
@@ -114,13 +104,9 @@ struct Filter {
 impl Filter {
     fn expected(&self, jobs: &[Value], upper: i64) -> Vec<String> {
         let hit = |j: &&Value| {
-            let name: Vec<char> = j["name"].as_str().unwrap().chars().collect();
+            let name = j["name"].as_str().unwrap().as_bytes();
             let when = j["finishedOn"].as_i64().unwrap();
-            (self.names.is_empty()
-                || self
-                    .names
-                    .iter()
-                    .any(|g| glob(&g.chars().collect::<Vec<_>>(), &name)))
+            (self.names.is_empty() || self.names.iter().any(|g| glob_matches(g, name)))
                 && self.reason.as_ref().is_none_or(|r| {
                     j["failedReason"]
                         .as_str()

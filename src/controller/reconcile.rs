@@ -86,14 +86,7 @@ async fn reconcile_once(obj: Arc<JobRetry>, ctx: Arc<Context>) -> Result<Action,
     if let Some(wait) = ctx.wait_for_rate_limit(&uid) {
         return Ok(Action::requeue(wait));
     }
-    let mut run = Run {
-        obj,
-        api,
-        ns,
-        uid,
-        ctx,
-        last_batch_started: None,
-    };
+    let mut run = Run::new(obj, api, ns, uid, ctx);
     let mut slice = if run.obj.spec.suspend {
         run.suspended().await
     } else {
@@ -114,14 +107,7 @@ pub async fn release_deleted(obj: JobRetry, ctx: Arc<Context>) {
     }
     let span = run_span(&obj);
     let api = Api::namespaced(ctx.client.clone(), &ns);
-    let mut run = Run {
-        obj,
-        api,
-        ns,
-        uid,
-        ctx,
-        last_batch_started: None,
-    };
+    let mut run = Run::new(obj, api, ns, uid, ctx);
     run.give_back_lock().instrument(span).await;
 }
 
@@ -153,6 +139,17 @@ struct OpenQueue {
 }
 
 impl Run {
+    fn new(obj: JobRetry, api: Api<JobRetry>, ns: String, uid: String, ctx: Arc<Context>) -> Self {
+        Self {
+            obj,
+            api,
+            ns,
+            uid,
+            ctx,
+            last_batch_started: None,
+        }
+    }
+
     /// A selector run's progress as status shows it, with its snapshot bound frozen now if
     /// it is not yet: the first time the operator sees the object, whatever happens next
     /// (waiting for the queue, a suspend, an error), so a later start never widens it.

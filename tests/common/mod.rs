@@ -864,3 +864,23 @@ pub fn start_tls_redis(dir: &std::path::Path) -> TlsRedis {
     );
     server
 }
+
+/// Copies `queue`'s BullMQ keys (not the operator's own, under `jobretry:`) from db 0 into
+/// `db`, emptied first: another server with the same queue but none of a run's records.
+pub fn copy_bullmq_keys(queue: &str, db: u8) {
+    let mut con = db_conn(0);
+    let _: () = redis::cmd("FLUSHDB").query(&mut db_conn(db)).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("bull:{queue}:*"))
+        .query(&mut con)
+        .unwrap();
+    for k in keys.iter().filter(|k| !k.contains(":jobretry:")) {
+        let _: i64 = redis::cmd("COPY")
+            .arg(k)
+            .arg(k)
+            .arg("DB")
+            .arg(db)
+            .query(&mut con)
+            .unwrap();
+    }
+}
