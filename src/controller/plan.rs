@@ -30,6 +30,27 @@ pub fn run_key(spec: &JobRetrySpec, namespace: &str, name: &str) -> String {
         .unwrap_or_else(|| format!("{namespace}/{name}"))
 }
 
+/// Where an id run stands, from the position its record in Redis keeps (written with each
+/// batch) and the one its status shows. The status may be behind the record (a crash lost a
+/// status write): the run replays from the status, which the ledger makes harmless and which
+/// brings back the lost rows. A status ahead of the record is a lost state (`Err`: how many
+/// processed jobs the record no longer covers) once the operator had started the run; a
+/// status written by hand before that is not believed (the record decides).
+pub fn id_position(recorded: u64, in_status: u64, started: bool) -> Result<u64, u64> {
+    match recorded < in_status {
+        true if started => Err(in_status - recorded),
+        _ => Ok(recorded.min(in_status)),
+    }
+}
+
+/// Why a run whose record in Redis is missing or behind its status stops: what the status
+/// says, what Redis has, and how many processed jobs the record no longer covers.
+pub fn lost_state(status_says: &str, redis_has: &str, uncovered: u64) -> String {
+    format!(
+        "the run's state in Redis is lost: its status says {status_says}, but Redis has {redis_has}; the Secret now points at other data, or Redis lost acknowledged writes ({uncovered} processed jobs are not covered by the record). The run stops and will not retry anything again; check the Secret and Redis, then create a new JobRetry"
+    )
+}
+
 /// Jobs per batch: the configured size, lowered to the rate limit so that one batch never
 /// exceeds a second's allowance.
 pub fn batch_size(configured: u64, jobs_per_second: u32) -> usize {
@@ -186,6 +207,23 @@ mod tests {
         assert_eq!(upper_bound(None, Some(3_000), 5_000), 3_000);
         assert_eq!(upper_bound(None, Some(9_000), 5_000), 5_000);
         assert_eq!(upper_bound(Some(4_000), Some(3_000), 9_000), 4_000);
+    }
+
+    #[test]
+    fn an_id_run_stands_where_its_record_says_and_stops_when_the_record_is_behind() {
+        // Status behind the record (a lost status write): replay from the status.
+        assert_eq!(id_position(500, 300, true), Ok(300));
+        assert_eq!(id_position(300, 300, true), Ok(300));
+        // Record behind a status the operator wrote: lost, by this many jobs.
+        assert_eq!(id_position(100, 300, true), Err(200));
+        assert_eq!(id_position(0, 300, true), Err(300));
+        // A status written by hand before the run started: the record decides.
+        assert_eq!(id_position(0, 60, false), Ok(0));
+        let m = lost_state("300 jobs were processed", "no record of it", 300);
+        assert!(
+            m.contains("300 processed jobs are not covered") && m.contains("Secret"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -401,15 +401,16 @@ impl Run {
                 .recorded_position(&mut q.conn, record, &tag)
                 .await
             {
-                Ok(p) if p < in_status && self.started() => {
-                    let m = format!(
-                        "the run's state in Redis is lost: its status says {in_status} jobs were processed, but the run's record in Redis covers {p}; the Secret now points at other data, or Redis lost acknowledged writes ({} processed jobs are not covered by the record). The run stops and will not retry anything again; check the Secret and Redis, then create a new JobRetry",
-                        in_status - p
-                    );
-                    slice.result = SliceResult::Error(RunError::RunStateLost(m));
-                    return;
-                }
-                Ok(p) => p.min(in_status),
+                Ok(p) => match plan::id_position(p, in_status, self.started()) {
+                    Ok(at) => at,
+                    Err(lost) => {
+                        let says = format!("{in_status} jobs were processed");
+                        let has = format!("the run's record, which covers {p}");
+                        let m = plan::lost_state(&says, &has, lost);
+                        slice.result = SliceResult::Error(RunError::RunStateLost(m));
+                        return;
+                    }
+                },
                 Err(e) => {
                     slice.result = SliceResult::Error(self.engine_failed(e, &q.target));
                     return;

@@ -38,18 +38,19 @@ const PAGE_MAX: u32 = 2_000;
 /// How long the queue-and-state lock outlives its holder's last page.
 const LOCK_TTL: Duration = Duration::from_secs(60);
 
-/// The message of a run whose record in Redis is missing or behind its status.
+/// The message of a selector run whose record in Redis is missing or behind its status.
 fn lost_message(old: &JobRetryStatus, scanned: Option<u64>, matched: u64) -> String {
     let in_status = old.selection.as_ref().map_or(0, |s| s.scanned);
     let processed = old.processed.unwrap_or(0);
-    let found = match scanned {
-        None => "no record of it".to_string(),
-        Some(n) => format!("a record that has scanned {n} jobs and matched {matched}"),
+    let says = format!("{in_status} jobs were scanned and {processed} processed");
+    let (has, covered) = match scanned {
+        None => ("no record of it".to_string(), 0),
+        Some(n) => (
+            format!("a record that has scanned {n} jobs and matched {matched}"),
+            matched,
+        ),
     };
-    format!(
-        "the run's state in Redis is lost: its status says {in_status} jobs were scanned and {processed} processed, but Redis has {found}; the Secret now points at other data, or Redis lost acknowledged writes ({} processed jobs are not covered by the record). The run stops and will not retry anything again; check the Secret and Redis, then create a new JobRetry",
-        processed.saturating_sub(if scanned.is_some() { matched } else { 0 })
-    )
+    plan::lost_state(&says, &has, processed.saturating_sub(covered))
 }
 
 impl Run {
