@@ -119,10 +119,6 @@ pub async fn redis_target(
     required_label: Option<&SecretLabel>,
 ) -> Result<RedisTarget, LoadError> {
     let r = &conn.secret_ref;
-    let invalid = |category, what: String| LoadError::Invalid {
-        category,
-        message: format!("Secret {namespace}/{} {what}", r.name),
-    };
     let secret = match secrets.get(client, namespace, &r.name).await {
         Err(kube::Error::Api(s)) if s.is_forbidden() => {
             return Err(LoadError::Forbidden(forbidden(
@@ -130,8 +126,24 @@ pub async fn redis_target(
             )));
         }
         read => read.map_err(LoadError::Kube)?,
-    }
-    .ok_or_else(|| invalid("not_found", "not found".to_string()))?;
+    };
+    target_from_secret(secret.as_deref(), namespace, conn, required_label)
+}
+
+/// The Redis target a Secret (`None`: not found) gives, pure: the URL under the reference's
+/// key, checked, with the optional CA. Messages name the Secret and key, never the value.
+fn target_from_secret(
+    secret: Option<&Secret>,
+    namespace: &str,
+    conn: &Connection,
+    required_label: Option<&SecretLabel>,
+) -> Result<RedisTarget, LoadError> {
+    let r = &conn.secret_ref;
+    let invalid = |category, what: String| LoadError::Invalid {
+        category,
+        message: format!("Secret {namespace}/{} {what}", r.name),
+    };
+    let secret = secret.ok_or_else(|| invalid("not_found", "not found".to_string()))?;
     if let Some(label) = required_label.filter(|l| !l.is_on(secret.metadata.labels.as_ref())) {
         return Err(invalid(
             "unlabelled",
@@ -140,12 +152,12 @@ pub async fn redis_target(
             ),
         ));
     }
-    let bytes = value(&secret, &r.key)
+    let bytes = value(secret, &r.key)
         .ok_or_else(|| invalid("missing_key", format!("has no key {}", r.key)))?;
     let url = String::from_utf8(bytes)
         .map_err(|_| invalid("not_utf8", format!("key {} is not UTF-8 text", r.key)))?;
     RedisTarget::new(&url, conn.mode, conn.sentinel_master_name.clone())
-        .map(|t| t.with_ca(value(&secret, CA_KEY)))
+        .map(|t| t.with_ca(value(secret, CA_KEY)))
         .map_err(|e| invalid("invalid_url", format!("key {}: {e}", r.key)))
 }
 
@@ -189,6 +201,45 @@ mod tests {
         let e = LoadError::Forbidden(m.clone());
         assert_eq!((e.category(), e.to_string()), ("forbidden", m));
         assert!(CATEGORIES.contains(&e.category()));
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes the Secret's key holds, reading it never panics, and a refusal
+        /// names the Secret and key, never the value (it may be a URL with a password).
+        #[test]
+        fn any_secret_value_is_read_or_refused_without_quoting_it(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let conn: Connection =
+                serde_json::from_value(serde_json::json!({"secretRef": {"name": "redis"}})).unwrap();
+            let mut data = std::collections::BTreeMap::new();
+            data.insert("url".to_string(), k8s_openapi::ByteString(bytes.clone()));
+            let secret = Secret { data: Some(data), ..Default::default() };
+            match target_from_secret(Some(&secret), "ns", &conn, None) {
+                Ok(_) => proptest::prop_assert!(std::str::from_utf8(&bytes).is_ok()),
+                Err(LoadError::Invalid { category, message }) => {
+                    proptest::prop_assert!(message.starts_with("Secret ns/redis "), "{}", message);
+                    let text = String::from_utf8_lossy(&bytes);
+                    let text = text.trim();
+                    proptest::prop_assert!(text.len() < 8 || !message.contains(text), "{}", message);
+                    proptest::prop_assert!(CATEGORIES.contains(&category));
+                }
+                Err(other) => proptest::prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_secret_or_key_is_named() {
+        let conn: Connection =
+            serde_json::from_value(serde_json::json!({"secretRef": {"name": "redis"}})).unwrap();
+        let e = target_from_secret(None, "ns", &conn, None).unwrap_err();
+        assert_eq!(e.to_string(), "Secret ns/redis not found");
+        let e = target_from_secret(Some(&Secret::default()), "ns", &conn, None).unwrap_err();
+        assert_eq!(
+            (e.category(), e.to_string()),
+            ("missing_key", "Secret ns/redis has no key url".to_string())
+        );
     }
 
     #[test]
