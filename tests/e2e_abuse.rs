@@ -10,7 +10,6 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -29,44 +28,28 @@ use jobretry_operator::{
 };
 use serde_json::{Value, json};
 
-/// A redis-server of this test's own, killed when dropped.
+/// A redis-server of this test's own that logs every call of 10 ms or more.
 struct PrivateRedis {
-    child: Child,
+    own: OwnRedis,
     url: String,
-    _dir: tempfile::TempDir,
 }
 
 impl PrivateRedis {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .args([
-                "--slowlog-log-slower-than",
-                "10000",
-                "--slowlog-max-len",
-                "1024",
-            ])
-            .args(["--dir", dir.path().to_str().unwrap()])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let url = format!("redis://127.0.0.1:{port}");
-        let r = PrivateRedis {
-            child,
-            url,
-            _dir: dir,
-        };
-        eventually(Duration::from_secs(10), "redis-server up", || {
-            r.conn().ok().map(|_| ())
-        });
-        r
+        let own = OwnRedis::start(&[
+            "--appendonly",
+            "no",
+            "--slowlog-log-slower-than",
+            "10000",
+            "--slowlog-max-len",
+            "1024",
+        ]);
+        let url = own.url();
+        PrivateRedis { own, url }
     }
 
     fn conn(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(self.url.as_str())?.get_connection()
+        self.own.conn()
     }
 
     fn cmd<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
@@ -77,13 +60,6 @@ impl PrivateRedis {
     fn slow_calls(&self) -> Vec<String> {
         let entries: Vec<redis::Value> = self.cmd(redis::cmd("SLOWLOG").arg("GET").arg(1024));
         entries.iter().map(|e| format!("{e:?}")).collect()
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

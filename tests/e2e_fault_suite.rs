@@ -189,7 +189,7 @@ impl Scenario {
             .args(["--expect", &jobs.to_string(), "--add-every-ms", "20"])
             .args([
                 "--settle-ms",
-                "6000",
+                "3000",
                 "--timeout-ms",
                 "600000",
                 "--lock-ms",
@@ -559,7 +559,7 @@ fn ten_sigkills_spread_over_a_100000_job_run() {
 #[test]
 fn a_leader_failover_between_two_replicas() {
     let _one = serial();
-    const JOBS: usize = 20_000;
+    const JOBS: usize = 10_000;
     let s = Scenario::new("fs-lead", Target::standalone(&redis_url()), JOBS);
     let kubeconfig = PathBuf::from(kubeconfig());
     let lease = [
@@ -580,7 +580,7 @@ fn a_leader_failover_between_two_replicas() {
     });
     let b = replica("b");
     s.apply("incident", 2_000);
-    s.wait_processed("incident", 6_000);
+    s.wait_processed("incident", 3_000);
     let renewed = lease_field(&s.ns, "renewTime");
     a.kill();
     let took = eventually(Duration::from_secs(30), "b to take the Lease", || {
@@ -599,7 +599,7 @@ fn a_leader_failover_between_two_replicas() {
         "leader failover (SIGKILL)",
         &["incident"],
         true,
-        &format!("20,000 jobs; takeover {gap} ms after the last renewal (Lease 5 s)"),
+        &format!("10,000 jobs; takeover {gap} ms after the last renewal (Lease 5 s)"),
     )
     .print();
 }
@@ -620,125 +620,48 @@ fn micro_time_ms(s: &str) -> i64 {
     t.as_millisecond()
 }
 
-/// A redis-server of the test's own (so a fault never touches the suite's Redis), with the
-/// given extra arguments; can be killed, stopped, continued and restarted on its port and
-/// data directory.
-struct OwnRedis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    extra: Vec<String>,
-}
-
-impl OwnRedis {
-    fn start(extra: &[&str]) -> Self {
-        let mut r = OwnRedis {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        r.spawn();
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--protected-mode", "no", "--save", ""])
-            .args(["--dir", self.dir.path().to_str().unwrap()])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let url = self.url();
-        eventually(Duration::from_secs(30), "redis-server up", || {
-            let c = redis::Client::open(url.as_str()).ok()?;
-            let mut con = c.get_connection_with_timeout(Duration::from_secs(1)).ok()?;
-            let info: String = redis::cmd("INFO").arg("persistence").query(&mut con).ok()?;
-            (!info.contains("loading:1")).then_some(())
-        });
-    }
-
-    fn pid(&self) -> String {
-        self.child.as_ref().unwrap().id().to_string()
-    }
-
-    fn signal(&self, sig: &str) {
-        assert!(
-            Command::new("kill")
-                .args([sig, &self.pid()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-
-    /// SIGKILL, as a host crash of the process would, then a start on the same data.
-    fn crash_and_restart(&mut self) {
-        let mut child = self.child.take().unwrap();
-        let _ = child.kill();
-        let _ = child.wait();
-        self.spawn();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Redis is killed mid-run and restarted from its append-only file (`appendfsync always`):
 /// no acknowledged write is lost, so the run goes on where it was.
 #[test]
 fn a_redis_restart_with_aof_appendfsync_always() {
     let _one = serial();
-    const JOBS: usize = 10_000;
+    const JOBS: usize = 5_000;
     let mut redis = OwnRedis::start(&["--appendonly", "yes", "--appendfsync", "always"]);
     let s = Scenario::new("fs-aof", Target::standalone(&redis.url()), JOBS);
     let op = Operator::start(&s.ns, &OP_ARGS);
-    s.apply("incident", 1_000);
-    s.wait_processed("incident", 3_000);
+    s.apply("incident", 2_000);
+    s.wait_processed("incident", 1_500);
     redis.crash_and_restart();
     s.wait_complete("incident", || op.logs());
     s.finish(
         "Redis SIGKILL + restart (AOF always)",
         &["incident"],
         true,
-        "10,000 jobs; PING max includes the restart",
+        "5,000 jobs; PING max includes the restart",
     )
     .print();
 }
 
-/// Redis is SIGSTOPped for 15 s (past the operator's connect and response timeouts), then
+/// Redis is SIGSTOPped for 12 s (past the operator's connect and response timeouts), then
 /// SIGCONTinued: the run waits (RedisUnavailable) and goes on.
 #[test]
 fn redis_stopped_past_the_operators_timeouts_then_continued() {
     let _one = serial();
-    const JOBS: usize = 10_000;
+    const JOBS: usize = 5_000;
     let redis = OwnRedis::start(&[]);
     let s = Scenario::new("fs-stop", Target::standalone(&redis.url()), JOBS);
     let op = Operator::start(&s.ns, &OP_ARGS);
-    s.apply("incident", 1_000);
-    s.wait_processed("incident", 3_000);
+    s.apply("incident", 2_000);
+    s.wait_processed("incident", 1_500);
     redis.signal("-STOP");
-    std::thread::sleep(Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(12));
     redis.signal("-CONT");
     s.wait_complete("incident", || op.logs());
     s.finish(
-        "Redis SIGSTOP 15 s, SIGCONT",
+        "Redis SIGSTOP 12 s, SIGCONT",
         &["incident"],
         true,
-        "10,000 jobs; PING max includes the stop",
+        "5,000 jobs; PING max includes the stop",
     )
     .print();
 }
@@ -840,12 +763,12 @@ fn repl_offset(url: &str, field: &str) -> i64 {
 #[test]
 fn a_sentinel_failover_to_a_replica_that_had_caught_up() {
     let _one = serial();
-    const JOBS: usize = 10_000;
+    const JOBS: usize = 5_000;
     let set = SentinelSet::start();
     let mut s = Scenario::new("fs-sentinel", set.target.clone(), JOBS);
     let op = Operator::start(&s.ns, &OP_ARGS);
-    s.apply("incident", 1_000);
-    s.wait_processed("incident", 3_000);
+    s.apply("incident", 2_000);
+    s.wait_processed("incident", 1_500);
     let master = set.target.data_url.clone();
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -872,7 +795,7 @@ fn a_sentinel_failover_to_a_replica_that_had_caught_up() {
         "Sentinel failover (replica caught up)",
         &["incident"],
         true,
-        "10,000 jobs; writes paused, offsets equal, then promoted; old master killed",
+        "5,000 jobs; writes paused, offsets equal, then promoted; old master killed",
     )
     .print();
 }
@@ -885,12 +808,12 @@ fn a_sentinel_failover_to_a_replica_that_had_caught_up() {
 #[test]
 fn a_sentinel_failover_while_the_old_master_still_takes_writes() {
     let _one = serial();
-    const JOBS: usize = 10_000;
+    const JOBS: usize = 5_000;
     let set = SentinelSet::start();
     let mut s = Scenario::new("fs-split", set.target.clone(), JOBS);
     let op = Operator::start(&s.ns, &OP_ARGS);
     s.apply("incident", 1_000);
-    s.wait_processed("incident", 3_000);
+    s.wait_processed("incident", 1_500);
     set.fail_over();
     s.target.data_url = set.replica_url.clone();
     let jr = eventually(Duration::from_secs(120), "the run to end", || {
@@ -924,7 +847,7 @@ fn a_sentinel_failover_while_the_old_master_still_takes_writes() {
                 left.len(),
                 &left[..left.len().min(5)]
             );
-            "finished on the new master".to_string()
+            "finished on the new master (a job processed twice was retried on the old master just before the switch, lost with it, and retried again on the new one: the window the README says cannot be detected)".to_string()
         }
         _ => {
             assert_eq!(
@@ -944,7 +867,7 @@ fn a_sentinel_failover_while_the_old_master_still_takes_writes() {
         "Sentinel failover, old master still taking writes",
         &["incident"],
         false,
-        &format!("10,000 jobs; {outcome}; never a false success"),
+        &format!("5,000 jobs; {outcome}; never a false success"),
     );
     row.runs = 1;
     row.print();
@@ -955,14 +878,14 @@ fn a_sentinel_failover_while_the_old_master_still_takes_writes() {
 #[test]
 fn a_kube_apiserver_restart() {
     let _one = serial();
-    const JOBS: usize = 10_000;
+    const JOBS: usize = 5_000;
     let s = Scenario::new("fs-api", Target::standalone(&redis_url()), JOBS);
     let op = Operator::start(&s.ns, &OP_ARGS);
-    s.apply("incident", 1_000);
-    s.wait_processed("incident", 3_000);
+    s.apply("incident", 2_000);
+    s.wait_processed("incident", 1_500);
     restart_api_server();
     s.wait_complete("incident", || op.logs());
-    s.finish("kube-apiserver restart", &["incident"], true, "10,000 jobs")
+    s.finish("kube-apiserver restart", &["incident"], true, "5,000 jobs")
         .print();
 }
 
@@ -1188,12 +1111,12 @@ fn a_network_that_drops_and_delays_to_redis_and_to_the_api_server() {
 #[test]
 fn two_selector_runs_on_one_queue() {
     let _one = serial();
-    const JOBS: usize = 20_000;
+    const JOBS: usize = 10_000;
     let s = Scenario::new("fs-two", Target::standalone(&redis_url()), JOBS);
     let op = Operator::start(&s.ns, &OP_ARGS);
-    s.apply("first", 4_000);
-    s.wait_processed("first", 4_000);
-    s.apply("second", 4_000);
+    s.apply("first", 2_000);
+    s.wait_processed("first", 2_000);
+    s.apply("second", 2_000);
     eventually(Duration::from_secs(30), "the second run waits", || {
         (condition(&s.ns.get("second"), "Reconciling")["reason"] == "QueueBusy").then_some(())
     });
@@ -1203,7 +1126,7 @@ fn two_selector_runs_on_one_queue() {
         "two selector runs on one queue",
         &["first", "second"],
         true,
-        "20,000 jobs; the second waited QueueBusy, then took only what failed before its bound",
+        "10,000 jobs; the second waited QueueBusy, then took only what failed before its bound",
     )
     .print();
 }
@@ -1214,12 +1137,12 @@ fn two_selector_runs_on_one_queue() {
 #[test]
 fn a_secret_switched_mid_run_then_switched_back() {
     let _one = serial();
-    const JOBS: usize = 10_000;
+    const JOBS: usize = 5_000;
     let mut s = Scenario::new("fs-switch", Target::standalone(&redis_url()), JOBS);
     let op = Operator::start(&s.ns, &OP_ARGS);
     let key = "  runKey: incident-switch\n";
     s.apply_with("incident", 1_000, key);
-    s.wait_processed("incident", 3_000);
+    s.wait_processed("incident", 1_500);
     // Another server with the same queue (its BullMQ keys, not the run's own records).
     copy_bullmq_keys(s.queue(), 9);
     s.secret_url = Some(db_url(9));
@@ -1240,7 +1163,7 @@ fn a_secret_switched_mid_run_then_switched_back() {
         "Secret switched to another database mid-run, then back",
         &["resumed"],
         true,
-        "10,000 jobs; the first object Failed (RunStateLost), a second one with the same runKey finished the run",
+        "5,000 jobs; the first object Failed (RunStateLost), a second one with the same runKey finished the run",
     );
     row.runs = 2;
     row.print();
@@ -1252,14 +1175,14 @@ fn a_secret_switched_mid_run_then_switched_back() {
 #[test]
 fn redis_losing_acknowledged_writes_stops_the_run() {
     let _one = serial();
-    const JOBS: usize = 10_000;
+    const JOBS: usize = 5_000;
     let mut redis = OwnRedis::start(&["--appendonly", "no"]);
     let s = Scenario::new("fs-durable", Target::standalone(&redis.url()), JOBS);
     let op = Operator::start(&s.ns, &OP_ARGS);
     s.apply("incident", 1_000);
-    s.wait_processed("incident", 2_000);
+    s.wait_processed("incident", 1_000);
     let _: () = redis::cmd("SAVE").query(&mut s.target.conn()).unwrap();
-    s.wait_processed("incident", 5_000);
+    s.wait_processed("incident", 2_500);
     redis.crash_and_restart();
     let jr = s.wait_condition("incident", "Failed", || op.logs());
     let failed = condition(&jr, "Failed");
@@ -1269,7 +1192,7 @@ fn redis_losing_acknowledged_writes_stops_the_run() {
         "Redis loses acknowledged writes (RDB snapshot, crash)",
         &["incident"],
         false,
-        "10,000 jobs; RunStateLost fired: the run stopped instead of retrying the rolled-back jobs",
+        "5,000 jobs; RunStateLost fired: the run stopped instead of retrying the rolled-back jobs",
     );
     row.print();
 }

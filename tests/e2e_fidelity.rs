@@ -50,6 +50,26 @@ const FIXED: u8 = 15;
 /// The ledger test's own database (tests run in parallel).
 const LEDGER_DB: u8 = 10;
 
+thread_local! {
+    /// The Redis a thread's matrix runs on: the selector matrix runs beside the id matrix on a
+    /// server of its own (same databases); `None`: the suite's.
+    static BASE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+fn fdb_url(db: u8) -> String {
+    BASE.with(|b| match &*b.borrow() {
+        Some(url) => format!("{url}/{db}"),
+        None => db_url(db),
+    })
+}
+
+fn fdb_conn(db: u8) -> redis::Connection {
+    redis::Client::open(fdb_url(db))
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
 /// A client release whose behaviour is compared.
 struct Client {
     /// Column title: "6.7.0" or "py 3.4.4".
@@ -122,7 +142,7 @@ fn python_clients() -> Vec<Client> {
 
 /// Copies every key of BUILD into the other databases.
 fn clone_state() {
-    let mut con = db_conn(BUILD);
+    let mut con = fdb_conn(BUILD);
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
     for k in keys {
         for db in [THEIRS, DETECTED, GIVEN, FIXED] {
@@ -145,8 +165,8 @@ struct Dump {
 }
 
 fn dump(db: u8) -> Dump {
-    let content = redis_dump_at(&db_url(db), true);
-    let mut con = db_conn(db);
+    let content = redis_dump_at(&fdb_url(db), true);
+    let mut con = fdb_conn(db);
     let expiring = content
         .keys()
         .filter(|k| redis::cmd("PTTL").arg(k).query::<i64>(&mut con).unwrap() >= 0)
@@ -267,7 +287,7 @@ fn ours(db: u8, plan: &Value, spec_version: Option<&str>, selector: bool) -> Our
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = redis::Client::open(db_url(db)).unwrap();
+        let client = redis::Client::open(fdb_url(db)).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let keys = QueueKeys::new("bull", plan["queue"].as_str().unwrap());
         let engine = RetryEngine::default();
@@ -358,7 +378,7 @@ async fn select_all(
 /// state, in keyset order (finishedOn, then id byte-wise), within a window from the oldest
 /// to the newest finishedOn (inclusive; the upper bound is exclusive, so newest + 1 ms).
 fn selector_plans(built: &Value) -> Value {
-    let mut con = db_conn(BUILD);
+    let mut con = fdb_conn(BUILD);
     let plans: Vec<Value> = built["plans"]
         .as_array()
         .unwrap()
@@ -423,7 +443,7 @@ fn judge(
     let retried = matches!(got, Ours::Results(r) if r.contains(&"Retried"));
     let ledger: bool = redis::cmd("EXISTS")
         .arg(ledger_key(plan))
-        .query(&mut db_conn(db))
+        .query(&mut fdb_conn(db))
         .unwrap();
     let (reference, reference_db) = match want {
         Expect::EqualFixed => (&fixed[case], FIXED),
@@ -490,13 +510,13 @@ fn judge(
 /// per case (detected, given) and the failures.
 fn compare(client: &Client, dir: &Path, selector: bool) -> (BTreeMap<String, String>, Vec<String>) {
     for db in [BUILD, THEIRS, DETECTED, GIVEN, FIXED] {
-        let _: () = redis::cmd("FLUSHDB").query(&mut db_conn(db)).unwrap();
+        let _: () = redis::cmd("FLUSHDB").query(&mut fdb_conn(db)).unwrap();
     }
     let built = fixture(
         &client.scenario,
         &[
             "--redis",
-            &db_url(BUILD),
+            &fdb_url(BUILD),
             "--queue",
             "diff",
             "--cases",
@@ -519,7 +539,7 @@ fn compare(client: &Client, dir: &Path, selector: bool) -> (BTreeMap<String, Str
         &client.reference,
         &[
             "--redis",
-            &db_url(THEIRS),
+            &fdb_url(THEIRS),
             "--queue",
             "diff",
             "--plans",
@@ -535,7 +555,7 @@ fn compare(client: &Client, dir: &Path, selector: bool) -> (BTreeMap<String, Str
             .collect();
         let args = [
             "--redis",
-            &db_url(FIXED),
+            &fdb_url(FIXED),
             "--queue",
             "diff",
             "--plans",
@@ -605,9 +625,9 @@ fn our_selector_leaves_redis_exactly_as_each_bullmq_release_does() {
 
 /// Runs every client's comparison (ids, or the selector) and prints the matrix.
 fn differential(selector: bool, title: &str) {
-    // The two matrices share the databases: one at a time.
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // The selector matrix runs on a server of its own, beside the id matrix.
+    let own = selector.then(|| OwnRedis::start(&[]));
+    BASE.with(|b| *b.borrow_mut() = own.as_ref().map(OwnRedis::url));
     let dir = tempfile::tempdir().unwrap();
     let clients: Vec<Client> = NODE
         .iter()
@@ -674,13 +694,13 @@ fn differential(selector: bool, title: &str) {
 #[test]
 fn no_job_can_be_mistaken_for_a_ledger() {
     let _: () = redis::cmd("FLUSHDB")
-        .query(&mut db_conn(LEDGER_DB))
+        .query(&mut fdb_conn(LEDGER_DB))
         .unwrap();
     let built = fixture(
         &npm("6.7.0").scenario,
         &[
             "--redis",
-            &db_url(LEDGER_DB),
+            &fdb_url(LEDGER_DB),
             "--queue",
             "ledger",
             "--cases",
@@ -696,7 +716,7 @@ fn no_job_can_be_mistaken_for_a_ledger() {
     );
     // A job hash where the ledger goes, as a client without the rule could write it.
     let keys = QueueKeys::new("bull", plan["queue"].as_str().unwrap());
-    let mut con = db_conn(LEDGER_DB);
+    let mut con = fdb_conn(LEDGER_DB);
     let _: () = redis::cmd("HSET")
         .arg(keys.ledger(RUN_KEY))
         .arg(&["name", "x", "data", "{}", "opts", "{}", "timestamp", "1"])
@@ -708,7 +728,7 @@ fn no_job_can_be_mistaken_for_a_ledger() {
         .build()
         .unwrap();
     let err = rt.block_on(async {
-        let client = redis::Client::open(db_url(LEDGER_DB)).unwrap();
+        let client = redis::Client::open(fdb_url(LEDGER_DB)).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let req = BatchRequest {
             state: SourceState::Failed,

@@ -11,7 +11,8 @@
 //     [--sentinel NAME]
 //
 // Stops adding when PATH exists; then waits until N retried jobs were processed (or PATH.now
-// exists) and settle-ms passed without another one (or timeout-ms), and prints
+// exists), settle-ms passed without another one and the queue has nothing left to process
+// (or timeout-ms), and prints
 // { "processed": [ids of retried jobs, in processing order, repeats included],
 //   "added": n, "addedIds": [ids of the new jobs],
 //   "newFailures": [{ id, finishedOn }: each new job's failure, as BullMQ stored it],
@@ -95,9 +96,20 @@ runMain('churn.mjs', async (onCleanup) => {
   let timedOut = false;
   // PATH.now: stop waiting for N (a run that stopped early), only for the settle time.
   const giveUp = `${values['stop-file']}.now`;
+  // Idle: nothing left to process (a job whose hand-out a Redis fault lost sits in active
+  // until BullMQ's stalled check gives it back; wait for that too).
+  const idle = async () => {
+    try {
+      const counts = await queue.getJobCounts('wait', 'active', 'prioritized', 'delayed');
+      return Object.values(counts).every((n) => n === 0);
+    } catch (err) {
+      log(`counts failed: ${err.message}`);
+      return false;
+    }
+  };
   for (;;) {
     const enough = processed.length >= expect || existsSync(giveUp);
-    if (enough && Date.now() - last >= settle) break;
+    if (enough && Date.now() - last >= settle && (await idle())) break;
     if (Date.now() > deadline) {
       timedOut = true;
       break;

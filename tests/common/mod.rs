@@ -884,3 +884,85 @@ pub fn copy_bullmq_keys(queue: &str, db: u8) {
             .unwrap();
     }
 }
+
+/// A redis-server of the test's own (so a fault or a hostile input never touches the shared
+/// Redis, and tests can run beside each other), with the given extra arguments; can be killed, stopped, continued and restarted on its port and
+/// data directory.
+pub struct OwnRedis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl OwnRedis {
+    pub fn start(extra: &[&str]) -> Self {
+        let mut r = OwnRedis {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        r.spawn();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A connection to it.
+    pub fn conn(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url().as_str())?.get_connection()
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--protected-mode", "no", "--save", ""])
+            .args(["--dir", self.dir.path().to_str().unwrap()])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let url = self.url();
+        eventually(Duration::from_secs(30), "redis-server up", || {
+            let c = redis::Client::open(url.as_str()).ok()?;
+            let mut con = c.get_connection_with_timeout(Duration::from_secs(1)).ok()?;
+            let info: String = redis::cmd("INFO").arg("persistence").query(&mut con).ok()?;
+            (!info.contains("loading:1")).then_some(())
+        });
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.as_ref().unwrap().id().to_string()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        assert!(
+            Command::new("kill")
+                .args([sig, &self.pid()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// SIGKILL, as a host crash of the process would, then a start on the same data.
+    pub fn crash_and_restart(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        self.spawn();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
