@@ -58,6 +58,13 @@ fn time_ms(jr: &Value, path: &[&str]) -> i64 {
     t.as_millisecond()
 }
 
+/// Sets `spec.suspend` of `jr`, as a user would with kubectl patch.
+fn set_suspend(ns: &TestNs, jr: &str, suspend: bool) {
+    let patch = format!(r#"{{"spec":{{"suspend":{suspend}}}}}"#);
+    let out = ns.kubectl(&["patch", "jobretry", jr, "--type=merge", "-p", &patch]);
+    assert!(out.ok, "{}", out.stderr);
+}
+
 /// Waits until `jr` is processing (status.processed at least `n`).
 fn wait_processed(ns: &TestNs, jr: &str, n: u64) {
     eventually(Duration::from_secs(60), "the run to progress", || {
@@ -338,21 +345,13 @@ fn suspending_or_deleting_a_running_selector_run_gives_the_queue_back_at_once() 
         exists(&lock_key(queue)),
         "a running selector run holds the queue"
     );
-    let patch = r#"{"spec":{"suspend":true}}"#;
-    assert!(
-        ns.kubectl(&["patch", "jobretry", "held", "--type=merge", "-p", patch])
-            .ok
-    );
+    set_suspend(&ns, "held", true);
     eventually(
         Duration::from_secs(5),
         "the lock released on suspend",
         || (!exists(&lock_key(queue))).then_some(()),
     );
-    let patch = r#"{"spec":{"suspend":false}}"#;
-    assert!(
-        ns.kubectl(&["patch", "jobretry", "held", "--type=merge", "-p", patch])
-            .ok
-    );
+    set_suspend(&ns, "held", false);
     eventually(
         Duration::from_secs(20),
         "the run holds the queue again",

@@ -490,17 +490,12 @@ fn a_run_that_skipped_jobs_unexamined_says_so_where_it_reports_its_outcome() {
         ..Default::default()
     });
     let t = step(&JobRetryStatus::default(), 0, &f, done, at(0));
-    let complete = t
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Complete")
-        .unwrap();
-    assert!(
-        complete.message.contains("3 jobs not examined"),
-        "{}",
-        complete.message
-    );
+    let complete = |st: &JobRetryStatus| {
+        let c = st.conditions.iter().find(|c| c.type_ == "Complete");
+        c.unwrap().message.clone()
+    };
+    let message = complete(&t.status);
+    assert!(message.contains("3 jobs not examined"), "{message}");
     assert_eq!(
         t.status.phase.as_deref(),
         Some("PartiallySucceeded"),
@@ -516,15 +511,6 @@ fn a_run_that_skipped_jobs_unexamined_says_so_where_it_reports_its_outcome() {
         slice(rows(&["1"], "Retried"), SliceResult::Done),
         at(0),
     );
-    let complete = t
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Complete")
-        .unwrap();
-    assert!(
-        !complete.message.contains("examined"),
-        "{}",
-        complete.message
-    );
+    let message = complete(&t.status);
+    assert!(!message.contains("examined"), "{message}");
 }
