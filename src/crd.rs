@@ -395,18 +395,59 @@ pub struct JobResultRow {
     pub message: Option<String>,
 }
 
-/// Run phases.
-pub mod phase {
-    pub const PENDING: &str = "Pending";
-    pub const RUNNING: &str = "Running";
-    pub const SUSPENDED: &str = "Suspended";
-    pub const SUCCEEDED: &str = "Succeeded";
-    pub const PARTIALLY_SUCCEEDED: &str = "PartiallySucceeded";
-    pub const FAILED: &str = "Failed";
+impl JobRetry {
+    /// The run key: `spec.runKey`, else `<namespace>/<name>`.
+    pub fn run_key(&self) -> String {
+        let given = self.spec.run_key.as_deref().filter(|k| !k.is_empty());
+        given.map_or_else(
+            || {
+                let ns = self.metadata.namespace.as_deref().unwrap_or_default();
+                let name = self.metadata.name.as_deref().unwrap_or_default();
+                format!("{ns}/{name}")
+            },
+            str::to_string,
+        )
+    }
+}
 
-    /// Whether a phase ends the run for good.
-    pub fn is_terminal(phase: &str) -> bool {
-        matches!(phase, SUCCEEDED | PARTIALLY_SUCCEEDED | FAILED)
+/// A run's phase (`status.phase`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+pub enum Phase {
+    Pending,
+    Running,
+    Suspended,
+    Succeeded,
+    PartiallySucceeded,
+    Failed,
+}
+
+impl Phase {
+    /// The phase as status shows it.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// Whether the phase ends the run for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::Succeeded | Phase::PartiallySucceeded | Phase::Failed
+        )
+    }
+
+    /// The phase of a status, if it has a known one.
+    pub fn of(status: Option<&JobRetryStatus>) -> Option<Phase> {
+        status?.phase.as_deref()?.parse().ok()
     }
 }
 
@@ -420,35 +461,108 @@ pub mod condition {
     pub const STALLED: &str = "Stalled";
 }
 
-/// Condition reasons.
-pub mod reason {
-    pub const SUCCEEDED: &str = "Succeeded";
-    pub const PARTIALLY_SUCCEEDED: &str = "PartiallySucceeded";
-    pub const PROGRESSING: &str = "Progressing";
-    pub const SUSPENDED: &str = "Suspended";
-    pub const SECRET_INVALID: &str = "SecretInvalid";
+/// Condition reasons: the only place they are named (the README's troubleshooting table has
+/// a row for each, `tests/readme.rs`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+pub enum Reason {
+    Succeeded,
+    PartiallySucceeded,
+    Progressing,
+    Suspended,
+    SecretInvalid,
     /// The API server forbids the operator to read the connection Secret (Stalled until
     /// granted: `rbac.secretNamespaces`, or a Role allowing `get` on Secrets there).
-    pub const SECRET_FORBIDDEN: &str = "SecretForbidden";
-    pub const REDIS_UNAVAILABLE: &str = "RedisUnavailable";
-    pub const INCOMPATIBLE_QUEUE: &str = "IncompatibleQueue";
+    SecretForbidden,
+    RedisUnavailable,
+    IncompatibleQueue,
     /// No BullMQ version is given or recorded by the queue (Failed, nothing touched).
-    pub const VERSION_UNKNOWN: &str = "VersionUnknown";
+    VersionUnknown,
     /// A spec option that the queue's BullMQ release does not have (Failed, nothing touched).
-    pub const INCOMPATIBLE_OPTIONS: &str = "IncompatibleOptions";
+    IncompatibleOptions,
     /// A value in the queue's keys that the retry must parse is corrupt (Stalled until fixed).
-    pub const QUEUE_DATA_INVALID: &str = "QueueDataInvalid";
+    QueueDataInvalid,
     /// Redis refused the credentials or an ACL permission (Stalled until fixed).
-    pub const REDIS_ACCESS_DENIED: &str = "RedisAccessDenied";
+    RedisAccessDenied,
     /// Redis refused the work in a way that cannot succeed as it is (Failed).
-    pub const REDIS_REFUSED: &str = "RedisRefused";
-    pub const SELECTOR_UNSUPPORTED: &str = "SelectorUnsupported";
+    RedisRefused,
+    SelectorUnsupported,
     /// Another selector run holds the queue and state; this one waits for it to end.
-    pub const QUEUE_BUSY: &str = "QueueBusy";
-    pub const LEDGER_CONFLICT: &str = "LedgerConflict";
+    QueueBusy,
+    LedgerConflict,
     /// The run's own state in Redis (its record) is missing or behind what its status says:
     /// the connection now reaches other data, or Redis lost acknowledged writes (Failed).
-    pub const RUN_STATE_LOST: &str = "RunStateLost";
+    RunStateLost,
+}
+
+impl Reason {
+    /// The reason as conditions and events show it.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// Whether the reason is one of an error that holds a run (waiting or stalled).
+    pub fn holds(self) -> bool {
+        use Reason::*;
+        !matches!(
+            self,
+            Succeeded | PartiallySucceeded | Progressing | Suspended
+        )
+    }
+}
+
+/// The reasons of the operator's own Events besides the condition reasons of errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::EnumIter, strum::IntoStaticStr)]
+pub enum EventReason {
+    /// The run's queue opened for the first time.
+    Started,
+    /// Every job of the run is processed.
+    Completed,
+    Suspended,
+}
+
+/// A job's result in a status row (`status.jobs[].result`) and in `status.counts`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+pub enum JobResult {
+    Retried,
+    WouldRetry,
+    NotFound,
+    NotInState,
+    AlreadyProcessed,
+    Error,
+}
+
+impl JobResult {
+    /// The result as status shows it.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// Whether it counts as a success (neither skipped nor an error).
+    pub fn is_success(self) -> bool {
+        matches!(self, JobResult::Retried | JobResult::WouldRetry)
+    }
 }
 
 pub mod reference;
@@ -457,9 +571,9 @@ pub mod reference;
 mod tests;
 
 /// The CRD as the YAML committed under `crds/` and in the Helm chart.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
     use kube::CustomResourceExt;
-    let body = serde_yaml::to_string(&JobRetry::crd())?;
+    let body = serde_norway::to_string(&JobRetry::crd())?;
     Ok(format!(
         "# Generated by `cargo run --bin crdgen`; do not edit by hand.\n{body}"
     ))

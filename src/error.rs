@@ -1,33 +1,28 @@
-//! Errors of a reconcile, each with a static category (for logs and metrics) and a verdict:
-//! transient errors are retried with backoff, permanent ones wait for a change.
+//! The error vocabulary every layer shares: the metrics categories of the controller's
+//! errors (each layer's own error type lives with it: `bullmq::engine`, `controller::error`),
+//! and how a value from Redis or a spec is quoted in a message.
 
-/// A reconcile error that escaped to `error_policy`.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The Kubernetes API refused or failed a request.
-    #[error("Kubernetes API error: {0}")]
-    Kube(#[from] kube::Error),
-    /// The object lacks something the API server always sets (name, namespace, uid).
-    #[error("object is missing {0}")]
-    MissingObjectKey(&'static str),
+/// The metrics label of a reconcile that failed (`controller::error::Error`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum ErrorCategory {
+    Kube,
+    Object,
 }
 
-/// Every category of [`Error::category`] (metrics declare each at 0).
-pub const CATEGORIES: [&str; 2] = ["kube", "object"];
-
-impl Error {
-    /// A short, fixed label for the error kind.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kube",
-            Error::MissingObjectKey(_) => "object",
-        }
-    }
-
-    /// Whether retrying later may succeed without a change to the object.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Kube(_))
-    }
+/// The metrics label of a connection Secret that could not be used
+/// (`controller::secret`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum SecretCategory {
+    NotFound,
+    Unlabelled,
+    MissingKey,
+    #[strum(serialize = "not_utf8")]
+    NotUtf8,
+    InvalidUrl,
+    Forbidden,
+    Api,
 }
 
 /// `text` in double quotes for a message, escaped as a JSON string is (a value from Redis or

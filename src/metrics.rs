@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, fmt, sync::Mutex};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text::encode},
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+        text::encode,
+    },
     metrics::{
         counter::Counter,
         family::{Family, MetricConstructor},
@@ -18,43 +21,77 @@ use prometheus_client::{
     },
     registry::Registry,
 };
+use strum::IntoEnumIterator;
+
+use crate::{
+    crd::{JobResult, Phase, Reason},
+    error::{ErrorCategory, SecretCategory},
+};
+
+/// A label value from an enum of fixed names (strum's `IntoStaticStr`).
+macro_rules! label_value {
+    ($($t:ty),*) => {$(
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+                let name: &'static str = (*self).into();
+                fmt::Write::write_str(encoder, name)
+            }
+        }
+    )*};
+}
+
+label_value!(
+    JobResult,
+    Phase,
+    Reason,
+    Script,
+    ErrorCategory,
+    SecretCategory
+);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
-    result: String,
+    result: JobResult,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabel {
-    phase: String,
+    phase: Phase,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CategoryLabel {
-    category: String,
+struct ReasonLabel {
+    reason: Reason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileErrorLabel {
+    category: ErrorCategory,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SecretErrorLabel {
+    category: SecretCategory,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RedisErrorLabel {
+    category: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScriptLabel {
-    script: String,
+    script: Script,
 }
 
 /// Which of our Lua scripts a Redis script call ran.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Script {
     /// `retry.lua`: one batch of ids.
     Retry,
     /// `select.lua`: one selector page.
     Select,
-}
-
-impl Script {
-    fn label(self) -> &'static str {
-        match self {
-            Script::Retry => "retry",
-            Script::Select => "select",
-        }
-    }
 }
 
 /// Script calls take from a millisecond (small batch) to a second or more (a large batch on
@@ -78,6 +115,9 @@ pub struct RunCounts {
     /// Objects not in a terminal phase whose `Stalled` condition is True: waiting for
     /// someone to fix a Secret, an ACL or the queue's data.
     pub stalled: i64,
+    /// Objects not in a terminal phase held by an error (waiting or stalled), by the reason
+    /// their conditions show; every reason is listed (0 too).
+    pub held: BTreeMap<Reason, i64>,
 }
 
 type CountRuns = Box<dyn Fn() -> RunCounts + Send + Sync>;
@@ -95,49 +135,53 @@ impl Collector for RunsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let counts = (self.0)();
         let help = "JobRetry objects by phase (objects not yet started count as Pending)";
-        let mut family = encoder.encode_descriptor(
-            "runs",
-            help,
-            None,
-            prometheus_client::metrics::MetricType::Gauge,
-        )?;
+        let gauge = prometheus_client::metrics::MetricType::Gauge;
+        let mut family = encoder.encode_descriptor("runs", help, None, gauge)?;
         for (phase, n) in &counts.by_phase {
-            let label = PhaseLabel {
-                phase: (*phase).to_string(),
+            let Ok(phase) = phase.parse::<Phase>() else {
+                continue;
             };
-            ConstGauge::new(*n).encode(family.encode_family(&label)?)?;
+            ConstGauge::new(*n).encode(family.encode_family(&PhaseLabel { phase })?)?;
         }
         let help = "JobRetry objects not finished whose Stalled condition is True";
         let stalled = ConstGauge::new(counts.stalled);
-        stalled.encode(encoder.encode_descriptor(
-            "runs_stalled",
-            help,
-            None,
-            stalled.metric_type(),
-        )?)?;
+        let descriptor = encoder.encode_descriptor("runs_stalled", help, None, gauge)?;
+        stalled.encode(descriptor)?;
+        let help = "JobRetry objects not finished that wait or are stalled, by the reason of their conditions";
+        let mut family = encoder.encode_descriptor("runs_held", help, None, gauge)?;
+        for (reason, n) in &counts.held {
+            let label = ReasonLabel { reason: *reason };
+            ConstGauge::new(*n).encode(family.encode_family(&label)?)?;
+        }
         Ok(())
     }
 }
 
-/// The operator's metrics and their registry.
+/// The operator's metrics; [`Metrics::default`] registers every one of them, each error
+/// category declared at 0.
+#[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,
+    families: Families,
+}
+
+/// Every metric the operator updates.
+#[derive(Debug)]
+struct Families {
     jobs: Family<ResultLabel, Counter>,
     runs_finished: Family<PhaseLabel, Counter>,
-    reconcile_errors: Family<CategoryLabel, Counter>,
-    redis_errors: Family<CategoryLabel, Counter>,
-    secret_errors: Family<CategoryLabel, Counter>,
+    reconcile_errors: Family<ReconcileErrorLabel, Counter>,
+    redis_errors: Family<RedisErrorLabel, Counter>,
+    secret_errors: Family<SecretErrorLabel, Counter>,
     reconciles: Counter,
     reconcile_seconds: Histogram,
     script_seconds: Family<ScriptLabel, Histogram, ScriptBuckets>,
     leader: Gauge,
 }
 
-impl Default for Metrics {
+impl Default for Families {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("jobretry");
-        let m = Self {
-            registry: Mutex::default(),
+        Self {
             jobs: Family::default(),
             runs_finished: Family::default(),
             reconcile_errors: Family::default(),
@@ -149,121 +193,116 @@ impl Default for Metrics {
             ]),
             script_seconds: Family::new_with_constructor(ScriptBuckets),
             leader: Gauge::default(),
-        };
-        let r = &mut registry;
-        r.register("jobs", "Jobs processed, by result", m.jobs.clone());
-        r.register(
-            "runs_finished",
-            "Runs that reached a terminal phase, by phase",
-            m.runs_finished.clone(),
-        );
-        r.register(
-            "reconcile_errors",
-            "Reconciles that ended in an error, by category",
-            m.reconcile_errors.clone(),
-        );
-        r.register(
-            "redis_errors",
-            "Redis errors (connecting or running a script), by category",
-            m.redis_errors.clone(),
-        );
-        r.register(
-            "secret_errors",
-            "Connection Secrets that could not be read or used, by category",
-            m.secret_errors.clone(),
-        );
-        r.register("reconciles", "Reconciles started", m.reconciles.clone());
+        }
+    }
+}
+
+impl Families {
+    /// Registers every metric in `r`, and declares every error category at 0, so each series
+    /// exists before its first error (`increase()` then counts that first error too).
+    fn register(&self, r: &mut Registry) {
+        r.register("jobs", "Jobs processed, by result", self.jobs.clone());
+        let help = "Runs that reached a terminal phase, by phase";
+        r.register("runs_finished", help, self.runs_finished.clone());
+        let help = "Reconciles that ended in an error, by category";
+        r.register("reconcile_errors", help, self.reconcile_errors.clone());
+        let help = "Redis errors (connecting or running a script), by category";
+        r.register("redis_errors", help, self.redis_errors.clone());
+        let help = "Connection Secrets that could not be read or used, by category";
+        r.register("secret_errors", help, self.secret_errors.clone());
+        r.register("reconciles", "Reconciles started", self.reconciles.clone());
+        let help = "Duration of one reconcile (at most about one status interval of batches)";
         r.register(
             "reconcile_duration_seconds",
-            "Duration of one reconcile (at most about one status interval of batches)",
-            m.reconcile_seconds.clone(),
+            help,
+            self.reconcile_seconds.clone(),
         );
+        let help = "Duration of one call of our Redis scripts, by script (retry: a batch of ids, select: a selector page)";
         r.register(
             "redis_script_duration_seconds",
-            "Duration of one call of our Redis scripts, by script (retry: a batch of ids, select: a selector page)",
-            m.script_seconds.clone(),
+            help,
+            self.script_seconds.clone(),
         );
-        r.register(
-            "leader",
-            "1 while this replica holds the leader Lease (and runs retries), else 0",
-            m.leader.clone(),
-        );
-        *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
-        m
+        let help = "1 while this replica holds the leader Lease (and runs retries), else 0";
+        r.register("leader", help, self.leader.clone());
+        for category in ErrorCategory::iter() {
+            let _ = self
+                .reconcile_errors
+                .get_or_create(&ReconcileErrorLabel { category });
+        }
+        for category in SecretCategory::iter() {
+            let _ = self
+                .secret_errors
+                .get_or_create(&SecretErrorLabel { category });
+        }
+        for category in crate::bullmq::engine::REDIS_CATEGORIES {
+            let _ = self
+                .redis_errors
+                .get_or_create(&RedisErrorLabel { category });
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let families = Families::default();
+        let mut registry = Registry::with_prefix("jobretry");
+        families.register(&mut registry);
+        Self {
+            registry: Mutex::new(registry),
+            families,
+        }
     }
 }
 
 impl Metrics {
     pub fn reconcile_started(&self) {
-        self.reconciles.inc();
+        self.families.reconciles.inc();
     }
 
     /// A reconcile that took `seconds`, whatever its outcome.
     pub fn reconcile_done(&self, seconds: f64) {
-        self.reconcile_seconds.observe(seconds);
+        self.families.reconcile_seconds.observe(seconds);
     }
 
-    pub fn reconcile_failed(&self, category: &'static str) {
-        inc(&self.reconcile_errors, category);
+    pub fn reconcile_failed(&self, category: ErrorCategory) {
+        let label = ReconcileErrorLabel { category };
+        self.families.reconcile_errors.get_or_create(&label).inc();
     }
 
     /// A Redis error of `category` (a fixed label from `bullmq::engine::classify`).
     pub fn redis_failed(&self, category: &'static str) {
-        inc(&self.redis_errors, category);
+        let label = RedisErrorLabel { category };
+        self.families.redis_errors.get_or_create(&label).inc();
     }
 
-    /// A connection Secret that could not be used, of `category` (a fixed label from
-    /// `controller::load`).
-    pub fn secret_failed(&self, category: &'static str) {
-        inc(&self.secret_errors, category);
+    /// A connection Secret that could not be used.
+    pub fn secret_failed(&self, category: SecretCategory) {
+        let label = SecretErrorLabel { category };
+        self.families.secret_errors.get_or_create(&label).inc();
     }
 
-    /// One call of `script` that took `seconds` and produced these row results.
-    pub fn batch_done<'a>(
+    /// One call of `script` that took `seconds` and produced these results.
+    pub fn batch_done(
         &self,
         script: Script,
         seconds: f64,
-        results: impl Iterator<Item = &'a str>,
+        results: impl Iterator<Item = JobResult>,
     ) {
-        self.script_seconds
-            .get_or_create(&ScriptLabel {
-                script: script.label().into(),
-            })
+        let f = &self.families;
+        f.script_seconds
+            .get_or_create(&ScriptLabel { script })
             .observe(seconds);
-        for r in results {
-            self.jobs
-                .get_or_create(&ResultLabel { result: r.into() })
-                .inc();
+        for result in results {
+            f.jobs.get_or_create(&ResultLabel { result }).inc();
         }
     }
 
-    pub fn run_finished(&self, phase: &str) {
-        self.runs_finished
-            .get_or_create(&PhaseLabel {
-                phase: phase.into(),
-            })
+    pub fn run_finished(&self, phase: Phase) {
+        self.families
+            .runs_finished
+            .get_or_create(&PhaseLabel { phase })
             .inc();
-    }
-
-    /// Declares every category of each error counter at 0, so each series exists before its
-    /// first error (`increase()` then counts that first error too).
-    pub fn declare_error_categories(
-        &self,
-        reconcile: &[&'static str],
-        redis: &[&'static str],
-        secret: &[&'static str],
-    ) {
-        for (family, categories) in [
-            (&self.reconcile_errors, reconcile),
-            (&self.redis_errors, redis),
-            (&self.secret_errors, secret),
-        ] {
-            for c in categories {
-                let _ = family.get_or_create(&CategoryLabel {
-                    category: (*c).into(),
-                });
-            }
-        }
     }
 
     /// Exports the objects by phase as `count` reports them at each scrape.
@@ -276,7 +315,7 @@ impl Metrics {
 
     /// Whether this replica leads (holds the Lease and may run retries).
     pub fn set_leader(&self, leads: bool) {
-        self.leader.set(i64::from(leads));
+        self.families.leader.set(i64::from(leads));
     }
 
     /// The text exposition format.
@@ -290,14 +329,6 @@ impl Metrics {
     }
 }
 
-fn inc(family: &Family<CategoryLabel, Counter>, category: &'static str) {
-    family
-        .get_or_create(&CategoryLabel {
-            category: category.into(),
-        })
-        .inc();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,12 +339,12 @@ mod tests {
         m.batch_done(
             Script::Retry,
             0.002,
-            ["Retried", "Retried", "NotFound"].into_iter(),
+            [JobResult::Retried, JobResult::Retried, JobResult::NotFound].into_iter(),
         );
         m.batch_done(Script::Select, 0.02, std::iter::empty());
-        m.run_finished("Succeeded");
+        m.run_finished(Phase::Succeeded);
         m.redis_failed("auth");
-        m.secret_failed("not_found");
+        m.secret_failed(SecretCategory::NotFound);
         m.reconcile_done(0.3);
         let text = m.render();
         for line in [
@@ -348,6 +379,7 @@ mod tests {
         m.observe_runs(move || RunCounts {
             by_phase: [("Running", seen.load(std::sync::atomic::Ordering::Relaxed))].into(),
             stalled: 1,
+            held: [(Reason::QueueBusy, 3)].into(),
         });
         let text = m.render();
         assert!(text.contains("# TYPE jobretry_runs gauge"), "{text}");
@@ -356,6 +388,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("jobretry_runs_stalled 1"), "{text}");
+        assert!(
+            text.contains("jobretry_runs_held{reason=\"QueueBusy\"} 3"),
+            "{text}"
+        );
         n.store(5, std::sync::atomic::Ordering::Relaxed);
         assert!(m.render().contains("jobretry_runs{phase=\"Running\"} 5"));
     }

@@ -21,60 +21,45 @@ use serde_json::json;
 
 use crate::{
     bullmq::JobOutcome,
-    crd::{JobResultRow, JobRetry, JobRetryStatus, Preview, ValueCount},
+    crd::{JobResult, JobResultRow, JobRetry, JobRetryStatus, Preview, ValueCount},
 };
 
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "jobretry-operator";
 
-/// Per-job result names of the API contract.
-pub mod result {
-    pub const RETRIED: &str = "Retried";
-    pub const WOULD_RETRY: &str = "WouldRetry";
-    pub const NOT_FOUND: &str = "NotFound";
-    pub const NOT_IN_STATE: &str = "NotInState";
-    pub const ALREADY_PROCESSED: &str = "AlreadyProcessed";
-    pub const ERROR: &str = "Error";
-
-    /// Whether a result counts as a success (neither skipped nor an error).
-    pub fn is_success(result: &str) -> bool {
-        matches!(result, RETRIED | WOULD_RETRY)
-    }
-}
-
 /// The status row of one job retried from `state`. A ledger hit written by this same object
 /// (`own_tag`) is the job's own earlier result, seen again after a crash: `Retried`.
 pub fn job_row(id: &str, outcome: &JobOutcome, state: &str, own_tag: &str) -> JobResultRow {
-    let (res, code, message): (&str, Option<i64>, Option<String>) = match outcome {
-        JobOutcome::Retried => (result::RETRIED, Some(1), None),
+    let (res, code, message): (JobResult, Option<i64>, Option<String>) = match outcome {
+        JobOutcome::Retried => (JobResult::Retried, Some(1), None),
         JobOutcome::AlreadyProcessed { owner } if owner == own_tag => {
-            (result::RETRIED, Some(1), None)
+            (JobResult::Retried, Some(1), None)
         }
-        JobOutcome::WouldRetry => (result::WOULD_RETRY, None, None),
+        JobOutcome::WouldRetry => (JobResult::WouldRetry, None, None),
         JobOutcome::NotFound => (
-            result::NOT_FOUND,
+            JobResult::NotFound,
             Some(-1),
             Some("job does not exist".into()),
         ),
         JobOutcome::NotInState => (
-            result::NOT_IN_STATE,
+            JobResult::NotInState,
             Some(-3),
             Some(format!("job is not in the {state} state")),
         ),
         JobOutcome::AlreadyProcessed { .. } => (
-            result::ALREADY_PROCESSED,
+            JobResult::AlreadyProcessed,
             None,
             Some("this run key retried the job before".into()),
         ),
         JobOutcome::Error(msg) => (
-            result::ERROR,
+            JobResult::Error,
             None,
             Some(cut(msg, MESSAGE_BYTES).to_string()),
         ),
     };
     JobResultRow {
         id: id.to_string(),
-        result: res.to_string(),
+        result: res.as_str().to_string(),
         code,
         message,
     }
@@ -102,7 +87,9 @@ pub fn add_rows(status: &mut JobRetryStatus, rows: Vec<JobResultRow>, row_limit:
     status.jobs.extend(rows);
     let before = status.jobs.len();
     if processed as usize > row_limit || status.jobs_truncated {
-        status.jobs.retain(|r| !result::is_success(&r.result));
+        status
+            .jobs
+            .retain(|r| !r.result.parse().is_ok_and(JobResult::is_success));
         status.jobs.truncate(row_limit);
     }
     let mut bytes = 0;
@@ -226,12 +213,14 @@ fn drop_values(names: &mut Vec<ValueCount>, reasons: &mut Vec<ValueCount>, over:
 
 /// Sets `retried`, `skipped` and `errors` from the counts.
 pub fn set_totals(status: &mut JobRetryStatus) {
-    let count = |r: &str| status.counts.get(r).copied().unwrap_or(0);
-    status.retried = Some(count(result::RETRIED));
+    let count = |r: JobResult| status.counts.get(r.as_str()).copied().unwrap_or(0);
+    status.retried = Some(count(JobResult::Retried));
     status.skipped = Some(
-        count(result::NOT_FOUND) + count(result::NOT_IN_STATE) + count(result::ALREADY_PROCESSED),
+        count(JobResult::NotFound)
+            + count(JobResult::NotInState)
+            + count(JobResult::AlreadyProcessed),
     );
-    status.errors = Some(count(result::ERROR));
+    status.errors = Some(count(JobResult::Error));
 }
 
 /// Replaces the counts with a run's exact totals (a selector run's record in Redis), and

@@ -291,20 +291,20 @@ impl Proxy {
 /// The admin kubeconfig, with the API server reached through `port` on loopback.
 fn kubeconfig_via(dir: &Path, port: u16) -> std::path::PathBuf {
     let text = std::fs::read_to_string(kubeconfig()).unwrap();
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut config: serde_norway::Value = serde_norway::from_str(&text).unwrap();
     for c in config["clusters"].as_sequence_mut().unwrap() {
         let server = c["cluster"]["server"].as_str().unwrap().to_string();
         let url = url::Url::parse(&server).unwrap();
         c["cluster"]["server"] = format!("https://{}:{port}", url.host_str().unwrap()).into();
     }
     let path = dir.join("proxied.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&path, serde_norway::to_string(&config).unwrap()).unwrap();
     path
 }
 
 fn api_server_addr() -> String {
     let text = std::fs::read_to_string(kubeconfig()).unwrap();
-    let config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let config: serde_norway::Value = serde_norway::from_str(&text).unwrap();
     let server = config["clusters"][0]["cluster"]["server"].as_str().unwrap();
     let url = url::Url::parse(server).unwrap();
     format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())

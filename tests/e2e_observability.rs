@@ -267,7 +267,7 @@ fn write_rules(dir: &Path, docs: &[Value]) {
     let groups = json!({"groups": find(docs, "PrometheusRule")["spec"]["groups"]});
     std::fs::write(
         dir.join("alerts.yaml"),
-        serde_yaml::to_string(&groups).unwrap(),
+        serde_norway::to_string(&groups).unwrap(),
     )
     .unwrap();
     std::fs::copy(

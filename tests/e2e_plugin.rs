@@ -229,7 +229,7 @@ fn output_yaml_is_a_manifest_the_api_server_accepts_as_is() {
     ]);
     assert!(applied.ok, "{}\n{}", out.stdout, applied.stderr);
     let stored: Value = serde_json::from_str(&applied.stdout).unwrap();
-    let printed: Value = serde_yaml::from_str(&out.stdout).unwrap();
+    let printed: Value = serde_norway::from_str(&out.stdout).unwrap();
     let spec = |v: &Value| serde_json::from_value::<JobRetrySpec>(v["spec"].clone()).unwrap();
     assert_eq!(
         spec(&stored),

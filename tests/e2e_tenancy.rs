@@ -65,7 +65,7 @@ fn install_policy(ns: &TestNs) {
                 .as_str()
                 .is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))
         })
-        .map(|d| serde_yaml::to_string(&d).unwrap())
+        .map(|d| serde_norway::to_string(&d).unwrap())
         .collect();
     assert_eq!(
         policy.len(),

@@ -91,21 +91,11 @@ fn the_flags_table_is_generated_from_the_operator_flags() {
     }
 }
 
-/// Every reason the API defines (`pub const X: &str = "Reason";` in `crd::reason`).
+/// Every reason the API defines (`crd::Reason`).
 fn reasons() -> Vec<String> {
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/crd.rs")).unwrap();
-    let block = src
-        .split("pub mod reason {")
-        .nth(1)
-        .unwrap()
-        .split("\n}")
-        .next()
-        .unwrap();
-    block
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("pub const "))
-        .filter_map(|l| l.split('"').nth(1))
-        .map(str::to_string)
+    use strum::IntoEnumIterator;
+    jobretry_operator::crd::Reason::iter()
+        .map(|r| r.as_str().to_string())
         .collect()
 }
 

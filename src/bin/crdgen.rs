@@ -3,7 +3,7 @@
 //! reference generated from it: `cargo run --bin crdgen -- --markdown > docs/api-reference.md`.
 #![forbid(unsafe_code)]
 
-fn main() -> Result<(), serde_yaml::Error> {
+fn main() -> Result<(), serde_norway::Error> {
     if std::env::args().nth(1).as_deref() == Some("--markdown") {
         print!("{}", jobretry_operator::crd::reference::markdown());
         return Ok(());

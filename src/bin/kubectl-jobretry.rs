@@ -12,7 +12,7 @@ use std::{
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jobretry_operator::{
-    crd::{JobRetry, phase},
+    crd::{JobRetry, Phase},
     plugin::{
         self, Cli, Command, PluginError, PreviewArgs, RunArgs, api_error,
         render::{self, Progress},
@@ -161,8 +161,8 @@ async fn follow(
         show(&jr);
         let st = jr.status.as_ref();
         if render::is_done(&jr) {
-            return match st.and_then(|s| s.phase.as_deref()) {
-                Some(phase::FAILED) => Err(PluginError::RunFailed(render::summary(&jr))),
+            return match Phase::of(st) {
+                Some(Phase::Failed) => Err(PluginError::RunFailed(render::summary(&jr))),
                 _ => Ok(jr),
             };
         }

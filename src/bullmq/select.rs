@@ -327,18 +327,5 @@ fn split_chars(name: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// The budget of the next page: grows while calls stay well under `target`, halves when one
-/// takes longer, within `[min, max]` jobs examined per call.
-pub fn next_budget(current: u32, took: Duration, target: Duration, min: u32, max: u32) -> u32 {
-    let next = if took > target {
-        current / 2
-    } else if took < target / 2 {
-        current.saturating_add(current / 2).max(current + 1)
-    } else {
-        current
-    };
-    next.clamp(min, max)
-}
-
 #[cfg(test)]
 mod tests;

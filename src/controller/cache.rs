@@ -29,14 +29,14 @@ pub fn slim(obj: &mut JobRetry) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::phase;
+    use crate::crd::Phase;
 
     #[test]
     fn the_cache_keeps_identity_suspend_and_phase_but_no_rows() {
         let yaml = format!(
             "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: r\n  namespace: ns\n  uid: u1\n  annotations: {{{LAST_APPLIED}: big, team: a}}\n  managedFields: [{{manager: kubectl, operation: Apply}}]\nspec:\n  queue: {{name: q}}\n  connection: {{secretRef: {{name: redis}}}}\n  jobIds: ['1', '2']\n  suspend: true\nstatus:\n  phase: Succeeded\n  jobs: [{{id: '1', result: Retried}}]\n"
         );
-        let mut obj: JobRetry = serde_yaml::from_str(&yaml).unwrap();
+        let mut obj: JobRetry = serde_norway::from_str(&yaml).unwrap();
         slim(&mut obj);
         assert_eq!(
             (obj.name_any(), obj.namespace(), obj.uid()),
@@ -48,7 +48,7 @@ mod tests {
         );
         assert!(obj.spec.suspend);
         let status = obj.status.as_ref().unwrap();
-        assert_eq!(status.phase.as_deref(), Some(phase::SUCCEEDED));
+        assert_eq!(status.phase.as_deref(), Some(Phase::Succeeded.as_str()));
         assert!(status.jobs.is_empty() && obj.managed_fields().is_empty());
         assert_eq!(obj.spec.job_ids, Some(vec![]));
         assert_eq!(obj.annotations().keys().collect::<Vec<_>>(), ["team"]);

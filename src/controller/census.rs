@@ -3,45 +3,49 @@
 
 use std::sync::Arc;
 
+use strum::IntoEnumIterator;
+
 use crate::{
-    crd::{JobRetry, condition, phase},
+    crd::{JobRetry, JobRetryStatus, Phase, Reason, condition},
     metrics::RunCounts,
 };
 
-/// Every phase, so each series exists even at 0.
-const PHASES: [&str; 6] = [
-    phase::PENDING,
-    phase::RUNNING,
-    phase::SUSPENDED,
-    phase::SUCCEEDED,
-    phase::PARTIALLY_SUCCEEDED,
-    phase::FAILED,
-];
-
-/// Counts `objects` by phase (no status yet: Pending) and the unfinished stalled ones.
+/// Counts `objects` by phase (no status yet: Pending), the unfinished stalled ones, and the
+/// unfinished ones held by an error, by reason.
 pub fn count_runs(objects: &[Arc<JobRetry>]) -> RunCounts {
     let mut counts = RunCounts {
-        by_phase: PHASES.iter().map(|p| (*p, 0)).collect(),
+        by_phase: Phase::iter().map(|p| (p.as_str(), 0)).collect(),
         stalled: 0,
+        held: Reason::iter()
+            .filter(|r| r.holds())
+            .map(|r| (r, 0))
+            .collect(),
     };
     for o in objects {
         let status = o.status.as_ref();
-        let current = status.and_then(|s| s.phase.as_deref());
-        let known = PHASES
-            .iter()
-            .find(|p| Some(**p) == current)
-            .unwrap_or(&phase::PENDING);
-        *counts.by_phase.entry(known).or_default() += 1;
-        let stalled = status.is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == condition::STALLED && c.status == "True")
-        });
-        if stalled && !phase::is_terminal(known) {
+        let phase = Phase::of(status).unwrap_or(Phase::Pending);
+        *counts.by_phase.entry(phase.as_str()).or_default() += 1;
+        let (Some(status), false) = (status, phase.is_terminal()) else {
+            continue;
+        };
+        if is_true(status, condition::STALLED).is_some() {
             counts.stalled += 1;
+        }
+        let held = is_true(status, condition::STALLED)
+            .or_else(|| is_true(status, condition::RECONCILING))
+            .and_then(|reason| reason.parse::<Reason>().ok())
+            .filter(|r| r.holds());
+        if let Some(reason) = held {
+            *counts.held.entry(reason).or_default() += 1;
         }
     }
     counts
+}
+
+/// The reason of condition `type_` if it is True.
+fn is_true<'a>(status: &'a JobRetryStatus, type_: &str) -> Option<&'a str> {
+    let c = status.conditions.iter().find(|c| c.type_ == type_)?;
+    (c.status == "True").then_some(c.reason.as_str())
 }
 
 #[cfg(test)]
@@ -81,5 +85,7 @@ mod tests {
         assert_eq!(c.by_phase["Succeeded"], 0, "every phase is listed");
         assert_eq!(c.by_phase.len(), 6);
         assert_eq!(c.stalled, 1, "a failed run is over, not stalled");
+        assert_eq!(c.held[&Reason::SecretInvalid], 1, "held runs by reason");
+        assert_eq!(c.held[&Reason::QueueBusy], 0, "every reason is listed");
     }
 }

@@ -1,266 +1,257 @@
-//! Load step: the Redis target named by a JobRetry's connection Secret.
-//!
-//! Guarantees: error messages name the Secret and key to fix and never quote the URL; a
-//! Secret the operator may not read is a condition for the user (what to grant), not an API
-//! failure to retry; a Secret is read at most once per [`SecretCache::TTL`] (many JobRetries
-//! name the same one), so a changed Secret is seen within that time.
+//! Load step (IO): every read a reconcile makes before it decides anything. The object from a
+//! fresh GET (never the possibly stale cache: the status cursor is read from it), its memory,
+//! and, when it may run now, its queue: the Secret, a connection, the queue's version and an
+//! id run's recorded position. A queue that cannot be opened is a typed [`RunError`] for the
+//! plan, not a failed reconcile; only the Kubernetes API failing is an [`Error`].
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+use std::time::Instant;
+
+use kube::{Api, ResourceExt};
+
+use super::{
+    context::Context,
+    error::{Error, QueueNotFound, RunError},
+    memory::Memory,
+    secret::{self, LoadError},
+};
+use crate::{
+    bullmq::{EngineError, QueueKeys, QueueVersion, RedisConn, RedisTarget},
+    crd::{JobRetry, Phase},
 };
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client};
-
-use crate::{bullmq::RedisTarget, client::SecretLabel, crd::Connection};
-
-/// The Secret key of an optional CA certificate (PEM) to trust for rediss:// connections.
-pub const CA_KEY: &str = "ca.crt";
-
-/// Why the Secret cannot be used; the message says what to fix.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The Secret or key is missing or unusable: wait for the user. `category` is a fixed
-    /// label for metrics: `not_found`, `unlabelled`, `missing_key`, `not_utf8` or
-    /// `invalid_url`.
-    #[error("{message}")]
-    Invalid {
-        category: &'static str,
-        message: String,
-    },
-    /// The API server forbids the operator to read the Secret (403): wait for the user to
-    /// grant it; the message says how.
-    #[error("{0}")]
-    Forbidden(String),
-    /// The API server failed: retry.
-    #[error("cannot read the connection Secret: {0}")]
-    Kube(#[source] kube::Error),
+/// What a reconcile read.
+pub struct Loaded {
+    /// The object, fresh from the API server.
+    pub obj: JobRetry,
+    pub api: Api<JobRetry>,
+    pub ns: String,
+    pub uid: String,
+    /// `spec.runKey`, else `<namespace>/<name>`.
+    pub run_key: String,
+    pub memory: Memory,
+    /// When it was read: the rate limit's pause is judged at this instant.
+    pub at: Instant,
 }
 
-/// Every category of [`LoadError::category`] (metrics declare each at 0).
-pub const CATEGORIES: [&str; 7] = [
-    "not_found",
-    "unlabelled",
-    "missing_key",
-    "not_utf8",
-    "invalid_url",
-    "forbidden",
-    "api",
-];
+/// The object's queue, as far as it was opened.
+pub enum Queue {
+    /// Not opened: nothing runs now (paused, suspended, not leading, an invalid spec).
+    Closed,
+    Open(OpenQueue),
+    /// It cannot be opened now.
+    Failed(RunError),
+}
 
-impl LoadError {
-    /// A short, fixed label for the error kind (metrics).
-    pub fn category(&self) -> &'static str {
-        match self {
-            LoadError::Invalid { category, .. } => category,
-            LoadError::Forbidden(_) => "forbidden",
-            LoadError::Kube(_) => "api",
-        }
+/// A queue ready for batches.
+pub struct OpenQueue {
+    pub target: RedisTarget,
+    pub conn: RedisConn,
+    pub keys: QueueKeys,
+    pub version: QueueVersion,
+    /// The position a real id run's record keeps (0 otherwise).
+    pub recorded: u64,
+}
+
+impl Loaded {
+    /// Whether the operator started this run (its status has a start time): only then is a
+    /// record missing or behind the status a lost state rather than a status written by
+    /// hand, which is ignored (the record decides where the run stands).
+    pub fn started(&self) -> bool {
+        let status = self.obj.status.as_ref();
+        status.is_some_and(|s| s.start_time.is_some())
+    }
+
+    /// The tag this object writes into the ledger (a prefix of its uid).
+    pub fn owner_tag(&self) -> String {
+        self.uid.chars().filter(|c| *c != '-').take(16).collect()
     }
 }
 
-/// A Secret's namespace and name.
-type SecretKey = (String, String);
-/// When a Secret was read, and what was found.
-type SecretRead = (Instant, Option<Arc<Secret>>);
-
-/// Secrets (or their absence) read in the last [`SecretCache::TTL`], by namespace and name.
-#[derive(Default)]
-pub struct SecretCache {
-    entries: Mutex<HashMap<SecretKey, SecretRead>>,
+/// Whether the object's run is over (a terminal phase is never left).
+pub fn finished(obj: &JobRetry) -> bool {
+    Phase::of(obj.status.as_ref()).is_some_and(Phase::is_terminal)
 }
 
-impl SecretCache {
-    pub const TTL: Duration = Duration::from_secs(3);
-
-    /// What was read of Secret `key` less than TTL before `now`: `Some(None)` if it was
-    /// missing, `None` if nothing recent is known.
-    fn recent(&self, key: &SecretKey, now: Instant) -> Option<Option<Arc<Secret>>> {
-        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(key)
-            .filter(|(at, _)| now.saturating_duration_since(*at) < Self::TTL)
-            .map(|(_, s)| s.clone())
-    }
-
-    /// Keeps what was read of Secret `key` at `now`, dropping expired entries.
-    fn keep(&self, key: SecretKey, secret: Option<Arc<Secret>>, now: Instant) {
-        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, (at, _)| now.saturating_duration_since(*at) < Self::TTL);
-        map.insert(key, (now, secret));
-    }
-
-    /// Secret `name` in `namespace`: a recent read, or a GET.
-    async fn get(
-        &self,
-        client: &Client,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<Arc<Secret>>, kube::Error> {
-        let key = (namespace.to_string(), name.to_string());
-        if let Some(known) = self.recent(&key, Instant::now()) {
-            return Ok(known);
-        }
-        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        let secret = api.get_opt(name).await?.map(Arc::new);
-        self.keep(key, secret.clone(), Instant::now());
-        Ok(secret)
-    }
-}
-
-/// Reads the Redis URL (and the optional `ca.crt`) from the Secret in `namespace` and
-/// validates it; with `required_label`, a Secret without that label is refused.
-pub async fn redis_target(
-    secrets: &SecretCache,
-    client: &Client,
-    namespace: &str,
-    conn: &Connection,
-    required_label: Option<&SecretLabel>,
-) -> Result<RedisTarget, LoadError> {
-    let r = &conn.secret_ref;
-    let secret = match secrets.get(client, namespace, &r.name).await {
-        Err(kube::Error::Api(s)) if s.is_forbidden() => {
-            return Err(LoadError::Forbidden(forbidden(
-                namespace, &r.name, &s.message,
-            )));
-        }
-        read => read.map_err(LoadError::Kube)?,
+/// Reads what a reconcile of `cached` needs; `None`: nothing to do (the run is over or the
+/// object is gone), and what was remembered of it is dropped.
+pub async fn load(cached: &JobRetry, ctx: &Context) -> Result<Option<(Loaded, Queue)>, Error> {
+    let ns = cached
+        .namespace()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let api: Api<JobRetry> = Api::namespaced(ctx.client.clone(), &ns);
+    // A terminal phase is final: the cached copy saying so spares the API server a GET (the
+    // status write that ended a run triggers one more reconcile of every object).
+    let fresh = match finished(cached) {
+        true => None,
+        false => api.get_opt(&cached.name_any()).await?,
     };
-    target_from_secret(secret.as_deref(), namespace, conn, required_label)
-}
-
-/// The Redis target a Secret (`None`: not found) gives, pure: the URL under the reference's
-/// key, checked, with the optional CA. Messages name the Secret and key, never the value.
-fn target_from_secret(
-    secret: Option<&Secret>,
-    namespace: &str,
-    conn: &Connection,
-    required_label: Option<&SecretLabel>,
-) -> Result<RedisTarget, LoadError> {
-    let r = &conn.secret_ref;
-    let invalid = |category, what: String| LoadError::Invalid {
-        category,
-        message: format!("Secret {namespace}/{} {what}", r.name),
+    let Some(obj) = fresh.filter(|o| o.metadata.deletion_timestamp.is_none() && !finished(o))
+    else {
+        ctx.memory.forget(&cached.uid().unwrap_or_default());
+        return Ok(None);
     };
-    let secret = secret.ok_or_else(|| invalid("not_found", "not found".to_string()))?;
-    if let Some(label) = required_label.filter(|l| !l.is_on(secret.metadata.labels.as_ref())) {
-        return Err(invalid(
-            "unlabelled",
-            format!(
-                "lacks the label {label} that this operator requires of connection Secrets (--secret-label); label the Secret if JobRetries may use it"
-            ),
-        ));
-    }
-    let bytes = value(secret, &r.key)
-        .ok_or_else(|| invalid("missing_key", format!("has no key {}", r.key)))?;
-    let url = String::from_utf8(bytes)
-        .map_err(|_| invalid("not_utf8", format!("key {} is not UTF-8 text", r.key)))?;
-    RedisTarget::new(&url, conn.mode, conn.sentinel_master_name.clone())
-        .map(|t| t.with_ca(value(secret, CA_KEY)))
-        .map_err(|e| invalid("invalid_url", format!("key {}: {e}", r.key)))
+    let uid = obj.uid().ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let memory = ctx.memory.memory(&uid);
+    let run_key = obj.run_key();
+    let loaded = Loaded {
+        obj,
+        api,
+        ns,
+        uid,
+        run_key,
+        memory,
+        at: Instant::now(),
+    };
+    let queue = match may_run(&loaded, ctx) {
+        true => open_queue(&loaded, ctx).await?,
+        false => Queue::Closed,
+    };
+    Ok(Some((loaded, queue)))
 }
 
-/// Why the operator may not read Secret `namespace/name` and what grants it, with what the
-/// API server said (it names the operator's account).
-fn forbidden(namespace: &str, name: &str, refusal: &str) -> String {
-    format!(
-        "the operator may not read Secret {namespace}/{name}: add namespace {namespace} to the chart's rbac.secretNamespaces, or grant the operator's ServiceAccount get on Secrets there (the API server said: {refusal})"
-    )
+/// Loads an object the watch saw deleted (no reconcile comes for it), with its queue if it
+/// was a started selector run, whose lock it may hold.
+pub async fn deleted(obj: JobRetry, ctx: &Context) -> Result<Option<(Loaded, Queue)>, Error> {
+    let (Some(ns), Some(uid)) = (obj.namespace(), obj.uid()) else {
+        return Ok(None);
+    };
+    let api = Api::namespaced(ctx.client.clone(), &ns);
+    let memory = Memory::default();
+    let run_key = obj.run_key();
+    let loaded = Loaded {
+        obj,
+        api,
+        ns,
+        uid,
+        run_key,
+        memory,
+        at: Instant::now(),
+    };
+    let queue = match holds_lock(&loaded) && ctx.gate.holds() {
+        true => open_queue(&loaded, ctx).await?,
+        false => Queue::Closed,
+    };
+    Ok(Some((loaded, queue)))
 }
 
-/// The value of `key` in the Secret's data (or stringData, as written by some tools).
-fn value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
-    let data = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone());
-    data.or_else(|| {
-        secret
-            .string_data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|s| s.clone().into_bytes())
+/// Whether the object's queue is opened now: this replica leads, the rate limit's pause is
+/// over and the spec names ids or a selector; a suspended run only to give back its lock.
+fn may_run(loaded: &Loaded, ctx: &Context) -> bool {
+    let spec = &loaded.obj.spec;
+    let paused = loaded.memory.not_before.is_some_and(|t| t > loaded.at);
+    let planned = spec.job_ids.is_some() != spec.selector.is_some();
+    let needed = !spec.suspend || holds_lock(loaded);
+    ctx.gate.holds() && !paused && planned && needed
+}
+
+/// Whether the object's run may hold its queue's lock: a real selector run that started.
+pub fn holds_lock(loaded: &Loaded) -> bool {
+    let spec = &loaded.obj.spec;
+    spec.selector.is_some() && !spec.dry_run && loaded.started() && !finished(&loaded.obj)
+}
+
+/// The Secret, a connection, the queue's version, and a real id run's recorded position.
+async fn open_queue(loaded: &Loaded, ctx: &Context) -> Result<Queue, Error> {
+    let spec = &loaded.obj.spec;
+    let label = ctx.config.secret_label.as_ref();
+    let read = secret::redis_target(
+        &ctx.secrets,
+        &ctx.client,
+        &loaded.ns,
+        &spec.connection,
+        label,
+    );
+    let target = match read.await {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.metrics.secret_failed(e.category());
+            return match e {
+                LoadError::Secret(e) => Ok(Queue::Failed(e.into())),
+                LoadError::Kube(e) => Err(e.into()),
+            };
+        }
+    };
+    let mut conn = match ctx.connection(&target).await {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.metrics.redis_failed(e.category);
+            return Ok(Queue::Failed(RunError::Connect(e)));
+        }
+    };
+    let keys = QueueKeys::new(&spec.queue.prefix, &spec.queue.name);
+    let opened = async {
+        let version = detect_version(loaded, ctx, &mut conn, &keys).await?;
+        let recorded = recorded_position(loaded, ctx, &mut conn, &keys).await?;
+        Ok::<_, RunError>((version, recorded))
+    };
+    Ok(match opened.await {
+        Ok((version, recorded)) => Queue::Open(OpenQueue {
+            target,
+            conn,
+            keys,
+            version,
+            recorded,
+        }),
+        Err(e) => Queue::Failed(call_failed(e, ctx, &target)),
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_forbidden_secret_says_what_to_grant_and_who_was_refused() {
-        let refusal = r#"secrets "redis" is forbidden: User "system:serviceaccount:ops:jr" cannot get resource "secrets" in API group "" in the namespace "payments""#;
-        let m = forbidden("payments", "redis", refusal);
-        assert!(
-            m.starts_with("the operator may not read Secret payments/redis: add namespace payments to the chart's rbac.secretNamespaces, or grant"),
-            "{m}"
-        );
-        assert!(m.contains("system:serviceaccount:ops:jr"), "{m}");
-        let e = LoadError::Forbidden(m.clone());
-        assert_eq!((e.category(), e.to_string()), ("forbidden", m));
-        assert!(CATEGORIES.contains(&e.category()));
-    }
-
-    proptest::proptest! {
-        /// Whatever bytes the Secret's key holds, reading it never panics, and a refusal
-        /// names the Secret and key, never the value (it may be a URL with a password).
-        #[test]
-        fn any_secret_value_is_read_or_refused_without_quoting_it(
-            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
-        ) {
-            let conn: Connection =
-                serde_json::from_value(serde_json::json!({"secretRef": {"name": "redis"}})).unwrap();
-            let mut data = std::collections::BTreeMap::new();
-            data.insert("url".to_string(), k8s_openapi::ByteString(bytes.clone()));
-            let secret = Secret { data: Some(data), ..Default::default() };
-            match target_from_secret(Some(&secret), "ns", &conn, None) {
-                Ok(_) => proptest::prop_assert!(std::str::from_utf8(&bytes).is_ok()),
-                Err(LoadError::Invalid { category, message }) => {
-                    proptest::prop_assert!(message.starts_with("Secret ns/redis "), "{}", message);
-                    let text = String::from_utf8_lossy(&bytes);
-                    let text = text.trim();
-                    proptest::prop_assert!(text.len() < 8 || !message.contains(text), "{}", message);
-                    proptest::prop_assert!(CATEGORIES.contains(&category));
-                }
-                Err(other) => proptest::prop_assert!(false, "{:?}", other),
+/// A failed call's connection is dropped (the next reconcile opens a new one).
+fn call_failed(e: RunError, ctx: &Context, target: &RedisTarget) -> RunError {
+    match e {
+        RunError::Redis { source, .. } => {
+            if let EngineError::Redis(_) = source {
+                ctx.metrics.redis_failed(source.category());
+                ctx.drop_connection(target);
             }
+            RunError::redis(source, |t| target.redact(t))
         }
+        e => e,
     }
+}
 
-    #[test]
-    fn a_missing_secret_or_key_is_named() {
-        let conn: Connection =
-            serde_json::from_value(serde_json::json!({"secretRef": {"name": "redis"}})).unwrap();
-        let e = target_from_secret(None, "ns", &conn, None).unwrap_err();
-        assert_eq!(e.to_string(), "Secret ns/redis not found");
-        let e = target_from_secret(Some(&Secret::default()), "ns", &conn, None).unwrap_err();
-        assert_eq!(
-            (e.category(), e.to_string()),
-            ("missing_key", "Secret ns/redis has no key url".to_string())
-        );
+/// Probes the queue and resolves its version, then checks the spec's options against it.
+async fn detect_version(
+    loaded: &Loaded,
+    ctx: &Context,
+    conn: &mut RedisConn,
+    keys: &QueueKeys,
+) -> Result<QueueVersion, RunError> {
+    let spec = &loaded.obj.spec;
+    let probe = ctx.engine.probe(conn, keys, spec.state).await;
+    let probe = probe.map_err(|e| RunError::redis(e, str::to_string))?;
+    if !probe.exists {
+        return Err(RunError::QueueNotFound(QueueNotFound {
+            name: spec.queue.name.clone(),
+            prefix: spec.queue.prefix.clone(),
+            meta_key: keys.key("meta"),
+            state_key: keys.key(spec.state.as_str()),
+        }));
     }
+    let given = spec.queue.bullmq_version.as_deref();
+    let version =
+        QueueVersion::resolve(given, probe.meta_version.as_deref()).map_err(RunError::Version)?;
+    version
+        .check_options(spec.reset_attempts_made, spec.reset_attempts_started)
+        .map_err(RunError::IncompatibleOptions)?;
+    Ok(version)
+}
 
-    #[test]
-    fn a_secret_read_is_reused_only_within_the_ttl() {
-        let cache = SecretCache::default();
-        let t0 = Instant::now();
-        let key = ("ns".to_string(), "redis".to_string());
-        assert!(cache.recent(&key, t0).is_none());
-        cache.keep(key.clone(), Some(Arc::new(Secret::default())), t0);
-        assert!(matches!(
-            cache.recent(&key, t0 + Duration::from_secs(1)),
-            Some(Some(_))
-        ));
-        assert!(cache.recent(&key, t0 + SecretCache::TTL).is_none());
-        // A missing Secret is remembered as missing; expired entries are dropped.
-        let gone = ("ns".to_string(), "gone".to_string());
-        cache.keep(gone.clone(), None, t0 + SecretCache::TTL);
-        assert!(matches!(
-            cache.recent(&gone, t0 + SecretCache::TTL),
-            Some(None)
-        ));
-        assert_eq!(cache.entries.lock().unwrap().len(), 1);
+/// The position a real id run's record keeps (written with each batch); 0 for other runs.
+async fn recorded_position(
+    loaded: &Loaded,
+    ctx: &Context,
+    conn: &mut RedisConn,
+    keys: &QueueKeys,
+) -> Result<u64, RunError> {
+    let spec = &loaded.obj.spec;
+    if spec.job_ids.is_none() || spec.dry_run {
+        return Ok(0);
     }
+    let record = keys.record(&loaded.run_key);
+    let tag = loaded.owner_tag();
+    let position = ctx.engine.recorded_position(conn, &record, &tag);
+    position
+        .await
+        .map_err(|e| RunError::redis(e, str::to_string))
 }

@@ -1,36 +1,43 @@
-//! The run's state machine, pure: one transition per reconcile.
+//! The run's state machine, pure: one transition per reconcile, and the only code that
+//! builds a new status value or a new per-object memory.
 //!
-//! Takes the object's current status, the spec facts a transition needs ([`Facts`]), what
-//! the IO shell did in one slice ([`Slice`]: what it planned and loaded, the rows of the
-//! batches it ran and how the slice ended, [`SliceResult`]) and `now`; gives the next status
-//! (phase, conditions, counts, rows), when to look again ([`Requeue`]) and the events to
+//! Takes the object's current status and memory, the spec facts a transition needs
+//! ([`Facts`]), what the execute step did ([`Progress`]: the run's scope, the rows of the
+//! batches it ran, a selector's pages, how the slice ended, [`End`]) and `now`; gives the next
+//! status (phase, conditions, counts, rows), the next memory (backoff, the rate limit's pause,
+//! the page budget, a dry run's scan), when to look again ([`Requeue`]) and the events to
 //! publish ([`Milestone`]).
 //!
 //! Guarantees: a terminal status is never changed; events only on a phase change, never per
-//! job or batch; transient errors back off 1 s doubling to 60 s; every condition is set on
-//! every transition, so none (e.g. `Suspended`) outlives the stage that set it.
+//! job or batch; transient errors back off 1 s doubling to 60 s with jitter
+//! (`rules::backoff`); every condition is set on every transition, so none (e.g. `Suspended`)
+//! outlives the stage that set it.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use self::stage::{Stage, apply_stage};
+use super::{
+    error::{RunError, SecretError},
+    memory::{DryScan, Memory},
+    plan::Scope,
+    rules,
+};
 use crate::{
     bullmq::Verdict,
-    crd::{JobResultRow, JobRetrySpec, JobRetryStatus, Preview, SelectionStatus, phase},
+    crd::{EventReason, JobResultRow, JobRetrySpec, JobRetryStatus, Phase, Preview, Reason},
     status,
 };
 
-mod error;
 mod stage;
-
-pub use self::error::RunError;
 
 /// How long to wait before looking again at a run stalled on an unusable or unreadable
 /// Secret.
 pub const STALLED_RECHECK: Duration = Duration::from_secs(10);
-/// The longest backoff between two tries after errors.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The pause between two slices of a run that is not rate-limited.
 pub const NEXT_SLICE: Duration = Duration::from_millis(10);
 
@@ -43,6 +50,8 @@ pub struct Facts {
     pub jobs_per_second: u32,
     /// The operator's status row limit (the size rule).
     pub row_limit: usize,
+    /// Draws the backoff's jitter (per object); `None`: no jitter.
+    pub jitter_seed: Option<u64>,
 }
 
 impl Facts {
@@ -52,60 +61,67 @@ impl Facts {
             generation,
             jobs_per_second: spec.rate_limit.as_ref().map_or(0, |r| r.jobs_per_second),
             row_limit,
+            jitter_seed: None,
         }
     }
 }
 
-/// What the IO shell did in one slice.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Slice {
-    /// The number of jobs the run covers, once planned.
-    pub matched: Option<u64>,
-    /// The run key, once planned.
-    pub run_key: Option<String>,
-    /// The queue's BullMQ version, once the queue is open: the run has started.
-    pub bullmq_version: Option<String>,
-    /// The rows of the batches this slice ran, in order.
-    pub rows: Vec<JobResultRow>,
+/// What the execute step did in one slice.
+#[derive(Debug)]
+pub struct Progress {
+    /// The run's scope as status shows it (key, jobs covered, release, selector bound).
+    pub scope: Scope,
     /// Jobs the run had processed before this slice, as the run's record in Redis says (not
     /// as the status says: a user can write the status); status mirrors it.
     pub processed_before: Option<u64>,
-    /// A selector run's progress after this slice.
-    pub selection: Option<SelectionStatus>,
-    /// A selector dry run's preview after this slice.
-    pub preview: Option<Preview>,
-    /// A selector run's exact counts after this slice, from its record in Redis: they
-    /// replace what the rows add up to, so rows a crash lost are neither missed nor counted
-    /// twice.
-    pub counts: Option<BTreeMap<String, u64>>,
+    /// The rows of the batches this slice ran, in order.
+    pub rows: Vec<JobResultRow>,
+    /// When the slice's last batch started (the rate limit's pause counts from it).
+    pub last_batch_started: Option<Instant>,
+    /// What a selector run's pages found.
+    pub pages: Option<PagesProgress>,
+    /// How the slice ended.
+    pub end: End,
+}
+
+/// What a selector run's pages found in a slice.
+#[derive(Debug, Default)]
+pub struct PagesProgress {
     /// The run starts over (a dry run whose progress was lost with the operator's memory):
     /// what the status counted so far is dropped first.
     pub restart: bool,
-    /// How the slice ended.
-    pub result: SliceResult,
+    /// The run's exact counts, from its record in Redis (real runs): they replace what the
+    /// rows add up to, so rows a crash lost are neither missed nor counted twice.
+    pub counts: Option<BTreeMap<String, u64>>,
+    /// A dry run's preview.
+    pub preview: Option<Preview>,
+    /// The page budget after the last page.
+    pub budget: u32,
+    /// A dry run's scan after the last page.
+    pub dry: Option<DryScan>,
 }
 
-impl Slice {
-    /// A slice that ran nothing and ended with `result`.
-    pub fn ended(result: SliceResult) -> Self {
+impl Progress {
+    /// Nothing done yet, within `scope`.
+    pub fn new(scope: Scope) -> Self {
         Self {
-            matched: None,
-            run_key: None,
-            bullmq_version: None,
-            rows: Vec::new(),
+            scope,
             processed_before: None,
-            selection: None,
-            preview: None,
-            counts: None,
-            restart: false,
-            result,
+            rows: Vec::new(),
+            last_batch_started: None,
+            pages: None,
+            end: End::Idle,
         }
     }
 }
 
 /// How a slice ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SliceResult {
+#[derive(Debug)]
+pub enum End {
+    /// Nothing ran, and nothing changes: this replica does not lead.
+    Idle,
+    /// Nothing ran: the rate limit's pause holds for this long.
+    Wait(Duration),
     /// The spec asks for a pause: nothing ran.
     Suspended,
     /// Batches ran and jobs remain; `last_batch` jobs were in the last one (the rate limit
@@ -132,6 +148,7 @@ pub enum Requeue {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Milestone {
     pub warning: bool,
+    /// An [`EventReason`], or the [`Reason`] of the error that holds the run.
     pub reason: &'static str,
     pub note: String,
 }
@@ -140,67 +157,115 @@ pub struct Milestone {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Transition {
     pub status: JobRetryStatus,
-    /// Consecutive failed tries (for backoff); 0 after a batch succeeded.
-    pub failures: u32,
+    pub memory: Memory,
     pub requeue: Requeue,
     pub events: Vec<Milestone>,
+    /// The error the run is held by, if any (logs and metrics).
+    pub held_by: Option<Reason>,
 }
 
-/// The backoff after `failures` consecutive failed tries: 1 s doubling up to 60 s.
-pub fn backoff(failures: u32) -> Duration {
-    let n = failures.max(1) - 1;
-    Duration::from_secs(1u64 << n.min(6)).min(MAX_BACKOFF)
-}
-
-/// The next state of a run after `slice`, from status `old` with `failures` consecutive
-/// failed tries behind it.
+/// The next state of a run after `progress`, from status `old` and memory `memory`.
 pub fn step(
     old: &JobRetryStatus,
-    failures: u32,
+    memory: &Memory,
     facts: &Facts,
-    slice: Slice,
+    progress: Progress,
     now: Timestamp,
 ) -> Transition {
-    if old.phase.as_deref().is_some_and(phase::is_terminal) {
-        return Transition {
-            status: old.clone(),
-            failures,
-            requeue: Requeue::AwaitChange,
-            events: Vec::new(),
-        };
+    let unchanged = |requeue| Transition {
+        status: old.clone(),
+        memory: memory.clone(),
+        requeue,
+        events: Vec::new(),
+        held_by: None,
+    };
+    if Phase::of(Some(old)).is_some_and(Phase::is_terminal) {
+        return unchanged(Requeue::AwaitChange);
     }
-    let mut status = old.clone();
-    if slice.restart {
-        restart(&mut status);
+    match progress.end {
+        End::Idle => return unchanged(Requeue::AwaitChange),
+        End::Wait(d) => return unchanged(Requeue::Pause(d)),
+        _ => {}
     }
-    if let Some(p) = slice.processed_before {
-        status.processed = Some(p);
-    }
-    status.selection = slice.selection.or(status.selection.take());
-    status.preview = slice.preview.or(status.preview.take());
-    let batches_ran = !slice.rows.is_empty();
-    record_slice(
-        &mut status,
-        slice.matched,
-        slice.run_key,
-        slice.bullmq_version,
-        now,
-    );
+    let mut status = next_status(old, &progress, now);
+    let batches_ran = !progress.rows.is_empty();
+    let failures = if batches_ran { 0 } else { memory.failures };
+    let (stage, failures, requeue) = decide(&progress.end, failures, facts);
+    let mut memory = next_memory(memory, failures, requeue, &progress);
     if batches_ran {
-        status::add_rows(&mut status, slice.rows, facts.row_limit);
+        status::add_rows(&mut status, progress.rows.clone(), facts.row_limit);
     }
-    if let Some(counts) = slice.counts {
+    if let Some(counts) = progress.pages.as_ref().and_then(|p| p.counts.clone()) {
         status::set_counts(&mut status, counts);
     }
-    let failures = if batches_ran { 0 } else { failures };
-    let (stage, failures, requeue) = decide(&slice.result, failures, facts);
     apply_stage(&mut status, &stage, facts.generation, now);
     let events = milestones(old, &status, &stage, requeue);
+    if Phase::of(Some(&status)).is_some_and(Phase::is_terminal) {
+        memory = Memory::default();
+    }
     Transition {
+        held_by: stage.error().map(RunError::reason),
         status,
-        failures,
+        memory,
         requeue,
         events,
+    }
+}
+
+/// The memory after a reconcile of object `uid` failed before it got to a transition (the
+/// Kubernetes API failed), and the backoff before the next try.
+pub fn reconcile_failed(memory: &Memory, uid: &str) -> (Memory, Duration) {
+    let failures = memory.failures.saturating_add(1);
+    let delay = rules::backoff(failures, Some(rules::jitter_seed(uid)));
+    let memory = Memory {
+        failures,
+        ..memory.clone()
+    };
+    (memory, delay)
+}
+
+/// The status with what the slice found, before its rows and stage are applied.
+fn next_status(old: &JobRetryStatus, progress: &Progress, now: Timestamp) -> JobRetryStatus {
+    let mut status = old.clone();
+    let pages = progress.pages.as_ref();
+    if pages.is_some_and(|p| p.restart) {
+        restart(&mut status);
+    }
+    if let Some(p) = progress.processed_before {
+        status.processed = Some(p);
+    }
+    let scope = &progress.scope;
+    status.selection = scope.selection.clone().or(status.selection.take());
+    let preview = pages.and_then(|p| p.preview.clone());
+    status.preview = preview.or(status.preview.take());
+    status.matched = scope.matched.or(status.matched);
+    status.run_key = scope.run_key.clone().or(status.run_key.take());
+    if scope.bullmq_version.is_some() {
+        status.bullmq_version = scope.bullmq_version.clone();
+        status.start_time.get_or_insert(Time(now));
+    }
+    status
+}
+
+/// The memory after a slice: the failure count, the rate limit's pause from the last
+/// batch's start, and a selector's page budget and dry-run scan (a finished scan is
+/// dropped).
+fn next_memory(old: &Memory, failures: u32, requeue: Requeue, progress: &Progress) -> Memory {
+    let not_before = match requeue {
+        Requeue::Pause(d) => Some(progress.last_batch_started.unwrap_or_else(Instant::now) + d),
+        _ => None,
+    };
+    let pages = progress.pages.as_ref();
+    let dry = match (&progress.end, pages) {
+        (End::Done, _) => None,
+        (_, Some(p)) if p.dry.is_some() => p.dry.clone(),
+        _ => old.dry.clone(),
+    };
+    Memory {
+        failures,
+        not_before,
+        budget: pages.map_or(old.budget, |p| p.budget),
+        dry,
     }
 }
 
@@ -217,51 +282,34 @@ fn restart(status: &mut JobRetryStatus) {
     status.preview = None;
 }
 
-/// Records what the slice planned and loaded; the run starts when its queue is open.
-fn record_slice(
-    status: &mut JobRetryStatus,
-    matched: Option<u64>,
-    run_key: Option<String>,
-    version: Option<String>,
-    now: Timestamp,
-) {
-    status.matched = matched.or(status.matched);
-    status.run_key = run_key.or(status.run_key.take());
-    if version.is_some() {
-        status.bullmq_version = version;
-        status.start_time.get_or_insert(Time(now));
-    }
-}
-
-/// The stage, the failure count and the requeue a slice's result leads to.
-fn decide<'a>(result: &'a SliceResult, failures: u32, facts: &Facts) -> (Stage<'a>, u32, Requeue) {
-    match result {
-        SliceResult::Suspended => (Stage::Suspended, failures, Requeue::AwaitChange),
-        SliceResult::Done => (Stage::Done, 0, Requeue::AwaitChange),
-        SliceResult::Batches { last_batch } => {
-            let requeue = match facts.jobs_per_second {
-                0 => Requeue::After(NEXT_SLICE),
-                rate => Requeue::Pause(Duration::from_secs_f64(
-                    *last_batch as f64 / f64::from(rate),
-                )),
-            };
+/// The stage, the failure count and the requeue a slice's end leads to.
+fn decide<'a>(end: &'a End, failures: u32, facts: &Facts) -> (Stage<'a>, u32, Requeue) {
+    match end {
+        End::Suspended => (Stage::Suspended, failures, Requeue::AwaitChange),
+        End::Done => (Stage::Done, 0, Requeue::AwaitChange),
+        End::Batches { last_batch } => {
+            let requeue = rules::pause(*last_batch, facts.jobs_per_second)
+                .map_or(Requeue::After(NEXT_SLICE), Requeue::Pause);
             (Stage::Running, 0, requeue)
         }
-        SliceResult::Error(e @ (RunError::SecretInvalid(_) | RunError::SecretForbidden(_))) => {
-            (Stage::Stalled(e), failures, Requeue::After(STALLED_RECHECK))
-        }
-        SliceResult::Error(e) => {
+        End::Error(
+            e @ RunError::Secret(SecretError::Invalid { .. } | SecretError::Forbidden(_)),
+        ) => (Stage::Stalled(e), failures, Requeue::After(STALLED_RECHECK)),
+        End::Error(e) => {
             let n = failures.saturating_add(1);
+            let backoff = rules::backoff(n, facts.jitter_seed);
             match e.verdict() {
-                Verdict::Transient => (Stage::Waiting(e), n, Requeue::After(backoff(n))),
+                Verdict::Transient => (Stage::Waiting(e), n, Requeue::After(backoff)),
                 Verdict::Stalled => (
                     Stage::Stalled(e),
                     n,
-                    Requeue::After(backoff(n).max(STALLED_RECHECK)),
+                    Requeue::After(backoff.max(STALLED_RECHECK)),
                 ),
                 Verdict::Permanent => (Stage::Failed(e), failures, Requeue::AwaitChange),
             }
         }
+        // Handled before a status is made.
+        End::Idle | End::Wait(_) => (Stage::Running, failures, Requeue::AwaitChange),
     }
 }
 
@@ -276,7 +324,7 @@ fn milestones(
 ) -> Vec<Milestone> {
     let started_now = old.start_time.is_none() && new.start_time.is_some();
     let mut events = Vec::new();
-    if started_now && (*stage != Stage::Running || old.phase == new.phase) {
+    if started_now && (!matches!(stage, Stage::Running) || old.phase == new.phase) {
         events.push(milestone(new, &Stage::Running, requeue));
     }
     if old.phase != new.phase {
@@ -286,23 +334,23 @@ fn milestones(
 }
 
 fn milestone(s: &JobRetryStatus, stage: &Stage, requeue: Requeue) -> Milestone {
-    let normal = |reason, note| Milestone {
+    let normal = |reason: EventReason, note| Milestone {
         warning: false,
-        reason,
+        reason: reason.into(),
         note,
     };
     let warning = |e: &RunError, note| Milestone {
         warning: true,
-        reason: e.reason(),
+        reason: e.reason().as_str(),
         note,
     };
     match stage {
         Stage::Running => normal(
-            "Started",
+            EventReason::Started,
             format!("retrying {} jobs", s.matched.unwrap_or(0)),
         ),
         Stage::Done => normal(
-            "Completed",
+            EventReason::Completed,
             format!(
                 "{} of {} jobs retried, {} skipped, {} errors{}",
                 s.retried.unwrap_or(0),
@@ -312,7 +360,7 @@ fn milestone(s: &JobRetryStatus, stage: &Stage, requeue: Requeue) -> Milestone {
                 stage::unexamined_note(s)
             ),
         ),
-        Stage::Suspended => normal("Suspended", "run suspended".to_string()),
+        Stage::Suspended => normal(EventReason::Suspended, "run suspended".to_string()),
         Stage::Failed(e) | Stage::Stalled(e) => warning(e, e.to_string()),
         Stage::Waiting(e) => {
             let delay = match requeue {

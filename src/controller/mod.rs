@@ -7,16 +7,21 @@
 
 mod cache;
 pub mod census;
+mod context;
+pub mod error;
+mod execute;
 mod load;
 pub mod machine;
-mod objects;
+mod memory;
 pub mod plan;
 mod reconcile;
+mod record;
+pub mod rules;
+mod secret;
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, Weak},
-    time::{Duration, Instant},
+    sync::{Arc, Weak},
+    time::Duration,
 };
 
 use futures::StreamExt;
@@ -25,143 +30,30 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
-        events::{Recorder, Reporter},
-        reflector::{self, Store, reflector},
+        reflector::{self, reflector},
         watcher::{self, watcher},
     },
 };
-use tracing::{Span, debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
-use self::objects::{Memory, ObjectMemory};
-use crate::{
-    bullmq::{ConnectError, RedisConn, RedisTarget, RetryEngine, Selector},
-    config::Config,
-    crd::JobRetry,
-    error::Error,
-    http::Health,
-    leader::Gate,
-    metrics::Metrics,
-};
+pub use self::context::Context;
+use self::{error::Error, reconcile::run_span};
+use crate::{config::Config, crd::JobRetry, http::Health, leader::Gate};
 
-/// Shared state of all reconciles.
-pub struct Context {
-    pub client: Client,
-    pub engine: RetryEngine,
-    pub config: Config,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
-    /// The controller's cache of JobRetry objects: what a run checks between batches.
-    pub store: Store<JobRetry>,
-    /// Per object (uid): what a run keeps between reconciles besides its status.
-    objects: ObjectMemory,
-    /// Open Redis connections by target, reused across reconciles and objects.
-    connections: Mutex<HashMap<u64, RedisConn>>,
-    /// Runs selector pages.
-    pub selector: Selector,
-    /// Connection Secrets read in the last seconds.
-    secrets: load::SecretCache,
-    /// Whether this replica leads: asked before every batch, page and status write.
-    pub gate: Arc<Gate>,
-}
-
-impl Context {
-    pub fn new(
-        client: Client,
-        config: Config,
-        metrics: Arc<Metrics>,
-        store: Store<JobRetry>,
-        gate: Arc<Gate>,
-    ) -> Self {
-        let reporter = Reporter {
-            controller: "jobretry-operator".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            engine: RetryEngine::default(),
-            config,
-            metrics,
-            store,
-            objects: ObjectMemory::default(),
-            connections: Mutex::default(),
-            selector: Selector::default(),
-            secrets: load::SecretCache::default(),
-            gate,
-        }
-    }
-
-    /// Keeps the page budget of object `uid`'s selector run.
-    fn set_budget(&self, uid: &str, budget: u32) {
-        let mut memory = self.objects.memory(uid);
-        memory.budget = budget;
-        self.objects.remember(uid, memory);
-    }
-
-    /// Records one more failed reconcile of `uid`; returns the delay before the next try.
-    fn backoff(&self, uid: &str) -> Duration {
-        let mut memory = self.objects.memory(uid);
-        memory.failures = memory.failures.saturating_add(1);
-        self.objects.remember(uid, memory);
-        machine::backoff(memory.failures)
-    }
-
-    /// A connection to `target`: a cached one, or a new one that is then cached.
-    async fn connection(&self, target: &RedisTarget) -> Result<RedisConn, ConnectError> {
-        let key = target.cache_key();
-        let cached = self
-            .connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
-        if let Some(conn) = cached {
-            return Ok(conn);
-        }
-        let conn = target.connect().await?;
-        self.connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, conn.clone());
-        Ok(conn)
-    }
-
-    /// Forgets the cached connection to `target` (after a Redis error).
-    fn drop_connection(&self, target: &RedisTarget) {
-        self.connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&target.cache_key());
-    }
-
-    /// How long the rate limit still holds back the next batch of `uid`.
-    fn wait_for_rate_limit(&self, uid: &str) -> Option<Duration> {
-        self.objects
-            .memory(uid)
-            .not_before
-            .and_then(|t| t.checked_duration_since(Instant::now()))
-            .filter(|d| !d.is_zero())
-    }
-}
-
-/// The span of everything logged about `obj`'s run: its namespace, name and run key.
-pub fn run_span(obj: &JobRetry) -> Span {
-    let ns = obj.namespace().unwrap_or_default();
-    let name = obj.name_any();
-    let run_key = plan::run_key(&obj.spec, &ns, &name);
-    info_span!("reconcile", namespace = %ns, jobretry = %name, %run_key)
-}
-
-/// Retries transient errors with backoff; permanent ones wait for the object to change.
+/// Retries transient errors with backoff (the state machine's memory of failed tries);
+/// permanent ones wait for the object to change.
 fn error_policy(obj: Arc<JobRetry>, err: &Error, ctx: Arc<Context>) -> Action {
     let _run = run_span(&obj).entered();
-    warn!(category = err.category(), error = %err, "reconcile failed");
+    let category: &str = err.category().into();
+    warn!(category, error = %err, "reconcile failed");
     ctx.metrics.reconcile_failed(err.category());
-    if err.is_transient() {
-        Action::requeue(ctx.backoff(&obj.uid().unwrap_or_default()))
-    } else {
-        Action::await_change()
+    if !err.is_transient() {
+        return Action::await_change();
     }
+    let uid = obj.uid().unwrap_or_default();
+    let (memory, delay) = machine::reconcile_failed(&ctx.memory.memory(&uid), &uid);
+    ctx.memory.remember(&uid, memory);
+    Action::requeue(delay)
 }
 
 /// How often the memory of objects deleted meanwhile is dropped.
@@ -177,7 +69,7 @@ async fn forget_departed(ctx: Weak<Context>) {
     loop {
         tick.tick().await;
         match ctx.upgrade() {
-            Some(ctx) => ctx.objects.retain_cached(&ctx.store),
+            Some(ctx) => ctx.memory.retain_cached(&ctx.store),
             None => return,
         }
     }
@@ -233,11 +125,6 @@ pub async fn run(
     let controller = Controller::for_stream(reflector(writer, watch).applied_objects(), reader)
         .with_config(controller::Config::default().concurrency(config.max_concurrent_runs));
     let store = controller.store();
-    health.metrics.declare_error_categories(
-        &crate::error::CATEGORIES,
-        &crate::bullmq::engine::REDIS_CATEGORIES,
-        &load::CATEGORIES,
-    );
     health.metrics.observe_runs({
         let store = store.clone();
         move || census::count_runs(&store.state())

@@ -1,17 +1,255 @@
-//! Plan step, pure: which job ids a run covers, which slice the next batch takes, the run
-//! key, and a selector's snapshot bound and dry-run preview.
+//! Plan step, pure: what this reconcile does, from the loaded object (spec, status,
+//! memory), its queue and `now`. Wait for the rate limit, stay suspended (giving back a
+//! queue lock), hold on an error, run a batch of ids from the position the record and the
+//! status agree on, or run selector pages from a frozen snapshot bound; and what status shows
+//! of the run's scope (its key, the jobs it covers, the bound) whatever happens next.
 
-use std::collections::HashMap;
+use std::time::Duration;
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{MicroTime, Time},
     jiff::Timestamp,
 };
 
-use crate::{
-    bullmq::{Cursor, Page},
-    crd::{JobRetrySpec, Preview, ValueCount},
+use super::{
+    error::{LostState, RunError},
+    load::{Loaded, OpenQueue, Queue},
+    memory::DryScan,
+    rules,
 };
+use crate::{
+    bullmq::{BatchRequest, PageRequest},
+    config::Config,
+    crd::{JobRetrySpec, SelectionStatus},
+};
+
+/// How long the queue-and-state lock outlives its holder's last page.
+pub const LOCK_TTL: Duration = Duration::from_secs(60);
+
+/// What a reconcile does.
+pub struct Plan {
+    /// What status shows of the run's scope, whatever the step does.
+    pub scope: Scope,
+    pub step: Step,
+}
+
+/// What status shows of a run's scope: its key, the jobs it covers, the queue's release and
+/// a selector's frozen snapshot bound (each once known).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub run_key: Option<String>,
+    pub matched: Option<u64>,
+    /// The queue's BullMQ version, once the queue is open: the run has started.
+    pub bullmq_version: Option<String>,
+    pub selection: Option<SelectionStatus>,
+}
+
+/// The step a reconcile takes.
+pub enum Step {
+    /// Nothing runs now: this replica does not lead (the leader's status wins).
+    Idle,
+    /// The rate limit's pause still holds: no batch may start before it ends.
+    Wait(Duration),
+    /// The spec asks for a pause; a started selector run gives back its queue's lock.
+    Suspend(Option<(OpenQueue, String)>),
+    /// The run cannot go on now.
+    Hold(RunError),
+    /// Batches of ids.
+    Ids(Box<IdRun>),
+    /// Selector pages.
+    Pages(Box<PageRun>),
+}
+
+/// An id run's batches from `from` on.
+pub struct IdRun {
+    pub queue: OpenQueue,
+    pub req: BatchRequest,
+    pub ids: Vec<String>,
+    pub from: u64,
+    pub batch_size: usize,
+    pub jobs_per_second: u32,
+}
+
+/// A selector run's pages.
+pub struct PageRun {
+    pub queue: OpenQueue,
+    /// The page call; its budget and a dry run's cursor are set per page.
+    pub req: PageRequest,
+    /// The page budget the run had reached (0: none yet).
+    pub budget: u32,
+    /// A dry run's scan so far (dry runs only).
+    pub dry: Option<DryScan>,
+    /// A dry run starts over: what status counted is dropped first.
+    pub restart: bool,
+    pub jobs_per_second: u32,
+}
+
+/// The plan for `loaded` and its `queue`, at `now`.
+pub fn plan(loaded: &Loaded, queue: Queue, cfg: &Config, now: Timestamp) -> Plan {
+    let spec = &loaded.obj.spec;
+    let mut scope = Scope {
+        selection: frozen_selection(loaded, now),
+        ..Scope::default()
+    };
+    let paused = loaded
+        .memory
+        .not_before
+        .and_then(|t| t.checked_duration_since(loaded.at));
+    if let Some(wait) = paused.filter(|d| !d.is_zero()) {
+        return Plan {
+            scope,
+            step: Step::Wait(wait),
+        };
+    }
+    let open = |queue| match queue {
+        Queue::Open(q) => Some(q),
+        _ => None,
+    };
+    if spec.suspend {
+        let lock = open(queue).map(|q| (q, loaded.run_key.clone()));
+        return Plan {
+            scope,
+            step: Step::Suspend(lock),
+        };
+    }
+    let ids = match (&spec.job_ids, &spec.selector) {
+        (Some(ids), None) => Some(target_ids(ids)),
+        (None, Some(_)) => None,
+        _ => {
+            let step = Step::Hold(RunError::SelectorUnsupported);
+            return Plan { scope, step };
+        }
+    };
+    scope.run_key = Some(loaded.run_key.clone());
+    scope.matched = ids.as_ref().map(|ids| ids.len() as u64);
+    let q = match queue {
+        Queue::Closed => {
+            return Plan {
+                scope,
+                step: Step::Idle,
+            };
+        }
+        Queue::Failed(e) => {
+            return Plan {
+                scope,
+                step: Step::Hold(e),
+            };
+        }
+        Queue::Open(q) => q,
+    };
+    scope.bullmq_version = Some(q.version.label.clone());
+    let step = match ids {
+        Some(ids) => plan_ids(loaded, q, ids, cfg),
+        None => plan_pages(loaded, q, &scope, cfg),
+    };
+    Plan { scope, step }
+}
+
+/// The run's settings for the engine.
+fn batch_request(loaded: &Loaded, q: &OpenQueue, cfg: &Config) -> BatchRequest {
+    let spec = &loaded.obj.spec;
+    BatchRequest {
+        state: spec.state,
+        version: q.version.clone(),
+        reset_attempts_made: spec.reset_attempts_made,
+        reset_attempts_started: spec.reset_attempts_started,
+        dry_run: spec.dry_run,
+        ledger: Some((q.keys.ledger(&loaded.run_key), loaded.owner_tag())),
+        ledger_ttl: cfg.ledger_retention(),
+        record: Some(q.keys.record(&loaded.run_key)),
+    }
+}
+
+fn jobs_per_second(spec: &JobRetrySpec) -> u32 {
+    spec.rate_limit.as_ref().map_or(0, |r| r.jobs_per_second)
+}
+
+/// Where an id run stands: the status's position, unless the record in Redis is behind a
+/// status the operator wrote (a lost state). A dry run records nothing and keeps its
+/// position in status.
+fn plan_ids(loaded: &Loaded, q: OpenQueue, ids: Vec<String>, cfg: &Config) -> Step {
+    let spec = &loaded.obj.spec;
+    let status = loaded.obj.status.as_ref();
+    let in_status = status.and_then(|s| s.processed).unwrap_or(0);
+    let from = match spec.dry_run {
+        true => in_status,
+        false => match rules::position(q.recorded, in_status, loaded.started()) {
+            Ok(at) => at,
+            Err(uncovered) => {
+                return Step::Hold(RunError::Lost(LostState {
+                    status_says: format!("{in_status} jobs were processed"),
+                    redis_has: format!("the run's record, which covers {}", q.recorded),
+                    uncovered,
+                }));
+            }
+        },
+    };
+    let rate = jobs_per_second(spec);
+    Step::Ids(Box::new(IdRun {
+        req: batch_request(loaded, &q, cfg),
+        queue: q,
+        ids,
+        from,
+        batch_size: batch_size(cfg.batch_size, rate),
+        jobs_per_second: rate,
+    }))
+}
+
+/// A selector run's pages, within its frozen bound. Real runs take their position from the
+/// record in Redis, dry runs from the operator's memory (a dry run writes nothing, so one
+/// whose memory is gone scans again from the start).
+fn plan_pages(loaded: &Loaded, q: OpenQueue, scope: &Scope, cfg: &Config) -> Step {
+    let spec = &loaded.obj.spec;
+    let Some(sel) = spec.selector.as_ref() else {
+        return Step::Hold(RunError::SelectorUnsupported);
+    };
+    let old = loaded.obj.status.clone().unwrap_or_default();
+    let scanned = old.selection.as_ref().map_or(0, |s| s.scanned);
+    let remembered = loaded.memory.dry.clone();
+    let restart = rules::restart(spec.dry_run, remembered.is_some(), scanned);
+    let upper = scope
+        .selection
+        .as_ref()
+        .and_then(|s| s.upper_bound.as_ref());
+    let req = PageRequest {
+        run: batch_request(loaded, &q, cfg),
+        run_key: loaded.run_key.clone(),
+        lock_ttl: LOCK_TTL,
+        lower: sel.finished_after.as_ref().map(ms_ceil),
+        upper: upper.map_or(0, |t| t.0.as_millisecond()),
+        max_jobs: sel.max_jobs,
+        budget: 0,
+        dry_cursor: None,
+        dry_matched: 0,
+        reason_contains: sel.failed_reason_contains.clone(),
+        names: sel.names.clone().unwrap_or_default(),
+        expected_scanned: if loaded.started() { scanned } else { 0 },
+    };
+    Step::Pages(Box::new(PageRun {
+        queue: q,
+        req,
+        budget: loaded.memory.budget,
+        dry: spec.dry_run.then(|| remembered.unwrap_or_default()),
+        restart,
+        jobs_per_second: jobs_per_second(spec),
+    }))
+}
+
+/// A selector run's progress as status shows it, with its snapshot bound frozen now if it is
+/// not yet: the first time the operator sees the object, whatever happens next (waiting for
+/// the queue, a suspend, an error), so a later start never widens it.
+fn frozen_selection(loaded: &Loaded, now: Timestamp) -> Option<SelectionStatus> {
+    let sel = loaded.obj.spec.selector.as_ref()?;
+    let old = loaded.obj.status.as_ref().and_then(|s| s.selection.clone());
+    let old = old.unwrap_or_default();
+    let frozen = old.upper_bound.as_ref().map(|t| t.0.as_millisecond());
+    let before = sel.finished_before.as_ref().map(ms_ceil);
+    let upper = upper_bound(frozen, before, now.as_millisecond());
+    Some(SelectionStatus {
+        upper_bound: micro_time(upper),
+        ..old
+    })
+}
 
 /// The distinct ids of the run, in order of first appearance.
 pub fn target_ids(ids: &[String]) -> Vec<String> {
@@ -20,35 +258,6 @@ pub fn target_ids(ids: &[String]) -> Vec<String> {
         .filter(|id| seen.insert(id.as_str()))
         .cloned()
         .collect()
-}
-
-/// The run key: `spec.runKey`, else `<namespace>/<name>`.
-pub fn run_key(spec: &JobRetrySpec, namespace: &str, name: &str) -> String {
-    spec.run_key
-        .clone()
-        .filter(|k| !k.is_empty())
-        .unwrap_or_else(|| format!("{namespace}/{name}"))
-}
-
-/// Where an id run stands, from the position its record in Redis keeps (written with each
-/// batch) and the one its status shows. The status may be behind the record (a crash lost a
-/// status write): the run replays from the status, which the ledger makes harmless and which
-/// brings back the lost rows. A status ahead of the record is a lost state (`Err`: how many
-/// processed jobs the record no longer covers) once the operator had started the run; a
-/// status written by hand before that is not believed (the record decides).
-pub fn id_position(recorded: u64, in_status: u64, started: bool) -> Result<u64, u64> {
-    match recorded < in_status {
-        true if started => Err(in_status - recorded),
-        _ => Ok(recorded.min(in_status)),
-    }
-}
-
-/// Why a run whose record in Redis is missing or behind its status stops: what the status
-/// says, what Redis has, and how many processed jobs the record no longer covers.
-pub fn lost_state(status_says: &str, redis_has: &str, uncovered: u64) -> String {
-    format!(
-        "the run's state in Redis is lost: its status says {status_says}, but Redis has {redis_has}; the Secret now points at other data, or Redis lost acknowledged writes ({uncovered} processed jobs are not covered by the record). The run stops and will not retry anything again; check the Secret and Redis, then create a new JobRetry"
-    )
 }
 
 /// Jobs per batch: the configured size, lowered to the rate limit so that one batch never
@@ -88,79 +297,12 @@ pub fn upper_bound(frozen: Option<i64>, finished_before: Option<i64>, now: i64) 
     frozen.unwrap_or_else(|| finished_before.map_or(now, |b| b.min(now)))
 }
 
-/// Most distinct names or reasons a dry run counts (beyond, new values are not counted).
-pub const PREVIEW_VALUES: usize = 10_000;
-
-/// What a selector dry run has found so far; it lives in the operator's memory (a restart
-/// scans again from the start: a dry run writes nothing anywhere).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DryScan {
-    pub cursor: Option<Cursor>,
-    pub matched: u64,
-    pub scanned: u64,
-    pub names: HashMap<String, u64>,
-    pub reasons: HashMap<String, u64>,
-    pub oldest: Option<i64>,
-    pub newest: Option<i64>,
-    /// Jobs skipped unexamined so far.
-    pub unexamined: u64,
-}
-
-impl DryScan {
-    /// Adds one page's findings.
-    pub fn add(&mut self, page: &Page) {
-        self.cursor = page.cursor.clone().or(self.cursor.take());
-        self.matched = page.matched;
-        // A dry page reports what it scanned itself (a real run's record keeps the total).
-        self.scanned += page.scanned;
-        self.unexamined += page.unexamined;
-        for (counts, values) in [
-            (&mut self.names, &page.names),
-            (&mut self.reasons, &page.reasons),
-        ] {
-            for (v, n) in values {
-                if counts.len() < PREVIEW_VALUES || counts.contains_key(v) {
-                    *counts.entry(v.clone()).or_default() += n;
-                }
-            }
-        }
-        self.oldest = self.oldest.or(page.oldest);
-        self.newest = page.newest.or(self.newest);
-    }
-
-    /// The preview in status: counts, bounds and the 10 most frequent names and reasons.
-    pub fn preview(&self) -> Preview {
-        let time = |ms: i64| Timestamp::from_millisecond(ms).ok().map(Time);
-        Preview {
-            matched: self.matched,
-            oldest: self.oldest.and_then(time),
-            newest: self.newest.and_then(time),
-            names: top(&self.names),
-            reasons: top(&self.reasons),
-        }
-    }
-}
-
-/// The 10 most frequent values, most frequent first (ties by value).
-fn top(counts: &HashMap<String, u64>) -> Vec<ValueCount> {
-    let mut all: Vec<ValueCount> = counts
-        .iter()
-        .map(|(value, count)| ValueCount {
-            value: value.clone(),
-            count: *count,
-        })
-        .collect();
-    all.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
-    all.truncate(10);
-    all
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn spec(yaml: &str) -> JobRetrySpec {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_norway::from_str(yaml).unwrap()
     }
 
     const IDS: &str =
@@ -185,16 +327,6 @@ mod tests {
     }
 
     #[test]
-    fn run_key_defaults_to_namespace_and_name() {
-        assert_eq!(
-            run_key(&spec(IDS), "payments", "incident"),
-            "payments/incident"
-        );
-        let s = spec(&format!("{IDS}runKey: inc-4711\n"));
-        assert_eq!(run_key(&s, "payments", "incident"), "inc-4711");
-    }
-
-    #[test]
     fn rate_limit_caps_the_batch() {
         assert_eq!(batch_size(500, 0), 500);
         assert_eq!(batch_size(500, 20), 20);
@@ -207,23 +339,6 @@ mod tests {
         assert_eq!(upper_bound(None, Some(3_000), 5_000), 3_000);
         assert_eq!(upper_bound(None, Some(9_000), 5_000), 5_000);
         assert_eq!(upper_bound(Some(4_000), Some(3_000), 9_000), 4_000);
-    }
-
-    #[test]
-    fn an_id_run_stands_where_its_record_says_and_stops_when_the_record_is_behind() {
-        // Status behind the record (a lost status write): replay from the status.
-        assert_eq!(id_position(500, 300, true), Ok(300));
-        assert_eq!(id_position(300, 300, true), Ok(300));
-        // Record behind a status the operator wrote: lost, by this many jobs.
-        assert_eq!(id_position(100, 300, true), Err(200));
-        assert_eq!(id_position(0, 300, true), Err(300));
-        // A status written by hand before the run started: the record decides.
-        assert_eq!(id_position(0, 60, false), Ok(0));
-        let m = lost_state("300 jobs were processed", "no record of it", 300);
-        assert!(
-            m.contains("300 processed jobs are not covered") && m.contains("Secret"),
-            "{m}"
-        );
     }
 
     #[test]
@@ -242,40 +357,5 @@ mod tests {
         assert_eq!(ms_ceil(&t("1969-12-31T23:59:59.9995Z")), 0);
         let shown = serde_json::to_string(&micro_time(1_795_860_000_123)).unwrap();
         assert!(shown.contains("10:00:00.123"), "{shown}");
-    }
-
-    #[test]
-    fn a_dry_run_previews_the_ten_most_frequent_values_over_all_pages() {
-        let page = |names: &[(&str, u64)], matched, oldest, newest| Page {
-            matched,
-            names: names.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
-            reasons: vec![("ECONNRESET".into(), names.iter().map(|(_, c)| c).sum())],
-            oldest,
-            newest,
-            ..Default::default()
-        };
-        let mut scan = DryScan::default();
-        scan.add(&page(
-            &[("charge", 5), ("refund", 1)],
-            6,
-            Some(1_000),
-            Some(2_000),
-        ));
-        scan.add(&page(&[("refund", 6)], 12, Some(3_000), Some(4_000)));
-        scan.add(&page(&[], 12, None, None));
-        let letters: Vec<(String, u64)> = (b'a'..=b'l')
-            .map(|c| ((c as char).to_string(), 1))
-            .collect();
-        let many: Vec<(&str, u64)> = letters.iter().map(|(n, c)| (n.as_str(), *c)).collect();
-        scan.add(&page(&many, 24, Some(5_000), Some(6_000)));
-        let p = scan.preview();
-        assert_eq!(p.matched, 24);
-        assert_eq!(p.names.len(), 10);
-        assert_eq!((p.names[0].value.as_str(), p.names[0].count), ("refund", 7));
-        assert_eq!((p.names[1].value.as_str(), p.names[1].count), ("charge", 5));
-        assert_eq!(p.names[2].value, "a");
-        assert_eq!(p.reasons[0].count, 24);
-        assert_eq!(p.oldest.unwrap().0.as_millisecond(), 1_000);
-        assert_eq!(p.newest.unwrap().0.as_millisecond(), 6_000);
     }
 }

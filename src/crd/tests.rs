@@ -13,7 +13,7 @@ jobIds: ['1042', '1043']
 ";
 
 fn spec(yaml: &str) -> Value {
-    serde_yaml::from_str(yaml).unwrap()
+    serde_norway::from_str(yaml).unwrap()
 }
 
 #[test]
@@ -72,7 +72,7 @@ fn names_match_the_contract() {
 #[test]
 fn valid_spec_passes_cel_and_defaults_apply() {
     assert!(JobRetrySpec::validate_cel(&spec(VALID), None).is_ok());
-    let parsed: JobRetrySpec = serde_yaml::from_str(VALID).unwrap();
+    let parsed: JobRetrySpec = serde_norway::from_str(VALID).unwrap();
     assert_eq!(parsed.queue.prefix, "bull");
     assert_eq!(parsed.connection.secret_ref.key, "url");
     assert_eq!(parsed.state, SourceState::Failed);
@@ -174,4 +174,60 @@ fn job_ids_that_cannot_fit_in_the_object_are_refused() {
     assert!(JobRetrySpec::validate_cel(&spec(&ids(10_000, 40)), None).is_ok());
     let err = JobRetrySpec::validate_cel(&spec(&ids(5_500, 256)), None).unwrap_err();
     assert!(format!("{err:?}").contains("400 KiB"), "{err:?}");
+}
+
+#[test]
+fn run_key_defaults_to_namespace_and_name() {
+    let object = |run_key: &str| -> JobRetry {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "jobretry.io/v1alpha1", "kind": "JobRetry",
+            "metadata": {"name": "incident", "namespace": "payments"},
+            "spec": {"queue": {"name": "q"}, "connection": {"secretRef": {"name": "s"}},
+                     "jobIds": ["1"], "runKey": run_key}
+        }))
+        .unwrap()
+    };
+    assert_eq!(object("").run_key(), "payments/incident");
+    assert_eq!(object("inc-4711").run_key(), "inc-4711");
+}
+
+#[test]
+fn every_name_of_the_api_is_one_derived_list() {
+    use strum::IntoEnumIterator;
+    let reasons: Vec<&str> = Reason::iter().map(Reason::as_str).collect();
+    assert!(reasons.contains(&"RunStateLost") && reasons.contains(&"QueueBusy"));
+    assert_eq!(
+        "SecretForbidden".parse::<Reason>(),
+        Ok(Reason::SecretForbidden)
+    );
+    let phases: Vec<&str> = Phase::iter().map(Phase::as_str).collect();
+    assert_eq!(
+        phases,
+        [
+            "Pending",
+            "Running",
+            "Suspended",
+            "Succeeded",
+            "PartiallySucceeded",
+            "Failed"
+        ]
+    );
+    let terminal: Vec<Phase> = Phase::iter().filter(|p| p.is_terminal()).collect();
+    assert_eq!(
+        terminal,
+        [Phase::Succeeded, Phase::PartiallySucceeded, Phase::Failed]
+    );
+    let results: Vec<&str> = JobResult::iter().map(JobResult::as_str).collect();
+    assert_eq!(
+        results,
+        [
+            "Retried",
+            "WouldRetry",
+            "NotFound",
+            "NotInState",
+            "AlreadyProcessed",
+            "Error"
+        ]
+    );
+    assert!(JobResult::Retried.is_success() && !JobResult::NotFound.is_success());
 }

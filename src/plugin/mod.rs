@@ -282,7 +282,7 @@ pub fn manifest(jr: &JobRetry, format: &str) -> Result<String, PluginError> {
         "json" => serde_json::to_string_pretty(jr)
             .map(|s| s + "\n")
             .map_err(|e| out(&e)),
-        _ => serde_yaml::to_string(jr).map_err(|e| out(&e)),
+        _ => serde_norway::to_string(jr).map_err(|e| out(&e)),
     }
 }
 

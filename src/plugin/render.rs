@@ -1,7 +1,7 @@
 //! What `kubectl jobretry` prints, from a JobRetry as the API server returns it (pure): the
 //! preview, the status table, progress and the closing summary.
 
-use crate::crd::{JobRetry, JobRetryStatus, ValueCount, phase};
+use crate::crd::{JobRetry, JobRetryStatus, Phase, ValueCount};
 
 /// Columns separated by three spaces, each as wide as its widest cell (as `kubectl get`).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -170,7 +170,7 @@ pub fn progress(jr: &JobRetry) -> Progress {
     };
     let message = format!(
         "{}: {unit} {position}/{length}, matched {}, retried {}, skipped {}, errors {}",
-        st.phase.as_deref().unwrap_or(phase::PENDING),
+        st.phase.as_deref().unwrap_or(Phase::Pending.as_str()),
         st.matched.unwrap_or(0),
         st.retried.unwrap_or(0),
         st.skipped.unwrap_or(0),
@@ -189,7 +189,7 @@ pub fn summary(jr: &JobRetry) -> String {
     let mut out = format!(
         "jobretry/{} {}: matched {}, retried {}, skipped {}, errors {}",
         name_of(jr),
-        st.phase.as_deref().unwrap_or(phase::PENDING),
+        st.phase.as_deref().unwrap_or(Phase::Pending.as_str()),
         st.matched.unwrap_or(0),
         st.retried.unwrap_or(0),
         st.skipped.unwrap_or(0),
@@ -205,6 +205,6 @@ pub fn summary(jr: &JobRetry) -> String {
 pub fn is_done(jr: &JobRetry) -> bool {
     jr.status
         .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .is_some_and(phase::is_terminal)
+        .and_then(|s| s.phase.as_deref()?.parse::<Phase>().ok())
+        .is_some_and(Phase::is_terminal)
 }

@@ -126,7 +126,7 @@ fn the_manifest_is_what_a_user_commits() {
         "{yaml}"
     );
     assert!(!yaml.contains("status"), "{yaml}");
-    let back: JobRetry = serde_yaml::from_str(&yaml).unwrap();
+    let back: JobRetry = serde_norway::from_str(&yaml).unwrap();
     assert_eq!(back.spec, jr.spec);
     let json: JobRetry = serde_json::from_str(&manifest(&jr, "json").unwrap()).unwrap();
     assert_eq!(json.spec, jr.spec);

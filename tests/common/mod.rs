@@ -623,7 +623,7 @@ impl Operator {
 /// authorized as `user`.
 pub fn impersonating_kubeconfig(dir: &Path, file: &str, user: &str) -> PathBuf {
     let text = std::fs::read_to_string(kubeconfig()).unwrap();
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut config: serde_norway::Value = serde_norway::from_str(&text).unwrap();
     let users = config["users"]
         .as_sequence_mut()
         .expect("kubeconfig has users");
@@ -634,7 +634,7 @@ pub fn impersonating_kubeconfig(dir: &Path, file: &str, user: &str) -> PathBuf {
             .insert("as".into(), user.into());
     }
     let path = dir.join(file);
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&path, serde_norway::to_string(&config).unwrap()).unwrap();
     // It holds the admin's client key, like the original.
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     path

@@ -24,16 +24,6 @@ fn a_character_is_a_byte_and_its_continuation_bytes_even_in_invalid_text() {
 }
 
 #[test]
-fn the_budget_adapts_to_the_call_duration_within_bounds() {
-    let ms = Duration::from_millis;
-    assert_eq!(next_budget(500, ms(1), ms(4), 50, 5000), 750);
-    assert_eq!(next_budget(500, ms(3), ms(4), 50, 5000), 500);
-    assert_eq!(next_budget(500, ms(9), ms(4), 50, 5000), 250);
-    assert_eq!(next_budget(60, ms(20), ms(4), 50, 5000), 50);
-    assert_eq!(next_budget(4000, ms(0), ms(4), 50, 5000), 5000);
-    assert_eq!(next_budget(1, ms(0), ms(4), 1, 5000), 2);
-}
-#[test]
 fn decodes_a_page_and_a_busy_reply() {
     let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
     let reply = vec![

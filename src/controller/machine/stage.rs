@@ -9,12 +9,12 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use super::RunError;
 use crate::{
-    crd::{JobRetryStatus, condition, phase, reason},
+    crd::{JobRetryStatus, Phase, Reason, condition},
     status,
 };
 
 /// Where a run stands after a slice; sets every condition (see [`apply_stage`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(super) enum Stage<'a> {
     /// Batches are being processed.
     Running,
@@ -29,8 +29,18 @@ pub(super) enum Stage<'a> {
     Failed(&'a RunError),
 }
 
+impl<'a> Stage<'a> {
+    /// The error that holds the run, if any.
+    pub(super) fn error(&self) -> Option<&'a RunError> {
+        match self {
+            Stage::Waiting(e) | Stage::Stalled(e) | Stage::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// One condition to set: type, status, reason, message.
-type Cond<'a> = (&'static str, bool, &'a str, String);
+type Cond = (&'static str, bool, Reason, String);
 
 /// Sets phase, times and every condition of `status` for `stage`.
 pub(super) fn apply_stage(
@@ -42,10 +52,11 @@ pub(super) fn apply_stage(
     status.observed_generation = generation;
     let (new_phase, conds) = conditions(status, stage);
     for (t, s, r, m) in conds {
+        let r = r.as_str();
         status::set_condition(&mut status.conditions, t, s, r, &m, generation, now);
     }
-    status.phase = Some(new_phase.to_string());
-    if phase::is_terminal(new_phase) && status.completion_time.is_none() {
+    status.phase = Some(new_phase.as_str().to_string());
+    if new_phase.is_terminal() && status.completion_time.is_none() {
         status.completion_time = Some(Time(now));
     }
 }
@@ -61,7 +72,7 @@ pub(super) fn unexamined_note(status: &JobRetryStatus) -> String {
 }
 
 /// The phase and the conditions (in the order they are set) of `stage`.
-fn conditions<'a>(status: &JobRetryStatus, stage: &'a Stage) -> (&'static str, Vec<Cond<'a>>) {
+fn conditions(status: &JobRetryStatus, stage: &Stage) -> (Phase, Vec<Cond>) {
     use condition::*;
     let progress = format!(
         "processed {} of {} jobs",
@@ -70,24 +81,24 @@ fn conditions<'a>(status: &JobRetryStatus, stage: &'a Stage) -> (&'static str, V
     );
     match stage {
         Stage::Running => {
-            let r = reason::PROGRESSING;
+            let r = Reason::Progressing;
             let conds = vec![
                 (RECONCILING, true, r, progress.clone()),
                 (READY, false, r, progress),
                 (STALLED, false, r, String::new()),
                 (SUSPENDED, false, r, String::new()),
             ];
-            (phase::RUNNING, conds)
+            (Phase::Running, conds)
         }
         Stage::Suspended => {
-            let (r, m) = (reason::SUSPENDED, format!("suspended after {progress}"));
+            let (r, m) = (Reason::Suspended, format!("suspended after {progress}"));
             let conds = vec![
                 (SUSPENDED, true, r, m.clone()),
                 (READY, false, r, m.clone()),
                 (RECONCILING, false, r, m),
                 (STALLED, false, r, String::new()),
             ];
-            (phase::SUSPENDED, conds)
+            (Phase::Suspended, conds)
         }
         Stage::Done => done_conditions(status, progress),
         Stage::Waiting(e) | Stage::Stalled(e) | Stage::Failed(e) => {
@@ -97,11 +108,7 @@ fn conditions<'a>(status: &JobRetryStatus, stage: &'a Stage) -> (&'static str, V
 }
 
 /// The phase and conditions of a run held up by `e`.
-fn held_conditions<'a>(
-    status: &JobRetryStatus,
-    stage: &Stage,
-    e: &'a RunError,
-) -> (&'static str, Vec<Cond<'a>>) {
+fn held_conditions(status: &JobRetryStatus, stage: &Stage, e: &RunError) -> (Phase, Vec<Cond>) {
     use condition::*;
     let (r, m) = (e.reason(), e.to_string());
     match stage {
@@ -113,9 +120,9 @@ fn held_conditions<'a>(
                 (SUSPENDED, false, r, String::new()),
             ];
             // A transient wait keeps a running run Running; anything else is Pending.
-            match status.phase.as_deref() {
-                Some(phase::RUNNING) => (phase::RUNNING, conds),
-                _ => (phase::PENDING, conds),
+            match Phase::of(Some(status)) {
+                Some(Phase::Running) => (Phase::Running, conds),
+                _ => (Phase::Pending, conds),
             }
         }
         Stage::Stalled(_) => {
@@ -125,7 +132,7 @@ fn held_conditions<'a>(
                 (RECONCILING, false, r, m),
                 (SUSPENDED, false, r, String::new()),
             ];
-            (phase::PENDING, conds)
+            (Phase::Pending, conds)
         }
         _ => {
             let conds = vec![
@@ -135,24 +142,21 @@ fn held_conditions<'a>(
                 (RECONCILING, false, r, m),
                 (SUSPENDED, false, r, String::new()),
             ];
-            (phase::FAILED, conds)
+            (Phase::Failed, conds)
         }
     }
 }
 
 /// The terminal phase and conditions of a run that processed every job.
-fn done_conditions(
-    status: &JobRetryStatus,
-    progress: String,
-) -> (&'static str, Vec<Cond<'static>>) {
+fn done_conditions(status: &JobRetryStatus, progress: String) -> (Phase, Vec<Cond>) {
     use condition::*;
     let (skipped, errors) = (status.skipped.unwrap_or(0), status.errors.unwrap_or(0));
     // Jobs a selector could not examine may have matched: not a full success.
     let unexamined = status.selection.as_ref().map_or(0, |s| s.unexamined);
     let (done, r) = if skipped + errors + unexamined == 0 {
-        (phase::SUCCEEDED, reason::SUCCEEDED)
+        (Phase::Succeeded, Reason::Succeeded)
     } else {
-        (phase::PARTIALLY_SUCCEEDED, reason::PARTIALLY_SUCCEEDED)
+        (Phase::PartiallySucceeded, Reason::PartiallySucceeded)
     };
     let m = format!(
         "{progress}: {} retried, {skipped} skipped, {errors} errors{}",

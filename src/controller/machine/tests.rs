@@ -1,17 +1,33 @@
 use k8s_openapi::jiff::SignedDuration;
 
 use super::*;
-use crate::crd::JobRetrySpec;
+use crate::controller::rules::MAX_BACKOFF;
+use crate::{
+    bullmq::{ConnectError, EngineError, VersionError},
+    crd::{JobRetrySpec, SelectionStatus, SourceState},
+    error::SecretCategory,
+};
 
 const IDS: &str = "queue: {name: payments}\nconnection: {secretRef: {name: payments-redis}}\njobIds: ['1', '2', '3', '4']\n";
 
+/// The facts of the test spec; without jitter, so the backoff schedule itself is pinned
+/// (rules.rs tests the jitter).
 fn facts(extra: &str) -> Facts {
-    let spec: JobRetrySpec = serde_yaml::from_str(&format!("{IDS}{extra}")).unwrap();
+    let spec: JobRetrySpec = serde_norway::from_str(&format!("{IDS}{extra}")).unwrap();
     Facts::new(&spec, Some(1), 10)
 }
 
 fn at(second: i64) -> Timestamp {
     Timestamp::from_second(1_000_000).unwrap() + SignedDuration::from_secs(second)
+}
+
+/// One transition from `old` with `failures` consecutive failed tries behind it.
+fn step(old: &JobRetryStatus, failures: u32, f: &Facts, p: Progress, now: Timestamp) -> Transition {
+    let memory = Memory {
+        failures,
+        ..Memory::default()
+    };
+    super::step(old, &memory, f, p, now)
 }
 
 fn rows(ids: &[&str], result: &str) -> Vec<JobResultRow> {
@@ -25,24 +41,73 @@ fn rows(ids: &[&str], result: &str) -> Vec<JobResultRow> {
         .collect()
 }
 
-/// A slice that planned 4 jobs, opened the queue, ran `rows` and ended with `result`.
-fn slice(rows: Vec<JobResultRow>, result: SliceResult) -> Slice {
-    Slice {
-        matched: Some(4),
-        run_key: Some("payments/incident".into()),
-        bullmq_version: Some("6.7.0".into()),
-        rows,
-        ..Slice::ended(result)
+/// A slice that ran nothing and ended with `end`.
+fn ended(end: End) -> Progress {
+    Progress {
+        end,
+        ..Progress::new(Scope::default())
     }
 }
 
-fn batches(ids: &[&str]) -> Slice {
-    let last_batch = ids.len();
-    slice(rows(ids, "Retried"), SliceResult::Batches { last_batch })
+/// A slice that planned 4 jobs, opened the queue, ran `rows` and ended with `end`.
+fn slice(rows: Vec<JobResultRow>, end: End) -> Progress {
+    let scope = Scope {
+        matched: Some(4),
+        run_key: Some("payments/incident".into()),
+        bullmq_version: Some("6.7.0".into()),
+        selection: None,
+    };
+    Progress {
+        rows,
+        end,
+        ..Progress::new(scope)
+    }
 }
 
-fn error(e: RunError) -> Slice {
-    Slice::ended(SliceResult::Error(e))
+fn batches(ids: &[&str]) -> Progress {
+    let last_batch = ids.len();
+    slice(rows(ids, "Retried"), End::Batches { last_batch })
+}
+
+fn error(e: RunError) -> Progress {
+    ended(End::Error(e))
+}
+
+/// Redis cannot be reached (transient).
+fn unavailable(message: &str) -> RunError {
+    RunError::Connect(ConnectError {
+        message: message.into(),
+        category: "connection",
+        verdict: Verdict::Transient,
+    })
+}
+
+/// Redis refused the credentials or an ACL permission (stalled).
+fn access_denied(message: &str) -> RunError {
+    RunError::Connect(ConnectError {
+        message: message.into(),
+        category: "auth",
+        verdict: Verdict::Stalled,
+    })
+}
+
+fn secret_invalid(message: &str) -> RunError {
+    RunError::Secret(SecretError::Invalid {
+        category: SecretCategory::MissingKey,
+        message: message.into(),
+    })
+}
+
+fn secret_forbidden(message: &str) -> RunError {
+    RunError::Secret(SecretError::Forbidden(message.into()))
+}
+
+fn call(e: EngineError) -> RunError {
+    RunError::redis(e, str::to_string)
+}
+
+fn queue_data_invalid(message: &str) -> RunError {
+    call(EngineError::QueueData(message.into()))
 }
 
 fn cond<'a>(st: &'a JobRetryStatus, t: &str) -> (&'a str, &'a str) {
@@ -86,7 +151,7 @@ fn a_run_starts_progresses_and_completes_with_milestone_events_only() {
         &t.status,
         0,
         &f,
-        slice(rows(&["4"], "NotFound"), SliceResult::Done),
+        slice(rows(&["4"], "NotFound"), End::Done),
         at(2),
     );
     let st = &t.status;
@@ -103,7 +168,7 @@ fn a_run_starts_progresses_and_completes_with_milestone_events_only() {
 
 #[test]
 fn a_run_done_in_one_slice_publishes_started_then_completed() {
-    let one = slice(rows(&["1", "2", "3", "4"], "Retried"), SliceResult::Done);
+    let one = slice(rows(&["1", "2", "3", "4"], "Retried"), End::Done);
     let t = step(&JobRetryStatus::default(), 0, &facts(""), one, at(0));
     assert_eq!(t.status.phase.as_deref(), Some("Succeeded"));
     assert_eq!(cond(&t.status, "Complete"), ("True", "Succeeded"));
@@ -113,7 +178,7 @@ fn a_run_done_in_one_slice_publishes_started_then_completed() {
 #[test]
 fn started_is_published_when_the_queue_opens_even_while_the_run_stays_pending() {
     let f = facts("");
-    let unavailable = || RunError::RedisUnavailable("connection refused".into());
+    let unavailable = || unavailable("connection refused");
     // Redis is down before the run starts: Pending, no Started.
     let t = step(
         &JobRetryStatus::default(),
@@ -125,14 +190,14 @@ fn started_is_published_when_the_queue_opens_even_while_the_run_stays_pending() 
     assert_eq!(t.status.phase.as_deref(), Some("Pending"));
     assert_eq!(reasons(&t), ["RedisUnavailable"]);
     // The queue opens, then the first batch fails: still Pending, but the run has started.
-    let opened = slice(Vec::new(), SliceResult::Error(unavailable()));
-    let t = step(&t.status, t.failures, &f, opened, at(1));
+    let opened = slice(Vec::new(), End::Error(unavailable()));
+    let t = step(&t.status, t.memory.failures, &f, opened, at(1));
     assert_eq!(t.status.phase.as_deref(), Some("Pending"));
     assert_eq!(t.status.start_time.as_ref().map(|t| t.0), Some(at(1)));
     assert_eq!(reasons(&t), ["Started"]);
     // It finishes in the next slice: Completed, and no second Started.
-    let done = slice(rows(&["1", "2", "3", "4"], "Retried"), SliceResult::Done);
-    let t = step(&t.status, t.failures, &f, done, at(2));
+    let done = slice(rows(&["1", "2", "3", "4"], "Retried"), End::Done);
+    let t = step(&t.status, t.memory.failures, &f, done, at(2));
     assert_eq!(reasons(&t), ["Completed"]);
 }
 
@@ -140,7 +205,7 @@ fn started_is_published_when_the_queue_opens_even_while_the_run_stays_pending() 
 fn suspend_then_resume() {
     let f = facts("suspend: true\n");
     let running = step(&JobRetryStatus::default(), 0, &f, batches(&["1"]), at(0)).status;
-    let t = step(&running, 0, &f, Slice::ended(SliceResult::Suspended), at(1));
+    let t = step(&running, 0, &f, ended(End::Suspended), at(1));
     let st = &t.status;
     assert_eq!(st.phase.as_deref(), Some("Suspended"));
     assert_eq!(cond(st, "Suspended"), ("True", "Suspended"));
@@ -155,7 +220,7 @@ fn suspend_then_resume() {
     assert_eq!(t.requeue, Requeue::AwaitChange);
     assert_eq!(reasons(&t), ["Suspended"]);
 
-    let again = step(st, 0, &f, Slice::ended(SliceResult::Suspended), at(2));
+    let again = step(st, 0, &f, ended(End::Suspended), at(2));
     assert!(again.events.is_empty());
     assert_eq!(again.status, *st, "a repeated suspend changes nothing");
 
@@ -197,18 +262,12 @@ fn transient_errors_back_off_from_1s_doubling_to_60s() {
     let mut failures = 0;
     let mut delays = Vec::new();
     for i in 0..9 {
-        let t = step(
-            &st,
-            failures,
-            &f,
-            error(RunError::RedisUnavailable("down".into())),
-            at(i),
-        );
+        let t = step(&st, failures, &f, error(unavailable("down")), at(i));
         let Requeue::After(d) = t.requeue else {
             panic!("{:?}", t.requeue)
         };
         delays.push(d.as_secs());
-        (st, failures) = (t.status, t.failures);
+        (st, failures) = (t.status, t.memory.failures);
     }
     assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
     assert_eq!(st.phase.as_deref(), Some("Pending"));
@@ -216,7 +275,10 @@ fn transient_errors_back_off_from_1s_doubling_to_60s() {
     assert_eq!(cond(&st, "Stalled").0, "False");
 
     let t = step(&st, failures, &f, batches(&["1"]), at(10));
-    assert_eq!((t.failures, t.requeue), (0, Requeue::After(NEXT_SLICE)));
+    assert_eq!(
+        (t.memory.failures, t.requeue),
+        (0, Requeue::After(NEXT_SLICE))
+    );
     assert_eq!(t.status.phase.as_deref(), Some("Running"));
 }
 
@@ -224,13 +286,7 @@ fn transient_errors_back_off_from_1s_doubling_to_60s() {
 fn a_transient_wait_keeps_a_running_run_running_without_an_event() {
     let f = facts("");
     let running = step(&JobRetryStatus::default(), 0, &f, batches(&["1"]), at(0)).status;
-    let t = step(
-        &running,
-        0,
-        &f,
-        error(RunError::RedisUnavailable("down".into())),
-        at(1),
-    );
+    let t = step(&running, 0, &f, error(unavailable("down")), at(1));
     assert_eq!(t.status.phase.as_deref(), Some("Running"));
     assert_eq!(cond(&t.status, "Ready"), ("False", "RedisUnavailable"));
     assert!(t.events.is_empty());
@@ -239,7 +295,7 @@ fn a_transient_wait_keeps_a_running_run_running_without_an_event() {
         &JobRetryStatus::default(),
         0,
         &f,
-        error(RunError::RedisUnavailable("down".into())),
+        error(unavailable("down")),
         at(0),
     );
     assert_eq!(fresh.status.phase.as_deref(), Some("Pending"));
@@ -250,14 +306,11 @@ fn a_transient_wait_keeps_a_running_run_running_without_an_event() {
 
 #[test]
 fn an_error_after_some_batches_backs_off_from_the_start() {
-    let mut s = slice(
-        rows(&["1"], "Retried"),
-        SliceResult::Error(RunError::RedisUnavailable("x".into())),
-    );
-    s.matched = Some(4);
+    let mut s = slice(rows(&["1"], "Retried"), End::Error(unavailable("x")));
+    s.scope.matched = Some(4);
     let t = step(&JobRetryStatus::default(), 5, &facts(""), s, at(0));
     assert_eq!(
-        (t.failures, t.requeue),
+        (t.memory.failures, t.requeue),
         (1, Requeue::After(Duration::from_secs(1)))
     );
     assert_eq!(
@@ -272,29 +325,29 @@ fn stalled_runs_wait_for_the_user_then_recover() {
     let f = facts("");
     let cases = [
         (
-            RunError::SecretInvalid("Secret p/r has no key url".into()),
+            (|| secret_invalid("Secret p/r has no key url")) as fn() -> RunError,
             "SecretInvalid",
             10,
         ),
         (
-            RunError::SecretForbidden("the operator may not read Secret p/r".into()),
+            (|| secret_forbidden("the operator may not read Secret p/r")) as fn() -> RunError,
             "SecretForbidden",
             10,
         ),
         (
-            RunError::RedisAccessDenied("WRONGPASS".into()),
+            (|| access_denied("WRONGPASS")) as fn() -> RunError,
             "RedisAccessDenied",
             10,
         ),
         (
-            RunError::QueueDataInvalid("pc is abc".into()),
+            (|| queue_data_invalid("pc is abc")) as fn() -> RunError,
             "QueueDataInvalid",
             10,
         ),
     ];
     for (e, reason, first_delay) in cases {
-        let msg = e.to_string();
-        let t = step(&JobRetryStatus::default(), 0, &f, error(e.clone()), at(0));
+        let msg = e().to_string();
+        let t = step(&JobRetryStatus::default(), 0, &f, error(e()), at(0));
         let st = &t.status;
         assert_eq!(st.phase.as_deref(), Some("Pending"), "{reason}");
         assert_eq!(cond(st, "Stalled"), ("True", reason));
@@ -308,16 +361,22 @@ fn stalled_runs_wait_for_the_user_then_recover() {
         assert_eq!(reasons(&t), [reason]);
         assert_eq!(t.events[0].note, msg);
 
-        let again = step(st, t.failures, &f, error(e), at(1));
+        let again = step(st, t.memory.failures, &f, error(e()), at(1));
         assert!(
             again.events.is_empty(),
             "{reason}: one event per phase change"
         );
 
-        let fixed = step(&again.status, again.failures, &f, batches(&["1"]), at(2));
+        let fixed = step(
+            &again.status,
+            again.memory.failures,
+            &f,
+            batches(&["1"]),
+            at(2),
+        );
         assert_eq!(fixed.status.phase.as_deref(), Some("Running"), "{reason}");
         assert_eq!(cond(&fixed.status, "Stalled").0, "False");
-        assert_eq!(fixed.failures, 0);
+        assert_eq!(fixed.memory.failures, 0);
         assert_eq!(reasons(&fixed), ["Started"]);
     }
 }
@@ -325,16 +384,16 @@ fn stalled_runs_wait_for_the_user_then_recover() {
 #[test]
 fn a_stalled_redis_error_rechecks_with_growing_backoff() {
     let f = facts("");
-    let denied = || error(RunError::RedisAccessDenied("NOPERM".into()));
+    let denied = || error(access_denied("NOPERM"));
     let t = step(&JobRetryStatus::default(), 6, &f, denied(), at(0));
-    assert_eq!((t.failures, t.requeue), (7, Requeue::After(MAX_BACKOFF)));
-    for e in [
-        RunError::SecretInvalid("missing".into()),
-        RunError::SecretForbidden("may not read".into()),
-    ] {
+    assert_eq!(
+        (t.memory.failures, t.requeue),
+        (7, Requeue::After(MAX_BACKOFF))
+    );
+    for e in [secret_invalid("missing"), secret_forbidden("may not read")] {
         let t = step(&JobRetryStatus::default(), 6, &f, error(e), at(0));
         assert_eq!(
-            (t.failures, t.requeue),
+            (t.memory.failures, t.requeue),
             (6, Requeue::After(STALLED_RECHECK))
         );
     }
@@ -342,10 +401,12 @@ fn a_stalled_redis_error_rechecks_with_growing_backoff() {
 
 #[test]
 fn a_permanent_error_fails_the_run() {
-    let e = RunError::IncompatibleQueue("BullMQ 4.17.0 is not supported".into());
+    let e = call(EngineError::IncompatibleQueue(
+        "BullMQ 4.17.0 is not supported".into(),
+    ));
     assert_eq!(
-        (e.category(), e.verdict()),
-        ("incompatible_queue", Verdict::Permanent)
+        (e.reason(), e.verdict()),
+        (Reason::IncompatibleQueue, Verdict::Permanent)
     );
     let t = step(&JobRetryStatus::default(), 0, &facts(""), error(e), at(0));
     let st = &t.status;
@@ -362,25 +423,25 @@ fn a_permanent_error_fails_the_run() {
 #[test]
 fn a_terminal_phase_is_a_no_op() {
     let f = facts("");
-    let done = slice(rows(&["1", "2", "3", "4"], "Retried"), SliceResult::Done);
+    let done = slice(rows(&["1", "2", "3", "4"], "Retried"), End::Done);
     let finished = step(&JobRetryStatus::default(), 0, &f, done, at(0)).status;
     let failed = step(
         &JobRetryStatus::default(),
         0,
         &f,
-        error(RunError::VersionUnknown("?".into())),
+        error(RunError::Version(VersionError::Unknown)),
         at(0),
     )
     .status;
     for st in [finished, failed] {
         for s in [
             batches(&["1"]),
-            error(RunError::RedisUnavailable("x".into())),
-            Slice::ended(SliceResult::Suspended),
+            error(unavailable("x")),
+            ended(End::Suspended),
         ] {
             let t = step(&st, 3, &f, s, at(9));
             assert_eq!(t.status, st);
-            assert_eq!((t.failures, t.requeue), (3, Requeue::AwaitChange));
+            assert_eq!((t.memory.failures, t.requeue), (3, Requeue::AwaitChange));
             assert!(t.events.is_empty());
         }
     }
@@ -389,23 +450,24 @@ fn a_terminal_phase_is_a_no_op() {
 #[test]
 fn a_suspended_run_that_then_waits_stalls_or_fails_is_no_longer_suspended() {
     let f = facts("");
-    let errors = [
-        RunError::RedisUnavailable("down".into()),
-        RunError::SecretInvalid("no key url".into()),
-        RunError::QueueDataInvalid("pc is abc".into()),
-        RunError::RedisRefused("ERR unknown command".into()),
+    let errors: [fn() -> RunError; 4] = [
+        || unavailable("down"),
+        || secret_invalid("no key url"),
+        || queue_data_invalid("pc is abc"),
+        || call(EngineError::Protocol("ERR unknown command".into())),
     ];
     for e in errors {
         let suspended = step(
             &JobRetryStatus::default(),
             0,
             &f,
-            Slice::ended(SliceResult::Suspended),
+            ended(End::Suspended),
             at(0),
         )
         .status;
         assert_eq!(cond(&suspended, "Suspended").0, "True");
-        let t = step(&suspended, 0, &f, error(e.clone()), at(1));
+        let t = step(&suspended, 0, &f, error(e()), at(1));
+        let e = e();
         assert_eq!(cond(&t.status, "Suspended").0, "False", "{e:?}");
         assert_ne!(t.status.phase.as_deref(), Some("Suspended"), "{e:?}");
     }
@@ -448,11 +510,11 @@ fn a_dry_run_that_starts_over_drops_what_it_counted() {
     };
     let mut old = JobRetryStatus::default();
     status::add_rows(&mut old, rows(&["1", "2", "3"], "WouldRetry"), 100);
-    let mut s = slice(
-        rows(&["1"], "WouldRetry"),
-        SliceResult::Batches { last_batch: 1 },
-    );
-    s.restart = true;
+    let mut s = slice(rows(&["1"], "WouldRetry"), End::Batches { last_batch: 1 });
+    s.pages = Some(PagesProgress {
+        restart: true,
+        ..PagesProgress::default()
+    });
     let t = step(&old, 0, &facts, s, Timestamp::now());
     assert_eq!((t.status.processed, t.status.jobs.len()), (Some(1), 1));
     assert_eq!(t.status.counts.get("WouldRetry"), Some(&1));
@@ -464,7 +526,10 @@ fn a_busy_queue_waits_reconciling_with_reason_queue_busy() {
         &JobRetryStatus::default(),
         0,
         &Facts::default(),
-        error(RunError::QueueBusy("payments/first holds the queue".into())),
+        error(RunError::QueueBusy {
+            holder: "payments/first".into(),
+            state: SourceState::Failed,
+        }),
         Timestamp::now(),
     );
     let c = t
@@ -483,8 +548,8 @@ fn a_busy_queue_waits_reconciling_with_reason_queue_busy() {
 #[test]
 fn a_run_that_skipped_jobs_unexamined_says_so_where_it_reports_its_outcome() {
     let f = facts("");
-    let mut done = slice(rows(&["1", "2"], "Retried"), SliceResult::Done);
-    done.selection = Some(SelectionStatus {
+    let mut done = slice(rows(&["1", "2"], "Retried"), End::Done);
+    done.scope.selection = Some(SelectionStatus {
         scanned: 5,
         unexamined: 3,
         ..Default::default()
@@ -508,7 +573,7 @@ fn a_run_that_skipped_jobs_unexamined_says_so_where_it_reports_its_outcome() {
         &JobRetryStatus::default(),
         0,
         &f,
-        slice(rows(&["1"], "Retried"), SliceResult::Done),
+        slice(rows(&["1"], "Retried"), End::Done),
         at(0),
     );
     let message = complete(&t.status);

@@ -1,0 +1,94 @@
+//! What every reconcile shares: the API client, the watch cache, the leader gate, the
+//! per-object memory, the connection and Secret caches, the Redis scripts and the metrics.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use kube::{
+    Client,
+    runtime::{
+        events::{Recorder, Reporter},
+        reflector::Store,
+    },
+};
+
+use super::{memory::ObjectMemory, secret::SecretCache};
+use crate::{
+    bullmq::{ConnectError, RedisConn, RedisTarget, RetryEngine, Selector},
+    config::Config,
+    crd::JobRetry,
+    leader::Gate,
+    metrics::Metrics,
+};
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub engine: RetryEngine,
+    pub config: Config,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// The controller's cache of JobRetry objects: what a run checks between batches.
+    pub store: Store<JobRetry>,
+    /// Per object (uid): what a run keeps between reconciles besides its status.
+    pub memory: ObjectMemory,
+    /// Open Redis connections by target, reused across reconciles and objects.
+    connections: Mutex<HashMap<u64, RedisConn>>,
+    /// Runs selector pages.
+    pub selector: Selector,
+    /// Connection Secrets read in the last seconds.
+    pub secrets: SecretCache,
+    /// Whether this replica leads: asked before every batch, page and status write.
+    pub gate: Arc<Gate>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Arc<Metrics>,
+        store: Store<JobRetry>,
+        gate: Arc<Gate>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "jobretry-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            engine: RetryEngine::default(),
+            config,
+            metrics,
+            store,
+            memory: ObjectMemory::default(),
+            connections: Mutex::default(),
+            selector: Selector::default(),
+            secrets: SecretCache::default(),
+            gate,
+        }
+    }
+
+    /// A connection to `target`: a cached one, or a new one that is then cached.
+    pub async fn connection(&self, target: &RedisTarget) -> Result<RedisConn, ConnectError> {
+        let key = target.cache_key();
+        let cached = self.connections().get(&key).cloned();
+        if let Some(conn) = cached {
+            return Ok(conn);
+        }
+        let conn = target.connect().await?;
+        self.connections().insert(key, conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets the cached connection to `target` (after a Redis error).
+    pub fn drop_connection(&self, target: &RedisTarget) {
+        self.connections().remove(&target.cache_key());
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<u64, RedisConn>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
