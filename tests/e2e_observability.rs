@@ -602,6 +602,9 @@ fn metrics_move_during_a_run_and_count_redis_errors_while_redis_is_stopped() {
         ("jobretry_runs{phase=\"Running\"}", 1.0),
         ("jobretry_runs{phase=\"Pending\"}", 1.0),
         ("jobretry_runs_stalled", 1.0),
+        // A held run shows under the reason of its conditions.
+        ("jobretry_runs_held{reason=\"SecretInvalid\"}", 1.0),
+        ("jobretry_runs_held{reason=\"QueueBusy\"}", 0.0),
     ] {
         assert_eq!(
             sample(&running, series),
@@ -692,7 +695,7 @@ fn metrics_move_during_a_run_and_count_redis_errors_while_redis_is_stopped() {
         for pair in labels.split('}').next().unwrap().split(',') {
             let label = pair.split('=').next().unwrap();
             assert!(
-                ["result", "phase", "category", "script", "le"].contains(&label),
+                ["result", "phase", "category", "script", "reason", "le"].contains(&label),
                 "label {label}: only low-cardinality labels: {line}"
             );
         }

@@ -87,6 +87,26 @@ async fn release_deleted_locks(
     }
 }
 
+/// What the controller reports of a reconcile it ran (errors are logged by `error_policy`
+/// in the run's span); a failing watch makes the replica not ready.
+fn reconciled<T, E: std::error::Error, Q: std::error::Error>(
+    res: Result<T, controller::Error<E, Q>>,
+    health: &Health,
+) {
+    match res {
+        Ok(_) => {}
+        Err(controller::Error::QueueError(e)) => {
+            warn!(error = %e, "watching JobRetry objects failed; not ready until the watch works again");
+            health.readiness.watch_failed();
+        }
+        Err(controller::Error::ReconcilerFailed(..)) => {}
+        Err(e @ controller::Error::ObjectNotFound(_)) => {
+            debug!(error = %e, "object gone before its reconcile")
+        }
+        Err(e) => warn!(error = %e, "controller error"),
+    }
+}
+
 /// Runs the controller until `shutdown` resolves and the running reconciles have ended;
 /// marks `health` ready once its cache has synced. Every replica watches; only the one
 /// `gate` lets through retries, and each time it starts to lead it reconciles every object.
@@ -146,21 +166,7 @@ pub async fn run(
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|res| {
             let health = health.clone();
-            async move {
-                match res {
-                    Ok(_) => {}
-                    Err(kube::runtime::controller::Error::QueueError(e)) => {
-                        warn!(error = %e, "watching JobRetry objects failed; not ready until the watch works again");
-                        health.readiness.watch_failed();
-                    }
-                    // error_policy has logged it, in the run's span.
-                    Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                    Err(e @ kube::runtime::controller::Error::ObjectNotFound(_)) => {
-                        debug!(error = %e, "object gone before its reconcile")
-                    }
-                    Err(e) => warn!(error = %e, "controller error"),
-                }
-            }
+            async move { reconciled(res, &health) }
         })
         .await;
     info!("controller stopped");

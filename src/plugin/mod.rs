@@ -194,23 +194,7 @@ pub fn jobretry(
     namespace: Option<&str>,
     now: Timestamp,
 ) -> Result<JobRetry, PluginError> {
-    let time = |flag: &str, v: &Option<String>| -> Result<Option<Time>, PluginError> {
-        v.as_deref()
-            .map(|t| parse_time(flag, t, now).map(Time))
-            .transpose()
-    };
-    let (after, before) = (
-        time("since", &select.since)?,
-        time("before", &select.before)?,
-    );
-    if let (Some(a), Some(b)) = (&after, &before)
-        && a.0 >= b.0
-    {
-        return Err(PluginError::InvalidFlag(format!(
-            "--since ({}) must be before --before ({})",
-            a.0, b.0
-        )));
-    }
+    let (after, before) = time_window(select, now)?;
     let state: SourceState = from_flag("state", &select.state)?;
     if select.reason.is_some() && state != SourceState::Failed {
         return Err(PluginError::InvalidFlag(
@@ -267,6 +251,31 @@ pub fn jobretry(
         .into(),
     );
     Ok(jr)
+}
+
+/// The `--since` and `--before` bounds, the first before the second.
+fn time_window(
+    select: &SelectArgs,
+    now: Timestamp,
+) -> Result<(Option<Time>, Option<Time>), PluginError> {
+    let time = |flag: &str, v: &Option<String>| -> Result<Option<Time>, PluginError> {
+        v.as_deref()
+            .map(|t| parse_time(flag, t, now).map(Time))
+            .transpose()
+    };
+    let (after, before) = (
+        time("since", &select.since)?,
+        time("before", &select.before)?,
+    );
+    if let (Some(a), Some(b)) = (&after, &before)
+        && a.0 >= b.0
+    {
+        return Err(PluginError::InvalidFlag(format!(
+            "--since ({}) must be before --before ({})",
+            a.0, b.0
+        )));
+    }
+    Ok((after, before))
 }
 
 /// An enum of the API from its flag value (the same words as in a manifest).

@@ -7,7 +7,7 @@
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
-use super::RunError;
+use crate::controller::error::RunError;
 use crate::{
     crd::{JobRetryStatus, Phase, Reason, condition},
     status,
