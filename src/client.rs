@@ -11,8 +11,6 @@ use std::{collections::BTreeMap, time::Duration};
 use kube::{Client, client::ClientBuilder, config::InferConfigError};
 use tower::limit::RateLimitLayer;
 
-use crate::config::Config;
-
 /// Why the Kubernetes client could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -22,10 +20,10 @@ pub enum ClientError {
     Build(#[from] kube::Error),
 }
 
-/// A kube client whose requests are rate limited as `config` says.
-pub async fn kube_client(config: &Config) -> Result<Client, ClientError> {
+/// A kube client that sends `qps` requests per second on average, `burst` at most at once.
+pub async fn kube_client(qps: u32, burst: u32) -> Result<Client, ClientError> {
     let kube_config = kube::Config::infer().await?;
-    let (requests, window) = rate_window(config.kube_api_qps, config.kube_api_burst);
+    let (requests, window) = rate_window(qps, burst);
     let layer = RateLimitLayer::new(requests, window);
     Ok(ClientBuilder::try_from(kube_config)?
         .with_layer(&layer)

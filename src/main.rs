@@ -46,7 +46,7 @@ async fn run(config: Config) -> Result<(), Stop> {
     let health = Arc::new(http::Health::new(metrics.clone()));
     let mut server = tokio::spawn(http::serve(config.http_addr, health.clone()));
     let client = tokio::select! {
-        c = client::kube_client(&config) => c?,
+        c = client::kube_client(config.kube_api_qps, config.kube_api_burst) => c?,
         () = signals.next() => return Ok(()),
     };
     let leader = if config.leader_elect {
