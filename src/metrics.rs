@@ -207,7 +207,7 @@ impl Metrics {
         inc(&self.reconcile_errors, category);
     }
 
-    /// A Redis error of `category` (a fixed label from `bullmq::engine::classify`).
+    /// A Redis error of `category` (a fixed label: `bullmq::Category`).
     pub fn redis_failed(&self, category: &'static str) {
         inc(&self.redis_errors, category);
     }

@@ -42,14 +42,11 @@ pub mod result {
     }
 }
 
-/// The status row of one job retried from `state`. A ledger hit written by this same object
-/// (`own_tag`) is the job's own earlier result, seen again after a crash: `Retried`.
-pub fn job_row(id: &str, outcome: &JobOutcome, state: &str, own_tag: &str) -> JobResultRow {
+/// The status row of one job retried from `state`. A ledger hit written by this same run
+/// (`RetriedEarlier`) is the job's own earlier result, seen again after a crash: `Retried`.
+pub fn job_row(id: &str, outcome: &JobOutcome, state: &str) -> JobResultRow {
     let (res, code, message): (&str, Option<i64>, Option<String>) = match outcome {
-        JobOutcome::Retried => (result::RETRIED, Some(1), None),
-        JobOutcome::AlreadyProcessed { owner } if owner == own_tag => {
-            (result::RETRIED, Some(1), None)
-        }
+        JobOutcome::Retried | JobOutcome::RetriedEarlier => (result::RETRIED, Some(1), None),
         JobOutcome::WouldRetry => (result::WOULD_RETRY, None, None),
         JobOutcome::NotFound => (
             result::NOT_FOUND,

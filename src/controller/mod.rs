@@ -30,11 +30,12 @@ use kube::{
         watcher::{self, watcher},
     },
 };
+use strum::IntoEnumIterator;
 use tracing::{Span, debug, info, info_span, warn};
 
 use self::objects::{Memory, ObjectMemory};
 use crate::{
-    bullmq::{ConnectError, RedisConn, RedisTarget, RetryEngine, Selector},
+    bullmq::{self, RedisConn, RedisTarget, RetryEngine, Selector},
     config::Config,
     crd::JobRetry,
     error::Error,
@@ -107,7 +108,7 @@ impl Context {
     }
 
     /// A connection to `target`: a cached one, or a new one that is then cached.
-    async fn connection(&self, target: &RedisTarget) -> Result<RedisConn, ConnectError> {
+    async fn connection(&self, target: &RedisTarget) -> Result<RedisConn, bullmq::Error> {
         let key = target.cache_key();
         let cached = self
             .connections
@@ -233,9 +234,13 @@ pub async fn run(
     let controller = Controller::for_stream(reflector(writer, watch).applied_objects(), reader)
         .with_config(controller::Config::default().concurrency(config.max_concurrent_runs));
     let store = controller.store();
+    let redis_categories: Vec<&'static str> = bullmq::Category::iter()
+        .filter(|c| c.is_redis())
+        .map(bullmq::Category::as_str)
+        .collect();
     health.metrics.declare_error_categories(
         &crate::error::CATEGORIES,
-        &crate::bullmq::engine::REDIS_CATEGORIES,
+        &redis_categories,
         &load::CATEGORIES,
     );
     health.metrics.observe_runs({

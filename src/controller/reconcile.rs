@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     bullmq::{
-        BatchRequest, EngineError, QueueKeys, QueueVersion, RedisConn, RedisTarget, Verdict,
+        self, BatchRequest, Ledger, QueueKeys, QueueVersion, RedisConn, RedisTarget, Verdict,
         VersionError,
     },
     crd::{JobRetry, SelectionStatus, phase},
@@ -205,9 +205,12 @@ impl Run {
             reset_attempts_made: spec.reset_attempts_made,
             reset_attempts_started: spec.reset_attempts_started,
             dry_run: spec.dry_run,
-            ledger: Some((q.keys.ledger(run_key), self.owner_tag())),
+            ledger: Ledger {
+                key: q.keys.ledger(run_key),
+                owner: self.owner_tag(),
+            },
             ledger_ttl: self.ctx.config.ledger_retention(),
-            record: Some(q.keys.record(run_key)),
+            record: q.keys.record(run_key),
         }
     }
 
@@ -287,12 +290,13 @@ impl Run {
         let mut conn = match self.ctx.connection(&target).await {
             Ok(c) => c,
             Err(e) => {
-                self.ctx.metrics.redis_failed(e.category);
+                self.ctx.metrics.redis_failed(e.category().as_str());
                 // Nothing of the queue was touched yet: whatever is not transient is fixed
                 // in the Secret, the ACL or the server, so the run waits for it (stalled).
-                return Ok(Err(match e.verdict {
-                    Verdict::Transient => RunError::RedisUnavailable(e.message),
-                    Verdict::Stalled | Verdict::Permanent => stalled(e.category, e.message),
+                let (category, message) = (e.category().as_str(), e.to_string());
+                return Ok(Err(match e.verdict() {
+                    Verdict::Transient => RunError::RedisUnavailable(message),
+                    Verdict::Stalled | Verdict::Permanent => stalled(category, message),
                 }));
             }
         };
@@ -316,7 +320,7 @@ impl Run {
         &self,
         conn: &mut RedisConn,
         keys: &QueueKeys,
-    ) -> Result<Result<QueueVersion, RunError>, EngineError> {
+    ) -> Result<Result<QueueVersion, RunError>, bullmq::Error> {
         let spec = &self.obj.spec;
         let probe = self.ctx.engine.probe(conn, keys, spec.state).await?;
         if !probe.exists {
@@ -346,21 +350,20 @@ impl Run {
 
     /// What a failed Redis call means for the run, by what fixes it: time (transient), the
     /// user fixing Redis or the Secret in place (stalled), or nothing (the run fails).
-    fn engine_failed(&self, e: EngineError, target: &RedisTarget) -> RunError {
-        let category = e.category();
-        if let EngineError::Redis(_) = e {
+    fn engine_failed(&self, e: bullmq::Error, target: &RedisTarget) -> RunError {
+        let category = e.category().as_str();
+        if e.is_redis() {
             self.ctx.metrics.redis_failed(category);
             self.ctx.drop_connection(target);
         }
-        let message = target.redact(&e.to_string());
+        // The layer's errors are scrubbed of the URL's secret.
+        let message = e.to_string();
         match (&e, e.verdict()) {
             (_, Verdict::Transient) => RunError::RedisUnavailable(message),
-            (EngineError::IncompatibleQueue(_), _) => RunError::IncompatibleQueue(message),
-            (EngineError::QueueData(_), _) => RunError::QueueDataInvalid(message),
-            (EngineError::Redis(_), Verdict::Stalled) => stalled(category, message),
-            (EngineError::Redis(_) | EngineError::Protocol(_), _) => {
-                RunError::RedisRefused(message)
-            }
+            (bullmq::Error::IncompatibleQueue(_), _) => RunError::IncompatibleQueue(message),
+            (bullmq::Error::QueueData(_), _) => RunError::QueueDataInvalid(message),
+            (_, Verdict::Stalled) if e.is_redis() => stalled(category, message),
+            _ => RunError::RedisRefused(message),
         }
     }
 
@@ -394,11 +397,10 @@ impl Run {
         let before = if req.dry_run {
             in_status
         } else {
-            let record = req.record.as_deref().unwrap_or_default();
             match self
                 .ctx
                 .engine
-                .recorded_position(&mut q.conn, record, &tag)
+                .recorded_position(&mut q.conn, &req.record, &tag)
                 .await
             {
                 Ok(p) => match plan::id_position(p, in_status, self.started()) {
@@ -446,7 +448,7 @@ impl Run {
             let rows: Vec<_> = batch
                 .iter()
                 .zip(&outcomes)
-                .map(|(id, o)| status::job_row(id, o, req.state.as_str(), &tag))
+                .map(|(id, o)| status::job_row(id, o, req.state.as_str()))
                 .collect();
             let seconds = started.elapsed().as_secs_f64();
             self.ctx.metrics.batch_done(
@@ -479,7 +481,7 @@ impl Run {
                     "the Sentinel's master moved from {was} to {now}; reconnecting to the new master"
                 )))
             }
-            Err(e) => Err(self.engine_failed(e.into(), &q.target)),
+            Err(e) => Err(self.engine_failed(e, &q.target)),
         }
     }
 

@@ -96,7 +96,6 @@ impl Run {
                 false => 0,
             },
         };
-        let tag = self.owner_tag();
         loop {
             budget = if budget == 0 { PAGE_FIRST } else { budget };
             req.budget = if rate > 0 { budget.min(rate) } else { budget };
@@ -143,7 +142,7 @@ impl Run {
             let rows: Vec<_> = page
                 .rows
                 .iter()
-                .map(|(id, o)| status::job_row(id, o, run.state.as_str(), &tag))
+                .map(|(id, o)| status::job_row(id, o, run.state.as_str()))
                 .collect();
             self.ctx.metrics.batch_done(
                 Script::Select,
@@ -154,7 +153,7 @@ impl Run {
             slice.rows.extend(rows);
             if !run.dry_run {
                 let counts = page.totals.iter().map(|(o, n)| {
-                    let row = status::job_row("", o, run.state.as_str(), &tag);
+                    let row = status::job_row("", o, run.state.as_str());
                     (row.result, *n)
                 });
                 slice.counts = Some(counts.collect());
@@ -205,7 +204,7 @@ impl Run {
             Ok(true) => info!("released the queue's {state} lock: the run stopped"),
             Ok(false) => {}
             Err(e) => {
-                warn!(error = %q.target.redact(&e.to_string()), "cannot release the queue's lock; it expires by itself")
+                warn!(error = %e, "cannot release the queue's lock; it expires by itself")
             }
         }
     }
