@@ -215,60 +215,8 @@ fn decode_page(reply: Vec<Value>, own: &str) -> Result<PageOutcome, Error> {
             scanned: text(scanned)?.parse().ok(),
             matched: number(matched)?,
         }),
-        (
-            Some(s @ ("more" | "done")),
-            [
-                _,
-                cs,
-                cid,
-                scanned,
-                matched,
-                remaining,
-                rows,
-                names,
-                reasons,
-                oldest,
-                newest,
-                totals,
-                upper,
-                unexamined,
-            ],
-        ) => {
-            let (score, id) = (text(cs)?, text(cid)?);
-            let counted = |v: &Value| -> Result<Vec<(String, u64)>, Error> {
-                pairs(v)?
-                    .into_iter()
-                    .map(|(k, n)| Ok((k, n.parse().map_err(|_| Error::Protocol(n))?)))
-                    .collect()
-            };
-            let when = |v: &Value| text(v).map(|t| t.parse::<f64>().ok().map(|f| f as i64));
-            Ok(PageOutcome::Page(Page {
-                done: s == "done",
-                cursor: (!score.is_empty()).then_some(Cursor { score, id }),
-                scanned: number(scanned)?,
-                matched: number(matched)?,
-                remaining: number(remaining)?,
-                rows: pairs(rows)?
-                    .into_iter()
-                    .map(|(id, r)| Ok((id, decode(&r, own)?)))
-                    .collect::<Result<_, Error>>()?,
-                names: counted(names)?,
-                reasons: counted(reasons)?,
-                oldest: when(oldest)?,
-                newest: when(newest)?,
-                totals: counted(totals)?
-                    .into_iter()
-                    .map(|(code, n)| {
-                        let outcome = match code.as_str() {
-                            "E" => JobOutcome::Error(String::new()),
-                            c => decode(c, own)?,
-                        };
-                        Ok((outcome, n))
-                    })
-                    .collect::<Result<_, Error>>()?,
-                upper: number_i64(upper)?,
-                unexamined: number(unexamined)?,
-            }))
+        (Some(s @ ("more" | "done")), [_, fields @ ..]) if fields.len() == 13 => {
+            decode_fields(s == "done", fields, own).map(PageOutcome::Page)
         }
         _ => Err(Error::Protocol(format!(
             "page reply with status {} and {} elements",
@@ -276,6 +224,69 @@ fn decode_page(reply: Vec<Value>, own: &str) -> Result<PageOutcome, Error> {
             reply.len()
         ))),
     }
+}
+
+/// `{ name, count, ... }` of a page reply.
+fn counted(v: &Value) -> Result<Vec<(String, u64)>, Error> {
+    pairs(v)?
+        .into_iter()
+        .map(|(k, n)| Ok((k, n.parse().map_err(|_| Error::Protocol(n))?)))
+        .collect()
+}
+
+/// The 13 elements after the status of a "more" or "done" reply (see `select.lua`).
+fn decode_fields(done: bool, fields: &[Value], own: &str) -> Result<Page, Error> {
+    let [
+        cs,
+        cid,
+        scanned,
+        matched,
+        remaining,
+        rows,
+        names,
+        reasons,
+        oldest,
+        newest,
+        totals,
+        upper,
+        unexamined,
+    ] = fields
+    else {
+        return Err(Error::Protocol(format!(
+            "page reply of {} fields",
+            fields.len()
+        )));
+    };
+    let (score, id) = (text(cs)?, text(cid)?);
+    let when = |v: &Value| text(v).map(|t| t.parse::<f64>().ok().map(|f| f as i64));
+    let total = |(code, n): (String, u64)| -> Result<(JobOutcome, u64), Error> {
+        let outcome = match code.as_str() {
+            "E" => JobOutcome::Error(String::new()),
+            c => decode(c, own)?,
+        };
+        Ok((outcome, n))
+    };
+    Ok(Page {
+        done,
+        cursor: (!score.is_empty()).then_some(Cursor { score, id }),
+        scanned: number(scanned)?,
+        matched: number(matched)?,
+        remaining: number(remaining)?,
+        rows: pairs(rows)?
+            .into_iter()
+            .map(|(id, r)| Ok((id, decode(&r, own)?)))
+            .collect::<Result<_, Error>>()?,
+        names: counted(names)?,
+        reasons: counted(reasons)?,
+        oldest: when(oldest)?,
+        newest: when(newest)?,
+        totals: counted(totals)?
+            .into_iter()
+            .map(total)
+            .collect::<Result<_, Error>>()?,
+        upper: number_i64(upper)?,
+        unexamined: number(unexamined)?,
+    })
 }
 
 /// Whether `glob` matches all of `name`: the reference for the script's matcher (which must

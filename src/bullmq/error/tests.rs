@@ -12,8 +12,8 @@ fn server(code: &str, detail: &str) -> redis::RedisError {
     }
 }
 
-#[test]
-fn only_passing_trouble_is_transient() {
+/// Errors as Redis and the client give them, with the category and verdict of each.
+fn table() -> Vec<(redis::RedisError, &'static str, Verdict)> {
     use Verdict::*;
     let io: redis::RedisError =
         std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into();
@@ -23,74 +23,70 @@ fn only_passing_trouble_is_transient() {
         rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
     )
     .into();
-    let cases = [
-        (io, "connection", Transient),
-        (untrusted, "tls", Stalled),
+    let servers = [
+        ("LOADING", "Redis is loading", "unavailable", Transient),
         (
-            server("LOADING", "Redis is loading"),
+            "BUSY",
+            "Redis is busy running a script",
+            "unavailable",
+            Transient,
+        ),
+        ("OOM", "command not allowed", "unavailable", Transient),
+        (
+            "READONLY",
+            "You can't write against a read only replica.",
             "unavailable",
             Transient,
         ),
         (
-            server("BUSY", "Redis is busy running a script"),
+            "ERR",
+            "max number of clients reached",
             "unavailable",
             Transient,
         ),
         (
-            server("OOM", "command not allowed"),
-            "unavailable",
-            Transient,
-        ),
-        (
-            server("READONLY", "You can't write against a read only replica."),
-            "unavailable",
-            Transient,
-        ),
-        (
-            server("ERR", "max number of clients reached"),
-            "unavailable",
-            Transient,
-        ),
-        (
-            server("WRONGPASS", "invalid username-password pair"),
+            "WRONGPASS",
+            "invalid username-password pair",
             "auth",
             Stalled,
         ),
+        ("NOAUTH", "Authentication required.", "auth", Stalled),
         (
-            server("NOAUTH", "Authentication required."),
-            "auth",
-            Stalled,
-        ),
-        (
-            server("NOPERM", "this user has no permissions"),
+            "NOPERM",
+            "this user has no permissions",
             "permission",
             Stalled,
         ),
         (
-            server(
-                "ERR",
-                "AUTH <password> called without any password configured",
-            ),
+            "ERR",
+            "AUTH <password> called without any password configured",
             "auth",
             Stalled,
         ),
         (
-            server("ERR", "Error running script (call to f_1): @user_script:9"),
+            "ERR",
+            "Error running script (call to f_1): @user_script:9",
             "refused",
             Permanent,
         ),
+        ("ERR", "unknown command 'ZMSCORE'", "refused", Permanent),
         (
-            server("ERR", "unknown command 'ZMSCORE'"),
-            "refused",
-            Permanent,
-        ),
-        (
-            server("CROSSSLOT", "Keys in request don't hash to the same slot"),
+            "CROSSSLOT",
+            "Keys in request don't hash to the same slot",
             "cross_slot",
             Permanent,
         ),
     ];
-    for (err, category, verdict) in cases {
+    let mut cases = vec![(io, "connection", Transient), (untrusted, "tls", Stalled)];
+    for (code, detail, category, verdict) in servers {
+        cases.push((server(code, detail), category, verdict));
+    }
+    cases
+}
+
+#[test]
+fn only_passing_trouble_is_transient() {
+    for (err, category, verdict) in table() {
         let (c, v) = classify(&err);
         assert_eq!((c.as_str(), v), (category, verdict), "{err}");
         assert!(c.is_redis(), "{category}");
