@@ -50,7 +50,9 @@ use std::{
 };
 
 use jobretry_operator::{
-    bullmq::{BatchRequest, JobOutcome, QueueKeys, QueueVersion, RetryEngine, engine},
+    bullmq::{
+        BatchRequest, Connection, JobOutcome, Ledger, QueueKeys, QueueVersion, RetryEngine, scripts,
+    },
     crd::SourceState,
 };
 use redis::{Script, aio::ConnectionLike};
@@ -531,7 +533,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// The request production builds: version from the queue's meta, ledger on.
-async fn production_request<C: ConnectionLike>(
+async fn production_request<C: Connection>(
     engine: &RetryEngine,
     c: &mut C,
     keys: &QueueKeys,
@@ -546,9 +548,12 @@ async fn production_request<C: ConnectionLike>(
         reset_attempts_made: false,
         reset_attempts_started: false,
         dry_run: false,
-        ledger: Some((keys.ledger(run_key), "benchowner000000".into())),
+        ledger: Ledger {
+            key: keys.ledger(run_key),
+            owner: "benchowner000000".into(),
+        },
         ledger_ttl: LEDGER_TTL,
-        record: Some(keys.record(run_key)),
+        record: keys.record(run_key),
     }
 }
 
@@ -560,7 +565,7 @@ async fn invoke_variant<C: ConnectionLike>(
     req: &BatchRequest,
     ids: &[String],
 ) -> Vec<String> {
-    engine::invocation(script, keys, req, ids, 0)
+    scripts::retry_invocation(script, keys, req, ids, 0)
         .invoke_async(c)
         .await
         .unwrap()

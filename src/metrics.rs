@@ -24,6 +24,7 @@ use prometheus_client::{
 use strum::IntoEnumIterator;
 
 use crate::{
+    bullmq::Category,
     crd::{JobResult, Phase, Reason},
     error::{ErrorCategory, SecretCategory},
 };
@@ -46,7 +47,8 @@ label_value!(
     Reason,
     Script,
     ErrorCategory,
-    SecretCategory
+    SecretCategory,
+    Category
 );
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,7 +78,7 @@ struct SecretErrorLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RedisErrorLabel {
-    category: &'static str,
+    category: Category,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -235,7 +237,7 @@ impl Families {
                 .secret_errors
                 .get_or_create(&SecretErrorLabel { category });
         }
-        for category in crate::bullmq::engine::REDIS_CATEGORIES {
+        for category in Category::iter().filter(|c| c.is_redis()) {
             let _ = self
                 .redis_errors
                 .get_or_create(&RedisErrorLabel { category });
@@ -270,8 +272,8 @@ impl Metrics {
         self.families.reconcile_errors.get_or_create(&label).inc();
     }
 
-    /// A Redis error of `category` (a fixed label from `bullmq::engine::classify`).
-    pub fn redis_failed(&self, category: &'static str) {
+    /// A Redis error of `category` (a fixed label: `bullmq::Category`).
+    pub fn redis_failed(&self, category: Category) {
         let label = RedisErrorLabel { category };
         self.families.redis_errors.get_or_create(&label).inc();
     }
@@ -343,7 +345,7 @@ mod tests {
         );
         m.batch_done(Script::Select, 0.02, std::iter::empty());
         m.run_finished(Phase::Succeeded);
-        m.redis_failed("auth");
+        m.redis_failed(Category::Auth);
         m.secret_failed(SecretCategory::NotFound);
         m.reconcile_done(0.3);
         let text = m.render();

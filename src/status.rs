@@ -27,14 +27,11 @@ use crate::{
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "jobretry-operator";
 
-/// The status row of one job retried from `state`. A ledger hit written by this same object
-/// (`own_tag`) is the job's own earlier result, seen again after a crash: `Retried`.
-pub fn job_row(id: &str, outcome: &JobOutcome, state: &str, own_tag: &str) -> JobResultRow {
+/// The status row of one job retried from `state`. A ledger hit written by this same run
+/// (`RetriedEarlier`) is the job's own earlier result, seen again after a crash: `Retried`.
+pub fn job_row(id: &str, outcome: &JobOutcome, state: &str) -> JobResultRow {
     let (res, code, message): (JobResult, Option<i64>, Option<String>) = match outcome {
-        JobOutcome::Retried => (JobResult::Retried, Some(1), None),
-        JobOutcome::AlreadyProcessed { owner } if owner == own_tag => {
-            (JobResult::Retried, Some(1), None)
-        }
+        JobOutcome::Retried | JobOutcome::RetriedEarlier => (JobResult::Retried, Some(1), None),
         JobOutcome::WouldRetry => (JobResult::WouldRetry, None, None),
         JobOutcome::NotFound => (
             JobResult::NotFound,

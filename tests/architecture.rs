@@ -137,10 +137,10 @@ fn expand(prefix: &str, body: &str, out: &mut Vec<String>) {
 /// The module a path names, seen from `from`: the longest module prefix of it.
 fn resolve(from: &[String], path: &str, known: &BTreeSet<Vec<String>>) -> Option<Vec<String>> {
     let mut segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
-    let mut base: Vec<String> = match segments.first()? {
-        &"crate" => Vec::new(),
-        &"self" => from.to_vec(),
-        &"super" => from[..from.len().saturating_sub(1)].to_vec(),
+    let mut base: Vec<String> = match *segments.first()? {
+        "crate" => Vec::new(),
+        "self" => from.to_vec(),
+        "super" => from[..from.len().saturating_sub(1)].to_vec(),
         _ => return None,
     };
     segments.remove(0);

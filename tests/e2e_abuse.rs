@@ -21,8 +21,8 @@ use std::{
 use common::*;
 use jobretry_operator::{
     bullmq::{
-        BatchRequest, JobOutcome, PageOutcome, PageRequest, QueueKeys, QueueVersion, Selector,
-        select::glob_matches,
+        BatchRequest, JobOutcome, Ledger, PageOutcome, PageRequest, QueueKeys, QueueVersion,
+        Selector, select::glob_matches,
     },
     crd::SourceState,
 };
@@ -95,6 +95,7 @@ impl Pinger {
 
 fn request(queue: &str, names: &[&str], reason: Option<&str>, dry: bool) -> PageRequest {
     let keys = QueueKeys::new("bull", queue);
+    let run_key = format!("abuse/{}", names.join(","));
     PageRequest {
         run: BatchRequest {
             state: SourceState::Failed,
@@ -102,11 +103,14 @@ fn request(queue: &str, names: &[&str], reason: Option<&str>, dry: bool) -> Page
             reset_attempts_made: false,
             reset_attempts_started: false,
             dry_run: dry,
-            ledger: Some((keys.ledger("abuse/run"), "abuse".into())),
+            ledger: Ledger {
+                key: keys.ledger("abuse/run"),
+                owner: "abuse".into(),
+            },
             ledger_ttl: Duration::from_secs(600),
-            record: None,
+            record: keys.record(&run_key),
         },
-        run_key: format!("abuse/{}", names.join(",")),
+        run_key,
         lock_ttl: Duration::from_secs(60),
         lower: None,
         upper: i64::MAX / 2,

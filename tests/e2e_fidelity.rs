@@ -27,7 +27,7 @@ use std::{
 
 use common::*;
 use jobretry_operator::bullmq::{
-    BatchRequest, EngineError, JobOutcome, PageOutcome, PageRequest, QueueKeys, QueueVersion,
+    BatchRequest, Error, JobOutcome, Ledger, PageOutcome, PageRequest, QueueKeys, QueueVersion,
     RetryEngine, Selector, VersionError, version::Semver,
 };
 use jobretry_operator::crd::SourceState;
@@ -308,9 +308,12 @@ fn ours(db: u8, plan: &Value, spec_version: Option<&str>, selector: bool) -> Our
             reset_attempts_made: made,
             reset_attempts_started: started,
             dry_run: false,
-            ledger: Some((keys.ledger(RUN_KEY), "diff".into())),
+            ledger: Ledger {
+                key: keys.ledger(RUN_KEY),
+                owner: "diff".into(),
+            },
             ledger_ttl: std::time::Duration::from_secs(600),
-            record: None,
+            record: keys.record(RUN_KEY),
         };
         let done = if selector {
             select_all(&mut conn, &keys, req, plan).await
@@ -328,7 +331,7 @@ fn ours(db: u8, plan: &Value, spec_version: Option<&str>, selector: bool) -> Our
                     })
                     .collect(),
             ),
-            Err(EngineError::QueueData(m)) => Ours::Refused(Expect::QueueData, m),
+            Err(Error::QueueData(m)) => Ours::Refused(Expect::QueueData, m),
             Err(e) => panic!("engine error: {e}"),
         }
     })
@@ -341,7 +344,7 @@ async fn select_all(
     keys: &QueueKeys,
     run: BatchRequest,
     plan: &Value,
-) -> Result<Vec<JobOutcome>, EngineError> {
+) -> Result<Vec<JobOutcome>, Error> {
     let mut req = PageRequest {
         run,
         run_key: RUN_KEY.into(),
@@ -736,9 +739,12 @@ fn no_job_can_be_mistaken_for_a_ledger() {
             reset_attempts_made: false,
             reset_attempts_started: false,
             dry_run: false,
-            ledger: Some((keys.ledger(RUN_KEY), "diff".into())),
+            ledger: Ledger {
+                key: keys.ledger(RUN_KEY),
+                owner: "diff".into(),
+            },
             ledger_ttl: std::time::Duration::from_secs(600),
-            record: None,
+            record: keys.record(RUN_KEY),
         };
         let ids = vec!["2".to_string()];
         RetryEngine::default()
@@ -747,7 +753,7 @@ fn no_job_can_be_mistaken_for_a_ledger() {
             .unwrap_err()
     });
     assert!(
-        matches!(&err, EngineError::IncompatibleQueue(m) if m.contains("holds a BullMQ job")),
+        matches!(&err, Error::IncompatibleQueue(m) if m.contains("holds a BullMQ job")),
         "{err}"
     );
     assert_eq!(

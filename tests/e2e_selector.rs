@@ -16,8 +16,8 @@ use std::{
 use common::*;
 use jobretry_operator::{
     bullmq::{
-        BatchRequest, JobOutcome, PageOutcome, PageRequest, QueueKeys, QueueVersion, Selector,
-        select::glob_matches,
+        BatchRequest, JobOutcome, Ledger, PageOutcome, PageRequest, QueueKeys, QueueVersion,
+        Selector, select::glob_matches,
     },
     crd::SourceState,
 };
@@ -138,9 +138,12 @@ impl Filter {
                 reset_attempts_made: true,
                 reset_attempts_started: false,
                 dry_run: dry,
-                ledger: Some((keys.ledger(run_key), "selector-test".into())),
+                ledger: Ledger {
+                    key: keys.ledger(run_key),
+                    owner: "selector-test".into(),
+                },
                 ledger_ttl: Duration::from_secs(600),
-                record: None,
+                record: keys.record(run_key),
             },
             run_key: run_key.into(),
             lock_ttl: Duration::from_secs(60),

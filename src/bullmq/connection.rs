@@ -1,42 +1,76 @@
 //! Redis connections for the three deployment kinds (standalone, Cluster, Sentinel), built
 //! from the URL kept in a Kubernetes Secret.
 //!
-//! Guarantees: the URL (and so the password) never appears in a `Debug` output or in an
-//! error message produced here; [`RedisTarget::redact`] scrubs any text that might carry it.
+//! Guarantees: the URL (and so the password) is held as a [`SecretString`], never appears in
+//! a `Debug` output, and every error of a connection made here is scrubbed of it by the
+//! target's [`Redactor`], which the connection keeps for the errors of later calls.
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use redis::{
     Cmd, Pipeline, RedisFuture, Value,
     aio::{ConnectionLike, MultiplexedConnection},
     cluster_async::ClusterConnection,
 };
+use secrecy::{ExposeSecret, SecretString};
 
-use super::{
-    engine::{Verdict, classify},
-    tls::TlsFailure,
-};
+use super::error::{Error, UrlError};
 use crate::crd::ConnectionMode;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a connection could not be opened; the message carries no secret.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ConnectError {
-    pub message: String,
-    /// A short, fixed label (see [`classify`]).
-    pub category: &'static str,
-    pub verdict: Verdict,
+/// The forms in which a text could carry a target's secret: the URL, or its credentials as
+/// they stand in a URL. Never the bare password: replacing a short password wherever its
+/// letters occur would mangle every message (`conn***ct`) and so reveal it. Messages are
+/// built without the URL in the first place; this only guards what a library might echo.
+/// The default redacts nothing (a connection made outside this module).
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// Longest first.
+    forms: Vec<SecretString>,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redactor({} forms)", self.forms.len())
+    }
+}
+
+impl Redactor {
+    fn of(url: &str, parsed: &url::Url) -> Self {
+        let mut forms = vec![url.to_string()];
+        if let Some(pw) = parsed.password().filter(|p| !p.is_empty()) {
+            let user = parsed.username();
+            let mut passwords = vec![pw.to_string()];
+            if let Ok(decoded) = percent_decode(pw) {
+                passwords.push(decoded);
+            }
+            for form in passwords {
+                forms.push(format!("{user}:{form}@"));
+                forms.push(format!(":{form}@"));
+            }
+        }
+        forms.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self {
+            forms: forms.into_iter().map(SecretString::from).collect(),
+        }
+    }
+
+    /// Replaces every occurrence of the URL or password in `text` with `***`.
+    pub fn redact(&self, text: &str) -> String {
+        self.forms.iter().fold(text.to_string(), |acc, s| {
+            acc.replace(s.expose_secret(), "***")
+        })
+    }
 }
 
 /// Where and how to connect; the URL is secret.
 #[derive(Clone)]
 pub struct RedisTarget {
-    url: String,
+    url: SecretString,
     mode: ConnectionMode,
     sentinel_master: Option<String>,
-    secrets: Vec<String>,
+    redactor: Arc<Redactor>,
     /// A CA certificate (PEM) to trust for rediss://, besides the public roots.
     ca: Option<Vec<u8>>,
 }
@@ -56,41 +90,20 @@ impl RedisTarget {
         url: &str,
         mode: ConnectionMode,
         sentinel_master: Option<String>,
-    ) -> Result<Self, String> {
-        let url = url.trim().to_string();
-        let parsed =
-            url::Url::parse(&url).map_err(|e| format!("the Redis URL is not a valid URL ({e})"))?;
+    ) -> Result<Self, Error> {
+        let url = url.trim();
+        let parsed = url::Url::parse(url).map_err(UrlError::Parse)?;
         if !matches!(parsed.scheme(), "redis" | "rediss") {
-            return Err(format!(
-                "the Redis URL has scheme {}; expected redis:// or rediss://",
-                crate::error::quoted(parsed.scheme())
-            ));
+            return Err(UrlError::Scheme(parsed.scheme().to_string()).into());
         }
         if parsed.host_str().is_none_or(str::is_empty) {
-            return Err("the Redis URL has no host".to_string());
+            return Err(UrlError::NoHost.into());
         }
-        // What a text could carry the secret in: the URL, or its credentials as they stand in
-        // a URL. Never the bare password: replacing a short password wherever its letters
-        // occur would mangle every message (`conn***ct`) and so reveal it. Messages are built
-        // without the URL in the first place; this only guards what a library might echo.
-        let mut secrets = vec![url.clone()];
-        if let Some(pw) = parsed.password().filter(|p| !p.is_empty()) {
-            let user = parsed.username();
-            let mut forms = vec![pw.to_string()];
-            if let Ok(decoded) = percent_decode(pw) {
-                forms.push(decoded);
-            }
-            for form in forms {
-                secrets.push(format!("{user}:{form}@"));
-                secrets.push(format!(":{form}@"));
-            }
-        }
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Ok(Self {
-            url,
+            redactor: Arc::new(Redactor::of(url, &parsed)),
+            url: url.into(),
             mode,
             sentinel_master,
-            secrets,
             ca: None,
         })
     }
@@ -110,9 +123,16 @@ impl RedisTarget {
 
     /// Replaces every occurrence of the URL or password in `text` with `***`.
     pub fn redact(&self, text: &str) -> String {
-        self.secrets
-            .iter()
-            .fold(text.to_string(), |acc, s| acc.replace(s.as_str(), "***"))
+        self.redactor.redact(text)
+    }
+
+    /// What scrubs this target's secret from a text.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    fn url(&self) -> &str {
+        self.url.expose_secret()
     }
 
     /// A key identifying everything that shapes a connection (URL, mode, master, CA) for a
@@ -120,57 +140,40 @@ impl RedisTarget {
     pub fn cache_key(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&self.url, self.mode as u8, &self.sentinel_master, &self.ca).hash(&mut h);
+        (self.url(), self.mode as u8, &self.sentinel_master, &self.ca).hash(&mut h);
         h.finish()
     }
 
-    /// Opens a connection of the configured kind.
-    pub async fn connect(&self) -> Result<RedisConn, ConnectError> {
-        let result = tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner()).await;
-        match result {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => {
-                let (category, verdict) = classify(&e);
-                let message = TlsFailure::of(&e).map_or_else(
-                    || format!("cannot connect to Redis: {e}"),
-                    |tls| tls.message(),
-                );
-                Err(ConnectError {
-                    message: self.redact(&message),
-                    category,
-                    verdict,
-                })
-            }
-            Err(_) => Err(ConnectError {
-                message: format!(
-                    "cannot connect to Redis: no answer within {}s",
-                    CONNECT_TIMEOUT.as_secs()
-                ),
-                category: "connection",
-                verdict: Verdict::Transient,
+    /// Opens a connection of the configured kind; it keeps this target's [`Redactor`].
+    pub async fn connect(&self) -> Result<RedisConn, Error> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner()).await {
+            Ok(Ok(kind)) => Ok(RedisConn {
+                kind,
+                redactor: self.redactor.clone(),
             }),
+            Ok(Err(e)) => Err(Error::connect(e, &self.redactor)),
+            Err(_) => Err(Error::ConnectTimeout(CONNECT_TIMEOUT)),
         }
     }
 
-    async fn connect_inner(&self) -> redis::RedisResult<RedisConn> {
+    async fn connect_inner(&self) -> redis::RedisResult<ConnKind> {
         match self.mode {
             ConnectionMode::Standalone => {
                 let client = match self.certificates() {
-                    Some(certs) => redis::Client::build_with_tls(self.url.as_str(), certs)?,
-                    None => redis::Client::open(self.url.as_str())?,
+                    Some(certs) => redis::Client::build_with_tls(self.url(), certs)?,
+                    None => redis::Client::open(self.url())?,
                 };
-                Ok(RedisConn::Single(
+                Ok(ConnKind::Single(
                     client.get_multiplexed_async_connection().await?,
                 ))
             }
             ConnectionMode::Cluster => {
-                let mut builder =
-                    redis::cluster::ClusterClientBuilder::new(vec![self.url.as_str()]);
+                let mut builder = redis::cluster::ClusterClientBuilder::new(vec![self.url()]);
                 if let Some(certs) = self.certificates() {
                     builder = builder.certs(certs);
                 }
                 let client = builder.build()?;
-                Ok(RedisConn::Cluster(client.get_async_connection().await?))
+                Ok(ConnKind::Cluster(client.get_async_connection().await?))
             }
             ConnectionMode::Sentinel => {
                 // The master's address as the sentinel says it now, kept with the connection:
@@ -178,7 +181,7 @@ impl RedisTarget {
                 let mut sentinel = self.sentinel_connection().await?;
                 let master = ask_master(&mut sentinel, self.master_name()).await?;
                 let conn = self.master_connection(&master).await?;
-                Ok(RedisConn::Sentinel(Box::new(SentinelConn {
+                Ok(ConnKind::Sentinel(Box::new(SentinelConn {
                     conn,
                     sentinel,
                     name: self.master_name().to_string(),
@@ -211,7 +214,7 @@ impl RedisTarget {
         let invalid = |what: &'static str| {
             redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, what))
         };
-        let mut url = url::Url::parse(&self.url).map_err(|_| invalid("invalid URL"))?;
+        let mut url = url::Url::parse(self.url()).map_err(|_| invalid("invalid URL"))?;
         let (host, port) = addr
             .rsplit_once(':')
             .ok_or_else(|| invalid("bad master address"))?;
@@ -239,7 +242,7 @@ impl RedisTarget {
 
     /// The sentinel's own address: the URL's host and port, without credentials or db.
     fn sentinel_url(&self) -> redis::RedisResult<String> {
-        let parsed = url::Url::parse(&self.url).map_err(|_| {
+        let parsed = url::Url::parse(self.url()).map_err(|_| {
             redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "invalid URL"))
         })?;
         Ok(format!(
@@ -289,19 +292,27 @@ async fn ask_master(
 
 /// A connection to the master a sentinel named, with the sentinel and that master's address.
 #[derive(Clone)]
-pub struct SentinelConn {
+struct SentinelConn {
     conn: MultiplexedConnection,
     sentinel: MultiplexedConnection,
     name: String,
     master: String,
 }
 
-/// An open connection to a standalone server, a Sentinel's master, or a Cluster.
+/// An open connection of one of the three kinds.
 #[derive(Clone)]
-pub enum RedisConn {
+enum ConnKind {
     Single(MultiplexedConnection),
     Sentinel(Box<SentinelConn>),
     Cluster(ClusterConnection),
+}
+
+/// An open connection to a standalone server, a Sentinel's master, or a Cluster, with the
+/// [`Redactor`] of the target it was opened for.
+#[derive(Clone)]
+pub struct RedisConn {
+    kind: ConnKind,
+    redactor: Arc<Redactor>,
 }
 
 impl RedisConn {
@@ -309,21 +320,50 @@ impl RedisConn {
     /// failover): a connection kept open to a demoted master may still accept writes for
     /// seconds, writes the new master never sees, so a run asks before each batch. Always
     /// false for a standalone server or a Cluster (which redirects by itself).
-    pub async fn master_moved(&mut self) -> redis::RedisResult<Option<(String, String)>> {
-        let RedisConn::Sentinel(s) = self else {
+    pub async fn master_moved(&mut self) -> Result<Option<(String, String)>, Error> {
+        let ConnKind::Sentinel(s) = &mut self.kind else {
             return Ok(None);
         };
-        let now = ask_master(&mut s.sentinel, &s.name).await?;
+        let now = ask_master(&mut s.sentinel, &s.name)
+            .await
+            .map_err(|e| Error::redis(e, &self.redactor))?;
         Ok((now != s.master).then(|| (s.master.clone(), now)))
+    }
+}
+
+/// A connection the scripts and probes run on: it names the [`Redactor`] that scrubs the
+/// errors of its calls. Connections opened outside this module (tests, benches) redact
+/// nothing: they know no secret.
+pub trait Connection: ConnectionLike {
+    fn redactor(&self) -> &Redactor;
+}
+
+static NO_SECRET: std::sync::LazyLock<Redactor> = std::sync::LazyLock::new(Redactor::default);
+
+impl Connection for RedisConn {
+    fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+}
+
+impl Connection for MultiplexedConnection {
+    fn redactor(&self) -> &Redactor {
+        &NO_SECRET
+    }
+}
+
+impl Connection for ClusterConnection {
+    fn redactor(&self) -> &Redactor {
+        &NO_SECRET
     }
 }
 
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            RedisConn::Single(c) => c.req_packed_command(cmd),
-            RedisConn::Sentinel(s) => s.conn.req_packed_command(cmd),
-            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        match &mut self.kind {
+            ConnKind::Single(c) => c.req_packed_command(cmd),
+            ConnKind::Sentinel(s) => s.conn.req_packed_command(cmd),
+            ConnKind::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -333,18 +373,18 @@ impl ConnectionLike for RedisConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            RedisConn::Sentinel(s) => s.conn.req_packed_commands(pipeline, offset, count),
-            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        match &mut self.kind {
+            ConnKind::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            ConnKind::Sentinel(s) => s.conn.req_packed_commands(pipeline, offset, count),
+            ConnKind::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            RedisConn::Single(c) => c.get_db(),
-            RedisConn::Sentinel(s) => s.conn.get_db(),
-            RedisConn::Cluster(c) => c.get_db(),
+        match &self.kind {
+            ConnKind::Single(c) => c.get_db(),
+            ConnKind::Sentinel(s) => s.conn.get_db(),
+            ConnKind::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -393,14 +433,16 @@ mod tests {
 
     #[test]
     fn refuses_bad_urls_without_quoting_them() {
-        let err =
-            RedisTarget::new("http://u:hunter2@h", ConnectionMode::Standalone, None).unwrap_err();
+        let err = RedisTarget::new("http://u:hunter2@h", ConnectionMode::Standalone, None)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("redis://") && !err.contains("hunter2"),
             "{err}"
         );
-        let err =
-            RedisTarget::new("not a url hunter2", ConnectionMode::Standalone, None).unwrap_err();
+        let err = RedisTarget::new("not a url hunter2", ConnectionMode::Standalone, None)
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("hunter2"), "{err}");
     }
 
@@ -426,6 +468,7 @@ mod tests {
             let shown = format!("{t:?}");
             proptest::prop_assert!(!shown.contains(&encoded));
             if let Err(e) = RedisTarget::new(&junk, ConnectionMode::Standalone, None) {
+                let e = e.to_string();
                 proptest::prop_assert!(junk.len() < 6 || !e.contains(junk.trim()), "{}", e);
             }
         }

@@ -1,24 +1,34 @@
 --[[
   jobretry-operator: the shared core of our retry scripts (retry.lua for job ids, select.lua
   for selector pages). It is prepended to each of them when the script is built
-  (src/bullmq/engine.rs), so both retry a job through exactly the same code: what BullMQ's
-  Job.retry() (the reprocessJob script) of one release does, for many jobs in one call.
+  (src/bullmq/scripts.rs, which also builds every call's KEYS and ARGV), so both retry a
+  job through exactly the same code: what BullMQ's Job.retry() (the reprocessJob script)
+  of one release does, for many jobs in one call.
 
   Our own code, written from the behaviour documented in the project's design notes. Uses
   only commands Redis 5.0 has (BullMQ's own minimum).
 
-  The queue's keys, in this order, are KEYS[1..11] of both scripts:
-    1  P:Q:              job key base (job keys are P:Q:<id>)
-    2  P:Q:events        stream
-    3  P:Q:<state>       zset, "failed" or "completed"
-    4  P:Q:wait          list
-    5  P:Q:paused        list (BullMQ 5 puts retried jobs of a paused queue here)
-    6  P:Q:meta          hash
-    7  P:Q:active        list
-    8  P:Q:marker        zset
-    9  P:Q:prioritized   zset
-    10 P:Q:pc            string (priority counter)
-    11 ledger            hash: job id -> "1@<owner>" for every job this run key retried
+  KEYS (the queue's and the ledger, KEYS[1..11] of every script built on this core):
+    1  base           P:Q:, the job key base (job keys are P:Q:<id>)
+    2  events         P:Q:events, stream
+    3  state          P:Q:<state>, zset, "failed" or "completed"
+    4  wait           P:Q:wait, list
+    5  paused         P:Q:paused, list (BullMQ 5 puts retried jobs of a paused queue here)
+    6  meta           P:Q:meta, hash
+    7  active         P:Q:active, list
+    8  marker         P:Q:marker, zset
+    9  prioritized    P:Q:prioritized, zset
+    10 pc             P:Q:pc, string (priority counter)
+    11 ledger         hash: job id -> "1@<owner>" for every job this run key retried
+
+  ARGV (the run's settings, ARGV[1..7] of every script built on this core; see newRun):
+    1  state                 "failed" | "completed"
+    2  flags                 release flags (below)
+    3  resetAttemptsMade     "1" | "0"
+    4  resetAttemptsStarted  "1" | "0"
+    5  dryRun                "1" | "0"
+    6  owner                 the run's owner tag, written into its ledger entries
+    7  ttl                   TTL in ms of the ledger and of the calling script's run record
 
   Release flags (src/bullmq/version.rs), letters:
     m = marker, events MAXLEN and the meta default (>= 5.1.7)
@@ -245,19 +255,17 @@ local function applyMoves(R, moves, q)
     end
   end
 
-  if R.owner ~= "" then
-    local entry = "1@" .. R.owner
-    local fields, nfld = {}, 0
-    for _, id in ipairs(moved) do
-      fields[nfld + 1] = id
-      fields[nfld + 2] = entry
-      nfld = nfld + 2
-      if nfld >= 5000 then
-        rcall("HSET", R.ledger, unpack(fields, 1, nfld))
-        nfld = 0
-      end
+  local entry = "1@" .. R.owner
+  local fields, nfld = {}, 0
+  for _, id in ipairs(moved) do
+    fields[nfld + 1] = id
+    fields[nfld + 2] = entry
+    nfld = nfld + 2
+    if nfld >= 5000 then
+      rcall("HSET", R.ledger, unpack(fields, 1, nfld))
+      nfld = 0
     end
-    if nfld > 0 then rcall("HSET", R.ledger, unpack(fields, 1, nfld)) end
-    rcall("PEXPIRE", R.ledger, R.ttl)
   end
+  if nfld > 0 then rcall("HSET", R.ledger, unpack(fields, 1, nfld)) end
+  rcall("PEXPIRE", R.ledger, R.ttl)
 end

@@ -1,16 +1,21 @@
-//! The only code that talks to Redis: BullMQ key names, version detection, connections and
-//! the batched retry engine with its Lua script.
+//! The only code that talks to Redis: BullMQ key names, version detection, connections,
+//! the call contract of our Lua scripts, the batched retry engine and selector pages, and the
+//! one error type of all of it.
 
 pub mod connection;
 pub mod engine;
+pub mod error;
 pub mod keys;
+pub mod scripts;
 pub mod select;
 pub mod tls;
 pub mod version;
 
-pub use connection::{ConnectError, RedisConn, RedisTarget};
-pub use engine::{BatchRequest, EngineError, JobOutcome, RetryEngine, Verdict};
+pub use connection::{Connection, Redactor, RedisConn, RedisTarget};
+pub use engine::{BatchRequest, JobOutcome, RetryEngine};
+pub use error::{Category, Error, UrlError, Verdict};
 pub use keys::QueueKeys;
+pub use scripts::Ledger;
 pub use select::{Cursor, Page, PageOutcome, PageRequest, Selector};
 pub use tls::TlsFailure;
 pub use version::{QueueVersion, VersionError};

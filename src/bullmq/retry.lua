@@ -4,18 +4,12 @@
   core.lua (prepended when the script is built), which documents KEYS 1-11, the release
   flags, the result codes and the error replies.
 
-  KEYS 1-11: the queue's keys (core.lua); 12 the run record (hash), where the run's position
-  in its id list is kept, per object (field "ids:<owner>"), in the same call as the batch.
-  ARGV:
-    1  state              "failed" | "completed"
-    2  flags              release flags (core.lua)
-    3  resetAttemptsMade  "1" | "0"
-    4  resetAttemptsStarted "1" | "0"
-    5  dryRun             "1" | "0"
-    6  owner              ledger owner tag ("" = no ledger)
-    7  ledger TTL in ms (also of the record)
-    8  the run's position after this batch ("" = do not record it)
-    9… job ids
+  KEYS (after core.lua's 1-11):
+    12 record        hash: the run record, where the run's position in its id list is
+                     kept, per object (field "ids:<owner>"), in the same call as the batch
+  ARGV (after core.lua's 1-7):
+    8  position      the run's position after this batch (recorded unless a dry run)
+    9… ids           job ids
 
   Returns one result string per id, in order.
 ]]
@@ -28,14 +22,13 @@ for i = 9, #ARGV do ids[#ids + 1] = ARGV[i] end
 local results = {}
 if #ids == 0 then return results end
 local function recordPosition()
-  if ARGV[8] ~= "" and not R.dryRun and R.owner ~= "" then
+  if not R.dryRun then
     rcall("HSET", KEYS[12], "ids:" .. R.owner, ARGV[8])
     rcall("PEXPIRE", KEYS[12], R.ttl)
   end
 end
 
-local ledger = {}
-if R.owner ~= "" then ledger = chunked("HMGET", R.ledger, ids) end
+local ledger = chunked("HMGET", R.ledger, ids)
 
 -- Plan every job; nothing is written yet.
 local moves, seen = {}, {}

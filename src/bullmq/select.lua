@@ -14,34 +14,31 @@
   (the next call starts with it); a job that would not fit in a whole call, or whose key is
   not a hash, is "unexamined": counted, skipped, never retried.
 
-  KEYS 1-11: the queue's keys (core.lua); 12 the run record (hash), 13 the queue-and-state
-  lock (string).
-  ARGV:
-    1  state              "failed" | "completed"
-    2  flags              release flags (core.lua)
-    3  resetAttemptsMade  "1" | "0"
-    4  resetAttemptsStarted "1" | "0"
-    5  dryRun             "1" | "0": nothing at all is written (no record, ledger or lock)
-    6  owner              ledger owner tag
-    7  TTL in ms of the ledger, the record and (refreshed each call) the lock
-    8  lock holder        the run key; "" = take no lock (dry runs)
-    9  lock TTL in ms
-    10 lower bound        finishedOn, inclusive ("-inf": none)
-    11 upper bound        finishedOn, exclusive: the snapshot, frozen at the run's start
-    12 maxJobs            stop after this many matches
-    13 budget             at most this many jobs examined in this call
-    14 cursor score       dry runs only (real runs keep it in the record); "" = start
-    15 cursor id          dry runs only
-    16 matched so far     dry runs only
-    17 failedReason must contain this ("" = any)
-    18 scanned expected   real runs: what the run's status says its record had scanned; a
-                          record that is missing or behind it means the run's state in Redis
-                          is lost (another server, or lost writes): reply "lost"
-    19 work budget        matching work units per call
-    20 bytes budget       bytes of names and reasons copied per call
-    21… name globs        `*` any run of characters, `?` one character (a byte and the
-                          continuation bytes 0x80-0xBF after it); a job matches if any glob
-                          matches its whole name; none = any name
+  A dry run (core's dryRun) writes nothing at all: no record, ledger or lock. Core's ttl is
+  also that of the record and (refreshed each call) of the lock.
+
+  KEYS (after core.lua's 1-11):
+    12 record        hash: the run record
+    13 lock          string: the queue-and-state lock
+  ARGV (after core.lua's 1-7):
+    8  holder        the lock holder: the run key; "" = take no lock (dry runs)
+    9  lockTtl       lock TTL in ms
+    10 lower         finishedOn lower bound, inclusive ("-inf": none)
+    11 upper         finishedOn upper bound, exclusive: the snapshot, frozen at the run's start
+    12 maxJobs       stop after this many matches
+    13 budget        at most this many jobs examined in this call
+    14 cursorScore   dry runs only (real runs keep it in the record); "" = start
+    15 cursorId      dry runs only
+    16 matched       matches so far; dry runs only
+    17 reason        failedReason must contain this ("" = any)
+    18 scanned       real runs: what the run's status says its record had scanned; a
+                     record that is missing or behind it means the run's state in Redis
+                     is lost (another server, or lost writes): reply "lost"
+    19 workBudget    matching work units per call
+    20 bytesBudget   bytes of names and reasons copied per call
+    21… names        name globs: `*` any run of characters, `?` one character (a byte and
+                     the continuation bytes 0x80-0xBF after it); a job matches if any glob
+                     matches its whole name; none = any name
 
   The record (real runs): cs, cid (cursor), scanned, matched, unexamined, upper (frozen at the
   first call, wins over ARGV 11), done, and n:<code> (results by code: "1", "-1", "-3", "E").
@@ -283,7 +280,7 @@ local callUnexamined = 0
 -- The ledger entries of the whole page in one read (a job this run key retried before is
 -- skipped: it failed again, behind the cursor, stamped by a worker whose clock runs behind).
 local seenBefore = {}
-if R.owner ~= "" and #page > 0 then
+if #page > 0 then
   local pageIds = {}
   for i = 1, #page, 2 do pageIds[#pageIds + 1] = page[i] end
   seenBefore = chunked("HMGET", R.ledger, pageIds)

@@ -8,11 +8,12 @@
 
 use std::time::Duration;
 
-use redis::{Script, Value, aio::ConnectionLike};
+use redis::{Script, Value};
 
 use super::{
-    BatchRequest, EngineError, JobOutcome, QueueKeys,
-    engine::{decode, queue_invocation, script_error},
+    BatchRequest, Connection, Error, JobOutcome, QueueKeys,
+    engine::decode,
+    scripts::{self, PageArgs, RunArgs, UnlockArgs},
 };
 
 /// A keyset position: the score (finishedOn, as Redis writes it) and id of the last job
@@ -26,9 +27,9 @@ pub struct Cursor {
 /// What one page call is asked to do.
 #[derive(Clone, Debug)]
 pub struct PageRequest {
-    /// The run's settings (state, release, resets, dry run, ledger).
+    /// The run's settings (state, release, resets, dry run, ledger, record).
     pub run: BatchRequest,
-    /// The run key: the lock holder (none for dry runs) and the record's name.
+    /// The run key: the lock holder (none for dry runs).
     pub run_key: String,
     pub lock_ttl: Duration,
     /// finishedOn bounds in ms: lower inclusive, upper exclusive (the frozen snapshot).
@@ -110,108 +111,103 @@ pub struct Selector {
 impl Default for Selector {
     fn default() -> Self {
         Self {
-            script: Script::new(concat!(
-                include_str!("core.lua"),
-                include_str!("select.lua")
-            )),
-            // KEYS[1] the lock, ARGV[1] the holder: deleted only if it is still the holder's.
-            unlock: Script::new(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-            ),
+            script: Script::new(scripts::SELECT_LUA),
+            unlock: Script::new(scripts::UNLOCK_LUA),
         }
     }
 }
 
 impl Selector {
     /// Runs one page.
-    pub async fn page<C: ConnectionLike>(
+    pub async fn page<C: Connection>(
         &self,
         conn: &mut C,
         keys: &QueueKeys,
         req: &PageRequest,
-    ) -> Result<PageOutcome, EngineError> {
-        let mut inv = queue_invocation(&self.script, keys, &req.run);
+    ) -> Result<PageOutcome, Error> {
         let dry = req.run.dry_run;
-        let cursor = req.dry_cursor.clone().unwrap_or_default();
-        inv.key(keys.record(&req.run_key))
-            .key(keys.lock(req.run.state.as_str()))
-            .arg(if dry { "" } else { req.run_key.as_str() })
-            .arg(req.lock_ttl.as_millis().max(1) as u64)
-            .arg(
-                req.lower
-                    .map_or_else(|| "-inf".to_string(), |l| l.to_string()),
-            )
-            .arg(req.upper)
-            .arg(req.max_jobs)
-            .arg(req.budget.max(1))
-            .arg(cursor.score)
-            .arg(cursor.id)
-            .arg(req.dry_matched)
-            .arg(req.reason_contains.as_deref().unwrap_or(""))
-            .arg(if dry { 0 } else { req.expected_scanned })
-            .arg(WORK_BUDGET)
-            .arg(BYTES_BUDGET);
-        for glob in &req.names {
-            inv.arg(glob.as_str());
-        }
-        let reply: Vec<Value> = inv.invoke_async(conn).await.map_err(script_error)?;
-        decode_page(reply)
+        let start = Cursor::default();
+        let args = PageArgs {
+            run: RunArgs::of(keys, &req.run),
+            record: &req.run.record,
+            lock: keys.lock(req.run.state.as_str()),
+            holder: if dry { "" } else { req.run_key.as_str() },
+            lock_ttl: req.lock_ttl,
+            lower: req.lower,
+            upper: req.upper,
+            max_jobs: req.max_jobs,
+            budget: req.budget,
+            cursor: req.dry_cursor.as_ref().unwrap_or(&start),
+            matched: req.dry_matched,
+            reason_contains: req.reason_contains.as_deref().unwrap_or(""),
+            expected_scanned: if dry { 0 } else { req.expected_scanned },
+            work_budget: WORK_BUDGET,
+            bytes_budget: BYTES_BUDGET,
+            names: &req.names,
+        };
+        let reply: Vec<Value> = (args.call().invocation(&self.script))
+            .invoke_async(conn)
+            .await
+            .map_err(|e| Error::redis(e, conn.redactor()))?;
+        decode_page(reply, &req.run.ledger.owner)
     }
 
     /// Releases the queue-and-state lock of `state` if `run_key` holds it (a run that stops:
     /// suspended, deleted), so that the next run need not wait for it to expire.
-    pub async fn unlock<C: ConnectionLike>(
+    pub async fn unlock<C: Connection>(
         &self,
         conn: &mut C,
         keys: &QueueKeys,
         state: &str,
         run_key: &str,
-    ) -> Result<bool, EngineError> {
-        let released: i64 = self
-            .unlock
-            .key(keys.lock(state))
-            .arg(run_key)
+    ) -> Result<bool, Error> {
+        let args = UnlockArgs {
+            lock: keys.lock(state),
+            holder: run_key,
+        };
+        let released: i64 = (args.call().invocation(&self.unlock))
             .invoke_async(conn)
             .await
-            .map_err(script_error)?;
+            .map_err(|e| Error::redis(e, conn.redactor()))?;
         Ok(released == 1)
     }
 }
 
 /// A reply element as text; bytes that are not UTF-8 (job names and ids are whatever the
 /// producer wrote) become U+FFFD rather than failing the page.
-fn text(v: &Value) -> Result<String, EngineError> {
+fn text(v: &Value) -> Result<String, Error> {
     match v {
         Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
-        v => redis::from_redis_value_ref(v)
-            .map_err(|e| EngineError::Protocol(format!("page reply: {e}"))),
+        v => {
+            redis::from_redis_value_ref(v).map_err(|e| Error::Protocol(format!("page reply: {e}")))
+        }
     }
 }
 
-fn number(v: &Value) -> Result<u64, EngineError> {
-    redis::from_redis_value_ref(v).map_err(|e| EngineError::Protocol(format!("page reply: {e}")))
+fn number(v: &Value) -> Result<u64, Error> {
+    redis::from_redis_value_ref(v).map_err(|e| Error::Protocol(format!("page reply: {e}")))
 }
 
-fn number_i64(v: &Value) -> Result<i64, EngineError> {
+fn number_i64(v: &Value) -> Result<i64, Error> {
     let t = text(v)?;
     t.parse::<f64>()
         .map(|f| f as i64)
-        .map_err(|_| EngineError::Protocol(format!("page reply: bound {t}")))
+        .map_err(|_| Error::Protocol(format!("page reply: bound {t}")))
 }
 
-fn pairs(v: &Value) -> Result<Vec<(String, String)>, EngineError> {
-    let items: Vec<Value> = redis::from_redis_value_ref(v)
-        .map_err(|e| EngineError::Protocol(format!("page reply: {e}")))?;
+fn pairs(v: &Value) -> Result<Vec<(String, String)>, Error> {
+    let items: Vec<Value> =
+        redis::from_redis_value_ref(v).map_err(|e| Error::Protocol(format!("page reply: {e}")))?;
     items
         .chunks(2)
         .map(|p| match p {
             [a, b] => Ok((text(a)?, text(b)?)),
-            _ => Err(EngineError::Protocol("page reply: odd list".into())),
+            _ => Err(Error::Protocol("page reply: odd list".into())),
         })
         .collect()
 }
 
-fn decode_page(reply: Vec<Value>) -> Result<PageOutcome, EngineError> {
+fn decode_page(reply: Vec<Value>, own: &str) -> Result<PageOutcome, Error> {
     let status = reply.first().map(text).transpose()?;
     match (status.as_deref(), reply.as_slice()) {
         (Some("busy"), [_, holder]) => Ok(PageOutcome::Busy(text(holder)?)),
@@ -219,67 +215,78 @@ fn decode_page(reply: Vec<Value>) -> Result<PageOutcome, EngineError> {
             scanned: text(scanned)?.parse().ok(),
             matched: number(matched)?,
         }),
-        (
-            Some(s @ ("more" | "done")),
-            [
-                _,
-                cs,
-                cid,
-                scanned,
-                matched,
-                remaining,
-                rows,
-                names,
-                reasons,
-                oldest,
-                newest,
-                totals,
-                upper,
-                unexamined,
-            ],
-        ) => {
-            let (score, id) = (text(cs)?, text(cid)?);
-            let counted = |v: &Value| -> Result<Vec<(String, u64)>, EngineError> {
-                pairs(v)?
-                    .into_iter()
-                    .map(|(k, n)| Ok((k, n.parse().map_err(|_| EngineError::Protocol(n))?)))
-                    .collect()
-            };
-            let when = |v: &Value| text(v).map(|t| t.parse::<f64>().ok().map(|f| f as i64));
-            Ok(PageOutcome::Page(Page {
-                done: s == "done",
-                cursor: (!score.is_empty()).then_some(Cursor { score, id }),
-                scanned: number(scanned)?,
-                matched: number(matched)?,
-                remaining: number(remaining)?,
-                rows: pairs(rows)?
-                    .into_iter()
-                    .map(|(id, r)| Ok((id, decode(&r)?)))
-                    .collect::<Result<_, EngineError>>()?,
-                names: counted(names)?,
-                reasons: counted(reasons)?,
-                oldest: when(oldest)?,
-                newest: when(newest)?,
-                totals: counted(totals)?
-                    .into_iter()
-                    .map(|(code, n)| {
-                        let outcome = match code.as_str() {
-                            "E" => JobOutcome::Error(String::new()),
-                            c => decode(c)?,
-                        };
-                        Ok((outcome, n))
-                    })
-                    .collect::<Result<_, EngineError>>()?,
-                upper: number_i64(upper)?,
-                unexamined: number(unexamined)?,
-            }))
+        (Some(s @ ("more" | "done")), [_, fields @ ..]) if fields.len() == 13 => {
+            decode_fields(s == "done", fields, own).map(PageOutcome::Page)
         }
-        _ => Err(EngineError::Protocol(format!(
+        _ => Err(Error::Protocol(format!(
             "page reply with status {} and {} elements",
             status.as_deref().unwrap_or("(none)"),
             reply.len()
         ))),
     }
+}
+
+/// `{ name, count, ... }` of a page reply.
+fn counted(v: &Value) -> Result<Vec<(String, u64)>, Error> {
+    pairs(v)?
+        .into_iter()
+        .map(|(k, n)| Ok((k, n.parse().map_err(|_| Error::Protocol(n))?)))
+        .collect()
+}
+
+/// The 13 elements after the status of a "more" or "done" reply (see `select.lua`).
+fn decode_fields(done: bool, fields: &[Value], own: &str) -> Result<Page, Error> {
+    let [
+        cs,
+        cid,
+        scanned,
+        matched,
+        remaining,
+        rows,
+        names,
+        reasons,
+        oldest,
+        newest,
+        totals,
+        upper,
+        unexamined,
+    ] = fields
+    else {
+        return Err(Error::Protocol(format!(
+            "page reply of {} fields",
+            fields.len()
+        )));
+    };
+    let (score, id) = (text(cs)?, text(cid)?);
+    let when = |v: &Value| text(v).map(|t| t.parse::<f64>().ok().map(|f| f as i64));
+    let total = |(code, n): (String, u64)| -> Result<(JobOutcome, u64), Error> {
+        let outcome = match code.as_str() {
+            "E" => JobOutcome::Error(String::new()),
+            c => decode(c, own)?,
+        };
+        Ok((outcome, n))
+    };
+    Ok(Page {
+        done,
+        cursor: (!score.is_empty()).then_some(Cursor { score, id }),
+        scanned: number(scanned)?,
+        matched: number(matched)?,
+        remaining: number(remaining)?,
+        rows: pairs(rows)?
+            .into_iter()
+            .map(|(id, r)| Ok((id, decode(&r, own)?)))
+            .collect::<Result<_, Error>>()?,
+        names: counted(names)?,
+        reasons: counted(reasons)?,
+        oldest: when(oldest)?,
+        newest: when(newest)?,
+        totals: counted(totals)?
+            .into_iter()
+            .map(total)
+            .collect::<Result<_, Error>>()?,
+        upper: number_i64(upper)?,
+        unexamined: number(unexamined)?,
+    })
 }
 
 /// Whether `glob` matches all of `name`: the reference for the script's matcher (which must

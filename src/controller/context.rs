@@ -16,7 +16,7 @@ use kube::{
 
 use super::{memory::ObjectMemory, secret::SecretCache};
 use crate::{
-    bullmq::{ConnectError, RedisConn, RedisTarget, RetryEngine, Selector},
+    bullmq::{self, RedisConn, RedisTarget, RetryEngine, Selector},
     config::Config,
     crd::JobRetry,
     leader::Gate,
@@ -72,7 +72,7 @@ impl Context {
     }
 
     /// A connection to `target`: a cached one, or a new one that is then cached.
-    pub async fn connection(&self, target: &RedisTarget) -> Result<RedisConn, ConnectError> {
+    pub async fn connection(&self, target: &RedisTarget) -> Result<RedisConn, bullmq::Error> {
         let key = target.cache_key();
         let cached = self.connections().get(&key).cloned();
         if let Some(conn) = cached {

@@ -4,7 +4,7 @@
 //! sources; categories and reasons are derived enums, never hand-kept lists.
 
 use crate::{
-    bullmq::{EngineError, Verdict, VersionError, engine},
+    bullmq::{self, Category, Verdict, VersionError},
     crd::{Reason, SourceState},
     error::quoted,
 };
@@ -75,13 +75,10 @@ pub enum RunError {
     /// A connection could not be opened; nothing of the queue was touched yet, so whatever
     /// is not transient waits for the Secret, the ACL or the server to be fixed.
     #[error(transparent)]
-    Connect(crate::bullmq::ConnectError),
-    /// A call on the queue failed (its message names no secret).
-    #[error("{message}")]
-    Redis {
-        source: EngineError,
-        message: String,
-    },
+    Connect(bullmq::Error),
+    /// A call on the queue failed (the Redis layer's messages name no secret).
+    #[error(transparent)]
+    Redis(bullmq::Error),
     /// The queue does not exist.
     #[error(transparent)]
     QueueNotFound(QueueNotFound),
@@ -108,12 +105,6 @@ pub enum RunError {
 }
 
 impl RunError {
-    /// A failed call on the queue, its message stripped of the target's secrets.
-    pub fn redis(source: EngineError, redact: impl Fn(&str) -> String) -> Self {
-        let message = redact(&source.to_string());
-        RunError::Redis { source, message }
-    }
-
     /// The condition reason it shows as.
     pub fn reason(&self) -> Reason {
         self.judged().0
@@ -125,29 +116,17 @@ impl RunError {
         self.judged().1
     }
 
-    /// The category of the Redis error behind it, if any (metrics).
-    pub fn redis_category(&self) -> Option<&'static str> {
-        match self {
-            RunError::Connect(e) => Some(e.category),
-            RunError::Redis {
-                source: source @ EngineError::Redis(_),
-                ..
-            } => Some(source.category()),
-            _ => None,
-        }
-    }
-
     fn judged(&self) -> (Reason, Verdict) {
         use {Reason as R, Verdict as V};
         match self {
             RunError::SelectorUnsupported => (R::SelectorUnsupported, V::Permanent),
             RunError::Secret(SecretError::Forbidden(_)) => (R::SecretForbidden, V::Stalled),
             RunError::Secret(SecretError::Invalid { .. }) => (R::SecretInvalid, V::Stalled),
-            RunError::Connect(e) => match e.verdict {
+            RunError::Connect(e) => match e.verdict() {
                 V::Transient => (R::RedisUnavailable, V::Transient),
-                _ => (refused(e.category), V::Stalled),
+                _ => (refused(e.category()), V::Stalled),
             },
-            RunError::Redis { source, .. } => judge_call(source),
+            RunError::Redis(e) => judge_call(e),
             RunError::QueueNotFound(_) => (R::IncompatibleQueue, V::Permanent),
             RunError::Version(VersionError::Unknown) => (R::VersionUnknown, V::Permanent),
             RunError::Version(_) => (R::IncompatibleQueue, V::Permanent),
@@ -160,45 +139,58 @@ impl RunError {
 }
 
 /// The reason of a refusal that waits for the user: credentials and ACLs, or the rest.
-fn refused(category: &str) -> Reason {
+fn refused(category: Category) -> Reason {
     match category {
-        "auth" | "permission" => Reason::RedisAccessDenied,
+        Category::Auth | Category::Permission => Reason::RedisAccessDenied,
         _ => Reason::RedisRefused,
     }
 }
 
 /// What a failed call on the queue means, by what fixes it.
-fn judge_call(e: &EngineError) -> (Reason, Verdict) {
+fn judge_call(e: &bullmq::Error) -> (Reason, Verdict) {
     use {Reason as R, Verdict as V};
     match (e, e.verdict()) {
         (_, V::Transient) => (R::RedisUnavailable, V::Transient),
-        (EngineError::IncompatibleQueue(_), _) => (R::IncompatibleQueue, V::Permanent),
-        (EngineError::QueueData(_), _) => (R::QueueDataInvalid, V::Stalled),
-        (EngineError::Redis(_), V::Stalled) => (refused(e.category()), V::Stalled),
+        (bullmq::Error::IncompatibleQueue(_), _) => (R::IncompatibleQueue, V::Permanent),
+        (bullmq::Error::QueueData(_), _) => (R::QueueDataInvalid, V::Stalled),
+        (_, V::Stalled) if e.is_redis() => (refused(e.category()), V::Stalled),
         _ => (R::RedisRefused, V::Permanent),
     }
 }
 
-/// Every category a Redis error is counted under (metrics declare each at 0).
-pub fn redis_categories() -> &'static [&'static str] {
-    &engine::REDIS_CATEGORIES
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::bullmq::Redactor;
+
+    /// A reply as Redis sends it, parsed by the client as any server error is.
+    pub(crate) fn server(code: &str, detail: &str) -> redis::RedisError {
+        let wire = format!("-{code} {detail}\r\n");
+        match redis::parse_redis_value(wire.as_bytes()) {
+            Ok(redis::Value::ServerError(e)) => e.into(),
+            other => panic!("not a server error: {other:?}"),
+        }
+    }
+
+    /// A connection that failed with `e`.
+    pub(crate) fn connect(e: redis::RedisError) -> RunError {
+        RunError::Connect(bullmq::Error::connect(e, &Redactor::default()))
+    }
+
+    /// A connection Redis refused (transient).
+    pub(crate) fn refused_io() -> redis::RedisError {
+        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into()
+    }
 
     #[test]
     fn each_error_shows_its_reason_and_verdict() {
         use {Reason as R, Verdict as V};
-        let connect = |category, verdict| {
-            RunError::Connect(crate::bullmq::ConnectError {
-                message: "m".into(),
-                category,
-                verdict,
-            })
-        };
-        let call = |e| RunError::redis(e, |t: &str| t.to_string());
+        let call = RunError::Redis;
+        let untrusted: redis::RedisError = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        )
+        .into();
         let lost = LostState {
             status_says: "a".into(),
             redis_has: "b".into(),
@@ -215,29 +207,30 @@ mod tests {
                 R::SecretForbidden,
                 V::Stalled,
             ),
+            (connect(refused_io()), R::RedisUnavailable, V::Transient),
             (
-                connect("connection", V::Transient),
-                R::RedisUnavailable,
-                V::Transient,
-            ),
-            (
-                connect("auth", V::Stalled),
+                connect(server("WRONGPASS", "invalid username-password pair")),
                 R::RedisAccessDenied,
                 V::Stalled,
             ),
-            (connect("tls", V::Stalled), R::RedisRefused, V::Stalled),
             (
-                call(EngineError::QueueData("pc".into())),
+                connect(server("NOPERM", "this user has no permissions")),
+                R::RedisAccessDenied,
+                V::Stalled,
+            ),
+            (connect(untrusted), R::RedisRefused, V::Stalled),
+            (
+                call(bullmq::Error::QueueData("pc".into())),
                 R::QueueDataInvalid,
                 V::Stalled,
             ),
             (
-                call(EngineError::IncompatibleQueue("wait".into())),
+                call(bullmq::Error::IncompatibleQueue("wait".into())),
                 R::IncompatibleQueue,
                 V::Permanent,
             ),
             (
-                call(EngineError::Protocol("?".into())),
+                call(bullmq::Error::Protocol("?".into())),
                 R::RedisRefused,
                 V::Permanent,
             ),

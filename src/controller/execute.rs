@@ -23,7 +23,7 @@ use super::{
     rules,
 };
 use crate::{
-    bullmq::{EngineError, JobOutcome, Page, PageOutcome},
+    bullmq::{self, JobOutcome, Page, PageOutcome},
     crd::{JobResultRow, JobRetryStatus, SelectionStatus, SourceState},
     metrics::Script,
     status,
@@ -52,7 +52,6 @@ pub async fn execute(plan: Plan, loaded: &Loaded, ctx: &Context) -> Progress {
 /// for a pause, or the run must stop.
 async fn run_ids(mut run: Box<IdRun>, loaded: &Loaded, ctx: &Context, p: &mut Progress) -> End {
     let deadline = Instant::now() + ctx.config.status_interval();
-    let tag = loaded.owner_tag();
     let state = run.req.state;
     p.processed_before = Some(run.from);
     loop {
@@ -75,7 +74,7 @@ async fn run_ids(mut run: Box<IdRun>, loaded: &Loaded, ctx: &Context, p: &mut Pr
             Err(e) => return End::Error(call_failed(ctx, q, e)),
         };
         let rows = batch.iter().zip(&outcomes).map(|(id, o)| (id.as_str(), o));
-        add_rows(ctx, p, Script::Retry, started, rows, state, &tag);
+        add_rows(ctx, p, Script::Retry, started, rows, state);
         if run.jobs_per_second > 0 || Instant::now() >= deadline || stopped_meanwhile(ctx, loaded) {
             return End::Batches {
                 last_batch: batch.len(),
@@ -119,7 +118,7 @@ async fn run_pages(mut run: Box<PageRun>, loaded: &Loaded, ctx: &Context, p: &mu
         };
         pages.budget = rules::budget_after(pages.budget, started.elapsed());
         let in_page = page.rows.len();
-        if take_page(ctx, loaded, p, &mut pages, &run, started, page) {
+        if take_page(ctx, p, &mut pages, &run, started, page) {
             break End::Done;
         }
         if run.jobs_per_second > 0 || Instant::now() >= deadline || stopped_meanwhile(ctx, loaded) {
@@ -140,7 +139,6 @@ async fn run_pages(mut run: Box<PageRun>, loaded: &Loaded, ctx: &Context, p: &mu
 /// done.
 fn take_page(
     ctx: &Context,
-    loaded: &Loaded,
     p: &mut Progress,
     pages: &mut PagesProgress,
     run: &PageRun,
@@ -153,12 +151,12 @@ fn take_page(
         let restarted = dry_run && pages.restart;
         p.processed_before = Some(if restarted { 0 } else { first });
     }
-    let (state, tag) = (run.req.run.state, loaded.owner_tag());
+    let state = run.req.run.state;
     let rows = page.rows.iter().map(|(id, o)| (id.as_str(), o));
-    add_rows(ctx, p, Script::Select, started, rows, state, &tag);
+    add_rows(ctx, p, Script::Select, started, rows, state);
     if !dry_run {
         let counts = page.totals.iter().map(|(o, n)| {
-            let row = status::job_row("", o, state.as_str(), &tag);
+            let row = status::job_row("", o, state.as_str());
             (row.result, *n)
         });
         pages.counts = Some(counts.collect());
@@ -188,10 +186,9 @@ fn add_rows<'a>(
     started: Instant,
     outcomes: impl Iterator<Item = (&'a str, &'a JobOutcome)>,
     state: SourceState,
-    tag: &str,
 ) {
     let rows: Vec<JobResultRow> = outcomes
-        .map(|(id, o)| status::job_row(id, o, state.as_str(), tag))
+        .map(|(id, o)| status::job_row(id, o, state.as_str()))
         .collect();
     let seconds = started.elapsed().as_secs_f64();
     let results = rows.iter().filter_map(|r| r.result.parse().ok());
@@ -220,12 +217,12 @@ fn lost(old: &JobRetryStatus, scanned: Option<u64>, matched: u64) -> LostState {
 
 /// A failed call: its connection is dropped (the next reconcile opens a new one), and the
 /// error names no secret of the target.
-fn call_failed(ctx: &Context, q: &OpenQueue, e: EngineError) -> RunError {
-    if let EngineError::Redis(_) = e {
+fn call_failed(ctx: &Context, q: &OpenQueue, e: bullmq::Error) -> RunError {
+    if e.is_redis() {
         ctx.metrics.redis_failed(e.category());
         ctx.drop_connection(&q.target);
     }
-    RunError::redis(e, |t| q.target.redact(t))
+    RunError::Redis(e)
 }
 
 /// Before each batch or page: a Sentinel failover since the connection opened makes the run
@@ -240,7 +237,7 @@ async fn check_master(ctx: &Context, q: &mut OpenQueue) -> Result<(), RunError> 
             ctx.drop_connection(&q.target);
             Err(RunError::MasterMoved { was, now })
         }
-        Err(e) => Err(call_failed(ctx, q, e.into())),
+        Err(e) => Err(call_failed(ctx, q, e)),
     }
 }
 
@@ -272,9 +269,6 @@ pub async fn release_lock(ctx: &Context, q: &mut OpenQueue, state: SourceState, 
     {
         Ok(true) => info!("released the queue's {state} lock: the run stopped"),
         Ok(false) => {}
-        Err(e) => {
-            let e = q.target.redact(&e.to_string());
-            warn!(error = %e, "cannot release the queue's lock; it expires by itself")
-        }
+        Err(e) => warn!(error = %e, "cannot release the queue's lock; it expires by itself"),
     }
 }

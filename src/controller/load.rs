@@ -15,7 +15,7 @@ use super::{
     secret::{self, LoadError},
 };
 use crate::{
-    bullmq::{EngineError, QueueKeys, QueueVersion, RedisConn, RedisTarget},
+    bullmq::{self, QueueKeys, QueueVersion, RedisConn, RedisTarget},
     crd::{JobRetry, Phase},
 };
 
@@ -174,14 +174,14 @@ async fn open_queue(loaded: &Loaded, ctx: &Context) -> Result<Queue, Error> {
     let mut conn = match ctx.connection(&target).await {
         Ok(c) => c,
         Err(e) => {
-            ctx.metrics.redis_failed(e.category);
+            ctx.metrics.redis_failed(e.category());
             return Ok(Queue::Failed(RunError::Connect(e)));
         }
     };
     let keys = QueueKeys::new(&spec.queue.prefix, &spec.queue.name);
     let opened = async {
-        let version = detect_version(loaded, ctx, &mut conn, &keys).await?;
-        let recorded = recorded_position(loaded, ctx, &mut conn, &keys).await?;
+        let version = detect_version(loaded, ctx, &mut conn, &keys, &target).await?;
+        let recorded = recorded_position(loaded, ctx, &mut conn, &keys, &target).await?;
         Ok::<_, RunError>((version, recorded))
     };
     Ok(match opened.await {
@@ -192,22 +192,18 @@ async fn open_queue(loaded: &Loaded, ctx: &Context) -> Result<Queue, Error> {
             version,
             recorded,
         }),
-        Err(e) => Queue::Failed(call_failed(e, ctx, &target)),
+        Err(e) => Queue::Failed(e),
     })
 }
 
-/// A failed call's connection is dropped (the next reconcile opens a new one).
-fn call_failed(e: RunError, ctx: &Context, target: &RedisTarget) -> RunError {
-    match e {
-        RunError::Redis { source, .. } => {
-            if let EngineError::Redis(_) = source {
-                ctx.metrics.redis_failed(source.category());
-                ctx.drop_connection(target);
-            }
-            RunError::redis(source, |t| target.redact(t))
-        }
-        e => e,
+/// A failed call on the queue; a Redis failure's connection is dropped (the next reconcile
+/// opens a new one).
+fn call_failed(e: bullmq::Error, ctx: &Context, target: &RedisTarget) -> RunError {
+    if e.is_redis() {
+        ctx.metrics.redis_failed(e.category());
+        ctx.drop_connection(target);
     }
+    RunError::Redis(e)
 }
 
 /// Probes the queue and resolves its version, then checks the spec's options against it.
@@ -216,10 +212,11 @@ async fn detect_version(
     ctx: &Context,
     conn: &mut RedisConn,
     keys: &QueueKeys,
+    target: &RedisTarget,
 ) -> Result<QueueVersion, RunError> {
     let spec = &loaded.obj.spec;
     let probe = ctx.engine.probe(conn, keys, spec.state).await;
-    let probe = probe.map_err(|e| RunError::redis(e, str::to_string))?;
+    let probe = probe.map_err(|e| call_failed(e, ctx, target))?;
     if !probe.exists {
         return Err(RunError::QueueNotFound(QueueNotFound {
             name: spec.queue.name.clone(),
@@ -243,6 +240,7 @@ async fn recorded_position(
     ctx: &Context,
     conn: &mut RedisConn,
     keys: &QueueKeys,
+    target: &RedisTarget,
 ) -> Result<u64, RunError> {
     let spec = &loaded.obj.spec;
     if spec.job_ids.is_none() || spec.dry_run {
@@ -251,7 +249,5 @@ async fn recorded_position(
     let record = keys.record(&loaded.run_key);
     let tag = loaded.owner_tag();
     let position = ctx.engine.recorded_position(conn, &record, &tag);
-    position
-        .await
-        .map_err(|e| RunError::redis(e, str::to_string))
+    position.await.map_err(|e| call_failed(e, ctx, target))
 }

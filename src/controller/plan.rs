@@ -18,7 +18,7 @@ use super::{
     rules,
 };
 use crate::{
-    bullmq::{BatchRequest, PageRequest},
+    bullmq::{BatchRequest, Ledger, PageRequest},
     config::Config,
     crd::{JobRetrySpec, SelectionStatus},
 };
@@ -154,9 +154,12 @@ fn batch_request(loaded: &Loaded, q: &OpenQueue, cfg: &Config) -> BatchRequest {
         reset_attempts_made: spec.reset_attempts_made,
         reset_attempts_started: spec.reset_attempts_started,
         dry_run: spec.dry_run,
-        ledger: Some((q.keys.ledger(&loaded.run_key), loaded.owner_tag())),
+        ledger: Ledger {
+            key: q.keys.ledger(&loaded.run_key),
+            owner: loaded.owner_tag(),
+        },
         ledger_ttl: cfg.ledger_retention(),
-        record: Some(q.keys.record(&loaded.run_key)),
+        record: q.keys.record(&loaded.run_key),
     }
 }
 

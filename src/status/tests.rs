@@ -15,14 +15,14 @@ fn rows(n: usize, result: &str) -> Vec<JobResultRow> {
 
 #[test]
 fn maps_outcomes_to_contract_rows() {
-    let r = job_row("1", &JobOutcome::Retried, "failed", "me");
+    let r = job_row("1", &JobOutcome::Retried, "failed");
     assert_eq!((r.result.as_str(), r.code), ("Retried", Some(1)));
-    let r = job_row("2", &JobOutcome::NotFound, "failed", "me");
+    let r = job_row("2", &JobOutcome::NotFound, "failed");
     assert_eq!(
         (r.result.as_str(), r.code, r.message.as_deref()),
         ("NotFound", Some(-1), Some("job does not exist"))
     );
-    let r = job_row("3", &JobOutcome::NotInState, "completed", "me");
+    let r = job_row("3", &JobOutcome::NotInState, "completed");
     assert_eq!(
         (r.result.as_str(), r.code, r.message.as_deref()),
         (
@@ -31,9 +31,9 @@ fn maps_outcomes_to_contract_rows() {
             Some("job is not in the completed state")
         )
     );
-    let r = job_row("4", &JobOutcome::WouldRetry, "failed", "me");
+    let r = job_row("4", &JobOutcome::WouldRetry, "failed");
     assert_eq!((r.result.as_str(), r.code), ("WouldRetry", None));
-    let r = job_row("5", &JobOutcome::Error("WRONGTYPE".into()), "failed", "me");
+    let r = job_row("5", &JobOutcome::Error("WRONGTYPE".into()), "failed");
     assert_eq!(
         (r.result.as_str(), r.message.as_deref()),
         ("Error", Some("WRONGTYPE"))
@@ -42,12 +42,7 @@ fn maps_outcomes_to_contract_rows() {
 
 #[test]
 fn a_ledger_hit_of_our_own_object_is_our_earlier_retry() {
-    let own = job_row(
-        "1",
-        &JobOutcome::AlreadyProcessed { owner: "me".into() },
-        "failed",
-        "me",
-    );
+    let own = job_row("1", &JobOutcome::RetriedEarlier, "failed");
     assert_eq!((own.result.as_str(), own.code), ("Retried", Some(1)));
     let other = job_row(
         "1",
@@ -55,7 +50,6 @@ fn a_ledger_hit_of_our_own_object_is_our_earlier_retry() {
             owner: "them".into(),
         },
         "failed",
-        "me",
     );
     assert_eq!(
         (other.result.as_str(), other.code),
@@ -164,7 +158,7 @@ proptest::proptest! {
 #[test]
 fn a_long_error_message_from_redis_is_cut_in_its_row() {
     let long = "é".repeat(100_000);
-    let r = job_row("1", &JobOutcome::Error(long), "failed", "me");
+    let r = job_row("1", &JobOutcome::Error(long), "failed");
     let m = r.message.unwrap();
     assert_eq!(m.len(), MESSAGE_BYTES);
     assert!(m.chars().all(|c| c == 'é'));

@@ -42,7 +42,7 @@ fn decodes_a_page_and_a_busy_reply() {
         s("1700000009000"),
         Value::Int(2),
     ];
-    let PageOutcome::Page(p) = decode_page(reply).unwrap() else {
+    let PageOutcome::Page(p) = decode_page(reply, "me").unwrap() else {
         panic!("not a page")
     };
     assert!(!p.done);
@@ -75,10 +75,10 @@ fn decodes_a_page_and_a_busy_reply() {
         (p.oldest, p.newest),
         (Some(1700000000100), Some(1700000000123))
     );
-    let busy = decode_page(vec![s("busy"), s("payments/other")]).unwrap();
+    let busy = decode_page(vec![s("busy"), s("payments/other")], "me").unwrap();
     assert_eq!(busy, PageOutcome::Busy("payments/other".into()));
     assert_eq!((p.upper, p.unexamined), (1700000009000, 2));
-    let lost = decode_page(vec![s("lost"), s(""), Value::Int(0)]).unwrap();
+    let lost = decode_page(vec![s("lost"), s(""), Value::Int(0)], "me").unwrap();
     assert_eq!(
         lost,
         PageOutcome::Lost {
@@ -86,7 +86,7 @@ fn decodes_a_page_and_a_busy_reply() {
             matched: 0
         }
     );
-    let behind = decode_page(vec![s("lost"), s("120"), s("80")]).unwrap();
+    let behind = decode_page(vec![s("lost"), s("120"), s("80")], "me").unwrap();
     assert_eq!(
         behind,
         PageOutcome::Lost {
@@ -94,7 +94,7 @@ fn decodes_a_page_and_a_busy_reply() {
             matched: 80
         }
     );
-    assert!(decode_page(vec![s("what")]).is_err());
+    assert!(decode_page(vec![s("what")], "me").is_err());
 }
 
 /// Glob matching written the obvious (exponential) way, on characters, to check

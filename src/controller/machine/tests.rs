@@ -3,7 +3,8 @@ use k8s_openapi::jiff::SignedDuration;
 use super::*;
 use crate::controller::rules::MAX_BACKOFF;
 use crate::{
-    bullmq::{ConnectError, EngineError, VersionError},
+    bullmq::{self, VersionError},
+    controller::error::tests::{connect, server},
     crd::{JobRetrySpec, SelectionStatus, SourceState},
     error::SecretCategory,
 };
@@ -73,22 +74,14 @@ fn error(e: RunError) -> Progress {
     ended(End::Error(e))
 }
 
-/// Redis cannot be reached (transient).
-fn unavailable(message: &str) -> RunError {
-    RunError::Connect(ConnectError {
-        message: message.into(),
-        category: "connection",
-        verdict: Verdict::Transient,
-    })
+/// Redis cannot be reached (transient), saying `why`.
+fn unavailable(why: &str) -> RunError {
+    connect(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, why.to_string()).into())
 }
 
 /// Redis refused the credentials or an ACL permission (stalled).
-fn access_denied(message: &str) -> RunError {
-    RunError::Connect(ConnectError {
-        message: message.into(),
-        category: "auth",
-        verdict: Verdict::Stalled,
-    })
+fn access_denied(code: &str) -> RunError {
+    connect(server(code, "refused"))
 }
 
 fn secret_invalid(message: &str) -> RunError {
@@ -102,12 +95,12 @@ fn secret_forbidden(message: &str) -> RunError {
     RunError::Secret(SecretError::Forbidden(message.into()))
 }
 
-fn call(e: EngineError) -> RunError {
-    RunError::redis(e, str::to_string)
+fn call(e: bullmq::Error) -> RunError {
+    RunError::Redis(e)
 }
 
 fn queue_data_invalid(message: &str) -> RunError {
-    call(EngineError::QueueData(message.into()))
+    call(bullmq::Error::QueueData(message.into()))
 }
 
 fn cond<'a>(st: &'a JobRetryStatus, t: &str) -> (&'a str, &'a str) {
@@ -300,7 +293,8 @@ fn a_transient_wait_keeps_a_running_run_running_without_an_event() {
     );
     assert_eq!(fresh.status.phase.as_deref(), Some("Pending"));
     assert_eq!(reasons(&fresh), ["RedisUnavailable"]);
-    assert_eq!(fresh.events[0].note, "down; retrying in 1s");
+    let down = unavailable("down").to_string();
+    assert_eq!(fresh.events[0].note, format!("{down}; retrying in 1s"));
     assert!(fresh.events[0].warning);
 }
 
@@ -401,7 +395,7 @@ fn a_stalled_redis_error_rechecks_with_growing_backoff() {
 
 #[test]
 fn a_permanent_error_fails_the_run() {
-    let e = call(EngineError::IncompatibleQueue(
+    let e = call(bullmq::Error::IncompatibleQueue(
         "BullMQ 4.17.0 is not supported".into(),
     ));
     assert_eq!(
@@ -454,7 +448,7 @@ fn a_suspended_run_that_then_waits_stalls_or_fails_is_no_longer_suspended() {
         || unavailable("down"),
         || secret_invalid("no key url"),
         || queue_data_invalid("pc is abc"),
-        || call(EngineError::Protocol("ERR unknown command".into())),
+        || call(bullmq::Error::Protocol("ERR unknown command".into())),
     ];
     for e in errors {
         let suspended = step(

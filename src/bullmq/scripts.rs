@@ -1,0 +1,246 @@
+//! The call contract of our Lua scripts: every KEYS and ARGV entry of every call is pushed
+//! here, from typed arguments, in the order and under the names of the scripts' headers
+//! (`core.lua`, then `retry.lua` or `select.lua`; `unlock.lua`). A test reads those headers
+//! and checks each builder against them, so a header and its builder cannot drift apart.
+
+use std::time::Duration;
+
+use redis::{Script, ScriptInvocation};
+
+use super::{BatchRequest, Cursor, QueueKeys};
+use crate::crd::SourceState;
+
+/// The retry script: the shared core, then the id batch.
+pub const RETRY_LUA: &str = concat!(include_str!("core.lua"), include_str!("retry.lua"));
+/// The selector script: the shared core, then one page.
+pub const SELECT_LUA: &str = concat!(include_str!("core.lua"), include_str!("select.lua"));
+/// The lock release of a selector run.
+pub const UNLOCK_LUA: &str = include_str!("unlock.lua");
+
+/// A run's exactly-once ledger: its key and the owner tag its entries carry (`1@<owner>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ledger {
+    pub key: String,
+    pub owner: String,
+}
+
+/// The KEYS and ARGV of one script call, each under its header name.
+#[derive(Clone, Debug, Default)]
+pub struct Call {
+    keys: Vec<(&'static str, String)>,
+    args: Vec<(&'static str, String)>,
+}
+
+impl Call {
+    fn key(&mut self, name: &'static str, key: impl Into<String>) -> &mut Self {
+        self.keys.push((name, key.into()));
+        self
+    }
+
+    fn arg(&mut self, name: &'static str, value: impl ToString) -> &mut Self {
+        self.args.push((name, value.to_string()));
+        self
+    }
+
+    /// The call of `script` with these KEYS and ARGV.
+    pub fn invocation<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        for (_, k) in &self.keys {
+            inv.key(k.as_str());
+        }
+        for (_, a) in &self.args {
+            inv.arg(a.as_str());
+        }
+        inv
+    }
+
+    #[cfg(test)]
+    fn names(&self) -> (Vec<&'static str>, Vec<&'static str>) {
+        let names = |v: &[(&'static str, String)]| v.iter().map(|(n, _)| *n).collect();
+        (names(&self.keys), names(&self.args))
+    }
+}
+
+fn flag(b: bool) -> &'static str {
+    if b { "1" } else { "0" }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().max(1) as u64
+}
+
+/// The queue's keys, KEYS 1-10 of `core.lua` (the ledger, 11, is the run's).
+pub struct QueueKeysArgs<'a> {
+    pub keys: &'a QueueKeys,
+    pub state: SourceState,
+}
+
+impl QueueKeysArgs<'_> {
+    fn push(&self, call: &mut Call) {
+        let k = self.keys;
+        call.key("base", k.base())
+            .key("events", k.key("events"))
+            .key("state", k.key(self.state.as_str()))
+            .key("wait", k.key("wait"))
+            .key("paused", k.key("paused"))
+            .key("meta", k.key("meta"))
+            .key("active", k.key("active"))
+            .key("marker", k.key("marker"))
+            .key("prioritized", k.key("prioritized"))
+            .key("pc", k.key("pc"));
+    }
+}
+
+/// A run's settings: KEYS 1-11 and ARGV 1-7 of `core.lua`.
+pub struct RunArgs<'a> {
+    pub queue: QueueKeysArgs<'a>,
+    /// The release flags (`QueueVersion::script_flags`).
+    pub flags: String,
+    pub reset_attempts_made: bool,
+    pub reset_attempts_started: bool,
+    pub dry_run: bool,
+    pub ledger: &'a Ledger,
+    /// Of the ledger and the run record.
+    pub ttl: Duration,
+}
+
+impl<'a> RunArgs<'a> {
+    /// The settings of `req` on the queue of `keys`.
+    pub fn of(keys: &'a QueueKeys, req: &'a BatchRequest) -> Self {
+        Self {
+            queue: QueueKeysArgs {
+                keys,
+                state: req.state,
+            },
+            flags: req.version.script_flags(),
+            reset_attempts_made: req.reset_attempts_made,
+            reset_attempts_started: req.reset_attempts_started,
+            dry_run: req.dry_run,
+            ledger: &req.ledger,
+            ttl: req.ledger_ttl,
+        }
+    }
+
+    fn push(&self, call: &mut Call) {
+        self.queue.push(call);
+        call.key("ledger", self.ledger.key.as_str())
+            .arg("state", self.queue.state.as_str())
+            .arg("flags", &self.flags)
+            .arg("resetAttemptsMade", flag(self.reset_attempts_made))
+            .arg("resetAttemptsStarted", flag(self.reset_attempts_started))
+            .arg("dryRun", flag(self.dry_run))
+            .arg("owner", &self.ledger.owner)
+            .arg("ttl", millis(self.ttl));
+    }
+}
+
+/// A batch of ids: `core.lua` + `retry.lua`.
+pub struct RetryArgs<'a> {
+    pub run: RunArgs<'a>,
+    /// The run record, where the run's position is kept (per owner).
+    pub record: &'a str,
+    /// The run's position after this batch.
+    pub position_after: u64,
+    pub ids: &'a [String],
+}
+
+impl RetryArgs<'_> {
+    pub fn call(&self) -> Call {
+        let mut call = Call::default();
+        self.run.push(&mut call);
+        call.key("record", self.record)
+            .arg("position", self.position_after);
+        for id in self.ids {
+            call.arg("ids", id);
+        }
+        call
+    }
+}
+
+/// The call of a retry script (ours, or a variant under study in `benches/`) on `ids` of the
+/// queue of `keys` with the settings of `req`, recording `position_after`.
+pub fn retry_invocation<'a>(
+    script: &'a Script,
+    keys: &QueueKeys,
+    req: &BatchRequest,
+    ids: &[String],
+    position_after: u64,
+) -> ScriptInvocation<'a> {
+    let args = RetryArgs {
+        run: RunArgs::of(keys, req),
+        record: &req.record,
+        position_after,
+        ids,
+    };
+    args.call().invocation(script)
+}
+
+/// One selector page: `core.lua` + `select.lua`.
+pub struct PageArgs<'a> {
+    pub run: RunArgs<'a>,
+    pub record: &'a str,
+    pub lock: String,
+    /// The lock holder (the run key); "" takes no lock (dry runs).
+    pub holder: &'a str,
+    pub lock_ttl: Duration,
+    /// finishedOn bounds in ms: lower inclusive (none: `-inf`), upper exclusive.
+    pub lower: Option<i64>,
+    pub upper: i64,
+    pub max_jobs: u64,
+    pub budget: u32,
+    /// A dry run's position and matches so far (real runs keep theirs in the record).
+    pub cursor: &'a Cursor,
+    pub matched: u64,
+    pub reason_contains: &'a str,
+    pub expected_scanned: u64,
+    pub work_budget: u64,
+    pub bytes_budget: u64,
+    pub names: &'a [String],
+}
+
+impl PageArgs<'_> {
+    pub fn call(&self) -> Call {
+        let mut call = Call::default();
+        self.run.push(&mut call);
+        let lower = self
+            .lower
+            .map_or_else(|| "-inf".to_string(), |l| l.to_string());
+        call.key("record", self.record)
+            .key("lock", self.lock.as_str())
+            .arg("holder", self.holder)
+            .arg("lockTtl", millis(self.lock_ttl))
+            .arg("lower", lower)
+            .arg("upper", self.upper)
+            .arg("maxJobs", self.max_jobs)
+            .arg("budget", self.budget.max(1))
+            .arg("cursorScore", &self.cursor.score)
+            .arg("cursorId", &self.cursor.id)
+            .arg("matched", self.matched)
+            .arg("reason", self.reason_contains)
+            .arg("scanned", self.expected_scanned)
+            .arg("workBudget", self.work_budget)
+            .arg("bytesBudget", self.bytes_budget);
+        for glob in self.names {
+            call.arg("names", glob);
+        }
+        call
+    }
+}
+
+/// The release of a selector run's lock: `unlock.lua`.
+pub struct UnlockArgs<'a> {
+    pub lock: String,
+    pub holder: &'a str,
+}
+
+impl UnlockArgs<'_> {
+    pub fn call(&self) -> Call {
+        let mut call = Call::default();
+        call.key("lock", self.lock.as_str())
+            .arg("holder", self.holder);
+        call
+    }
+}
+
+#[cfg(test)]
+mod tests;
