@@ -14,55 +14,13 @@ use redis::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use super::error::{Error, UrlError};
+use super::{
+    error::{Error, UrlError},
+    redact::Redactor,
+};
 use crate::crd::ConnectionMode;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The forms in which a text could carry a target's secret: the URL, or its credentials as
-/// they stand in a URL. Never the bare password: replacing a short password wherever its
-/// letters occur would mangle every message (`conn***ct`) and so reveal it. Messages are
-/// built without the URL in the first place; this only guards what a library might echo.
-/// The default redacts nothing (a connection made outside this module).
-#[derive(Clone, Default)]
-pub struct Redactor {
-    /// Longest first.
-    forms: Vec<SecretString>,
-}
-
-impl fmt::Debug for Redactor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Redactor({} forms)", self.forms.len())
-    }
-}
-
-impl Redactor {
-    fn of(url: &str, parsed: &url::Url) -> Self {
-        let mut forms = vec![url.to_string()];
-        if let Some(pw) = parsed.password().filter(|p| !p.is_empty()) {
-            let user = parsed.username();
-            let mut passwords = vec![pw.to_string()];
-            if let Ok(decoded) = percent_decode(pw) {
-                passwords.push(decoded);
-            }
-            for form in passwords {
-                forms.push(format!("{user}:{form}@"));
-                forms.push(format!(":{form}@"));
-            }
-        }
-        forms.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Self {
-            forms: forms.into_iter().map(SecretString::from).collect(),
-        }
-    }
-
-    /// Replaces every occurrence of the URL or password in `text` with `***`.
-    pub fn redact(&self, text: &str) -> String {
-        self.forms.iter().fold(text.to_string(), |acc, s| {
-            acc.replace(s.expose_secret(), "***")
-        })
-    }
-}
 
 /// Where and how to connect; the URL is secret.
 #[derive(Clone)]
@@ -252,29 +210,6 @@ impl RedisTarget {
             parsed.port().unwrap_or(26379)
         ))
     }
-}
-
-fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out)
 }
 
 /// The master's address ("host:port") the sentinel gives for `name`.

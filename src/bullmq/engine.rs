@@ -4,13 +4,13 @@
 //! Guarantees: a batch is one atomic script call; the ledger entries for the jobs it retries
 //! are written in that same call, so a crash can never separate a retry from its record.
 
-use std::time::Duration;
-
 use redis::Script;
 
 use super::{
-    Connection, Error, QueueKeys, QueueVersion,
-    scripts::{self, Ledger, RetryArgs, RunArgs},
+    connection::Connection,
+    error::Error,
+    keys::QueueKeys,
+    scripts::{self, BatchRequest, RetryArgs, RunArgs},
 };
 use crate::crd::SourceState;
 
@@ -33,23 +33,6 @@ pub enum JobOutcome {
     AlreadyProcessed { owner: String },
     /// Redis refused this job's retry; nothing was changed for it.
     Error(String),
-}
-
-/// The parameters of a run that apply to each of its batches (and selector pages).
-#[derive(Clone, Debug)]
-pub struct BatchRequest {
-    pub state: SourceState,
-    pub version: QueueVersion,
-    pub reset_attempts_made: bool,
-    pub reset_attempts_started: bool,
-    pub dry_run: bool,
-    /// The run key's ledger and this run's owner tag.
-    pub ledger: Ledger,
-    /// The run record's key: an id run keeps its position there (per owner), written in
-    /// the same call as each batch; a selector run its cursor and counters.
-    pub record: String,
-    /// Of the ledger and the record.
-    pub ledger_ttl: Duration,
 }
 
 /// What a queue looks like from outside.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use strum::{AsRefStr, EnumIter, IntoStaticStr};
 
-use super::{connection::Redactor, tls::TlsFailure};
+use super::{redact::Redactor, tls::TlsFailure};
 use crate::error::quoted;
 
 /// An error of the Redis layer: nothing of the call it came from was written.

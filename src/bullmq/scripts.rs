@@ -7,8 +7,33 @@ use std::time::Duration;
 
 use redis::{Script, ScriptInvocation};
 
-use super::{BatchRequest, Cursor, QueueKeys};
+use super::{keys::QueueKeys, version::QueueVersion};
 use crate::crd::SourceState;
+
+/// The parameters of a run that apply to each of its batches (and selector pages).
+#[derive(Clone, Debug)]
+pub struct BatchRequest {
+    pub state: SourceState,
+    pub version: QueueVersion,
+    pub reset_attempts_made: bool,
+    pub reset_attempts_started: bool,
+    pub dry_run: bool,
+    /// The run key's ledger and this run's owner tag.
+    pub ledger: Ledger,
+    /// The run record's key: an id run keeps its position there (per owner), written in
+    /// the same call as each batch; a selector run its cursor and counters.
+    pub record: String,
+    /// Of the ledger and the record.
+    pub ledger_ttl: Duration,
+}
+
+/// A keyset position: the score (finishedOn, as Redis writes it) and id of the last job
+/// examined.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub score: String,
+    pub id: String,
+}
 
 /// The retry script: the shared core, then the id batch.
 pub const RETRY_LUA: &str = concat!(include_str!("core.lua"), include_str!("retry.lua"));

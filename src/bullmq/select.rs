@@ -11,18 +11,12 @@ use std::time::Duration;
 use redis::{Script, Value};
 
 use super::{
-    BatchRequest, Connection, Error, JobOutcome, QueueKeys,
-    engine::decode,
-    scripts::{self, PageArgs, RunArgs, UnlockArgs},
+    connection::Connection,
+    engine::{JobOutcome, decode},
+    error::Error,
+    keys::QueueKeys,
+    scripts::{self, BatchRequest, Cursor, PageArgs, RunArgs, UnlockArgs},
 };
-
-/// A keyset position: the score (finishedOn, as Redis writes it) and id of the last job
-/// examined.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Cursor {
-    pub score: String,
-    pub id: String,
-}
 
 /// What one page call is asked to do.
 #[derive(Clone, Debug)]

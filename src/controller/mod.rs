@@ -87,6 +87,33 @@ async fn release_deleted_locks(
     }
 }
 
+/// The watch of JobRetry objects into a cache of slimmed objects (cache.rs: memory stays
+/// small with many big ones). Ready once the cache has synced: the watch's first full list
+/// is in it (InitDone), so a replica that takes the Lease starts from every object (not
+/// through `Store::wait_until_ready()`: its one-shot wakes only the last task that waited,
+/// and the controller itself waits on it). Deleted objects go to `deleted` (a delete
+/// triggers no reconcile).
+fn watch(
+    api: Api<JobRetry>,
+    health: Arc<Health>,
+    deleted: tokio::sync::mpsc::UnboundedSender<JobRetry>,
+) -> (
+    reflector::store::Writer<JobRetry>,
+    impl futures::Stream<Item = Result<watcher::Event<JobRetry>, watcher::Error>>,
+) {
+    let writer = reflector::store::Writer::default();
+    let watch = watcher(api, watcher::Config::default().any_semantic())
+        .modify(cache::slim)
+        .inspect(move |event| match event {
+            Ok(watcher::Event::InitDone) => health.readiness.synced(),
+            Ok(watcher::Event::Delete(obj)) => {
+                let _ = deleted.send(obj.clone());
+            }
+            _ => {}
+        });
+    (writer, watch)
+}
+
 /// What the controller reports of a reconcile it ran (errors are logged by `error_policy`
 /// in the run's span); a failing watch makes the replica not ready.
 fn reconciled<T, E: std::error::Error, Q: std::error::Error>(
@@ -121,27 +148,9 @@ pub async fn run(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    // The watch cache keeps slimmed objects (cache.rs): memory stays small with many big ones.
-    let writer = reflector::store::Writer::default();
-    let reader = writer.as_reader();
-    // Ready once the cache has synced: the watch's first full list is in it (InitDone), so
-    // a replica that takes the Lease starts from every object. Not through
-    // `Store::wait_until_ready()`: its one-shot wakes only the last task that waited, and
-    // the controller itself waits on it.
-    // Deleted objects go to `release_deleted_locks` (a delete triggers no reconcile).
     let (deleted_tx, deleted_rx) = tokio::sync::mpsc::unbounded_channel();
-    let watch = watcher(api.clone(), watcher::Config::default().any_semantic())
-        .modify(cache::slim)
-        .inspect({
-            let health = health.clone();
-            move |event| match event {
-                Ok(watcher::Event::InitDone) => health.readiness.synced(),
-                Ok(watcher::Event::Delete(obj)) => {
-                    let _ = deleted_tx.send(obj.clone());
-                }
-                _ => {}
-            }
-        });
+    let (writer, watch) = watch(api, health.clone(), deleted_tx);
+    let reader = writer.as_reader();
     let controller = Controller::for_stream(reflector(writer, watch).applied_objects(), reader)
         .with_config(controller::Config::default().concurrency(config.max_concurrent_runs));
     let store = controller.store();

@@ -215,14 +215,7 @@ pub fn jobretry(
             prefix: select.prefix.clone(),
             bullmq_version: select.bullmq_version.clone(),
         },
-        connection: Connection {
-            secret_ref: SecretKeyRef {
-                name: (select.secret.clone()).unwrap_or_else(|| format!("{}-redis", select.queue)),
-                key: select.secret_key.clone(),
-            },
-            mode,
-            sentinel_master_name: select.sentinel_master.clone(),
-        },
+        connection: connection(select, mode),
         state,
         job_ids: None,
         selector: Some(Selector {
@@ -251,6 +244,18 @@ pub fn jobretry(
         .into(),
     );
     Ok(jr)
+}
+
+/// The connection the flags name: the Secret (`<queue>-redis` unless given) and the mode.
+fn connection(select: &SelectArgs, mode: ConnectionMode) -> Connection {
+    Connection {
+        secret_ref: SecretKeyRef {
+            name: (select.secret.clone()).unwrap_or_else(|| format!("{}-redis", select.queue)),
+            key: select.secret_key.clone(),
+        },
+        mode,
+        sentinel_master_name: select.sentinel_master.clone(),
+    }
 }
 
 /// The `--since` and `--before` bounds, the first before the second.
