@@ -6,7 +6,7 @@
 //! Also: the script's glob matcher agrees with the reference matcher (`glob_matches`) on
 //! generated globs and names, escaping-prone characters and invalid UTF-8 included.
 
-mod common;
+mod support;
 
 use std::{
     collections::BTreeSet,
@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use support::*;
 use jobretry_operator::{
     bullmq::{
         BatchRequest, JobOutcome, PageOutcome, PageRequest, QueueKeys, QueueVersion, Selector,

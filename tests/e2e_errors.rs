@@ -3,13 +3,18 @@
 //! keys, an unreachable Redis (whose password must never show), all through the real API
 //! server and Redis.
 
-mod common;
+mod support;
 
-use common::*;
+use support::*;
 use serde_json::{Value, json};
 
-fn manifest(name: &str, queue: &str, ids: &[&str], extra_queue: &str) -> String {
-    jobretry_yaml(name, queue, ids, extra_queue, "")
+/// A JobRetry of `ids`, with `spec.queue.bullmqVersion` when `version` is given.
+fn manifest(name: &str, queue: &str, ids: &[&str], version: Option<&str>) -> String {
+    let jr = jobretry(name, queue, ids);
+    support::manifest(&match version {
+        Some(v) => jr.bullmq_version(v),
+        None => jr,
+    })
 }
 
 fn failing(key: &str, opts: Value) -> Value {
@@ -21,7 +26,7 @@ fn an_unknown_queue_fails_with_a_condition_naming_the_fix() {
     let ns = TestNs::new("e2e-noqueue");
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply("q.yaml", &manifest("typo", "paymnets", &["1"], ""))
+        ns.apply("q.yaml", &manifest("typo", "paymnets", &["1"], None))
             .ok
     );
     assert!(ns.wait_condition("typo", "Failed", "60s").ok);
@@ -55,7 +60,7 @@ fn an_unsupported_version_fails_before_touching_any_job() {
     assert!(
         ns.apply(
             "v.yaml",
-            &manifest("future", queue, &[&a], "    bullmqVersion: \"7.0.0\"\n")
+            &manifest("future", queue, &[&a], Some("7.0.0"))
         )
         .ok
     );
@@ -102,7 +107,7 @@ fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply("u.yaml", &manifest("unknown", queue, &[&plain, &prio], ""))
+        ns.apply("u.yaml", &manifest("unknown", queue, &[&plain, &prio], None))
             .ok
     );
     assert!(ns.wait_condition("unknown", "Failed", "60s").ok);
@@ -116,7 +121,7 @@ fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
     assert_eq!(jr["status"]["phase"], "Failed");
     assert!(before == queue_dump(queue), "nothing may change in Redis");
     // The fix the message names: say which release the workers run.
-    let given = "    bullmqVersion: \"6.7.0\"\n";
+    let given = Some("6.7.0");
     assert!(
         ns.apply("g.yaml", &manifest("given", queue, &[&plain, &prio], given))
             .ok
@@ -148,12 +153,10 @@ fn reset_flags_on_a_release_without_them_fail_before_touching_any_job() {
     let a = id_of(&jobs, "a");
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
-    let yaml = jobretry_yaml(
-        "old",
-        queue,
-        &[&a],
-        "    bullmqVersion: \"5.65.1\"\n",
-        "  resetAttemptsMade: true\n",
+    let yaml = support::manifest(
+        &jobretry("old", queue, &[&a])
+            .bullmq_version("5.65.1")
+            .reset_attempts_made(),
     );
     assert!(ns.apply("o.yaml", &yaml).ok);
     assert!(ns.wait_condition("old", "Failed", "60s").ok);
@@ -190,7 +193,7 @@ fn a_corrupt_priority_counter_stalls_the_run_until_fixed_and_loses_nothing() {
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply("c.yaml", &jobretry_yaml("corrupt", queue, &ids, "", ""))
+        ns.apply("c.yaml", &support::manifest(&jobretry("corrupt", queue, &ids)))
             .ok
     );
     assert!(ns.wait_condition("corrupt", "Stalled", "60s").ok);
@@ -243,7 +246,7 @@ fn an_unreachable_redis_waits_without_leaking_the_password_and_resumes() {
     let password = "hunter2-s3cr3t";
     ns.secret("redis", &format!("redis://app:{password}@127.0.0.1:1/0"));
     let op = Operator::start(&ns, &[]);
-    assert!(ns.apply("r.yaml", &manifest("later", queue, &[&a], "")).ok);
+    assert!(ns.apply("r.yaml", &manifest("later", queue, &[&a], None)).ok);
     let ready = eventually(
         std::time::Duration::from_secs(60),
         "a RedisUnavailable condition",
@@ -309,7 +312,7 @@ fn a_job_key_of_the_wrong_type_refuses_only_that_job() {
         .unwrap();
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply("w.yaml", &manifest("wrong", queue, &[&a, &b], ""))
+        ns.apply("w.yaml", &manifest("wrong", queue, &[&a, &b], None))
             .ok
     );
     assert!(ns.wait_condition("wrong", "Complete", "60s").ok);
@@ -354,7 +357,7 @@ fn a_queue_key_of_the_wrong_type_fails_the_run_and_changes_nothing() {
         .unwrap();
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
-    assert!(ns.apply("q.yaml", &manifest("broken", queue, &[&a], "")).ok);
+    assert!(ns.apply("q.yaml", &manifest("broken", queue, &[&a], None)).ok);
     assert!(ns.wait_condition("broken", "Failed", "60s").ok);
     let failed = condition(&ns.get("broken"), "Failed");
     assert_eq!(failed["reason"], "IncompatibleQueue");

@@ -8,14 +8,14 @@
 //! queue; the Secret's `url:` becomes the test Redis; and for TLS, the `ca.crt` placeholder
 //! becomes the test CA.
 
-mod common;
+mod support;
 
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
 };
 
-use common::*;
+use support::*;
 use serde_json::{Value, json};
 
 /// One seeded job: its id (empty: BullMQ's own), name, how it ends ("fail" or "complete"),
@@ -101,7 +101,7 @@ fn documented_outcome(text: &str, file: &str) -> Value {
         .lines()
         .find_map(|l| l.strip_prefix("# outcome:"))
         .unwrap_or_else(|| panic!("{file} has no `# outcome: {{...}}` comment"));
-    serde_yaml::from_str(line).unwrap_or_else(|e| panic!("{file}: outcome is not YAML: {e}"))
+    serde_norway::from_str(line).unwrap_or_else(|e| panic!("{file}: outcome is not YAML: {e}"))
 }
 
 /// The file as applied here: `payments` becomes `ns`, the Secret's url `url`, and the
@@ -132,7 +132,7 @@ fn jobretry_name(text: &str) -> String {
         .split("\n---\n")
         .find(|d| d.contains("kind: JobRetry"))
         .expect("a JobRetry document");
-    let v: serde_yaml::Value = serde_yaml::from_str(doc).unwrap();
+    let v: serde_norway::Value = serde_norway::from_str(doc).unwrap();
     v["metadata"]["name"].as_str().unwrap().to_string()
 }
 

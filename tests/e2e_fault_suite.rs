@@ -11,7 +11,7 @@
 //!
 //! The scenarios run one at a time (they measure, and some restart shared components).
 
-mod common;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::*;
+use support::*;
 use serde_json::{Value, json};
 
 static SERIAL: Mutex<()> = Mutex::new(());

@@ -17,7 +17,7 @@
 //! job of the case's source state in keyset order, and the client's own `Job.retry` does the
 //! same jobs in the same order; the databases must be equal again.
 
-mod common;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,7 +25,7 @@ use std::{
     process::Command,
 };
 
-use common::*;
+use support::*;
 use jobretry_operator::bullmq::{
     BatchRequest, EngineError, JobOutcome, PageOutcome, PageRequest, QueueKeys, QueueVersion,
     RetryEngine, Selector, VersionError, version::Semver,

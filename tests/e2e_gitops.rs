@@ -2,9 +2,9 @@
 //! run by Debian's `lua5.4` on statuses the operator really produced, one object per phase,
 //! through the real API server and Redis.
 
-mod common;
+mod support;
 
-use common::*;
+use support::*;
 use serde_json::{Value, json};
 
 /// A JSON value as a Lua table constructor (null: absent).

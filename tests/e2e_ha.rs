@@ -5,7 +5,7 @@
 //! leader cut off from the API server stops before the Lease can pass on. A SIGTERM while
 //! the API server or Redis does not answer ends the process within 10 s.
 
-mod common;
+mod support;
 
 use std::{
     io::{Read, Write},
@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use support::*;
 use serde_json::json;
 
 const PER_OBJECT: usize = 10_000;
@@ -124,14 +124,7 @@ fn two_replicas_mid_run_with(ns: &TestNs, a_kubeconfig: &Path) -> (Vec<String>, 
     assert!(!b.leads(), "b follows while a leads");
     assert_eq!(lease_holder(ns), "a");
     for (i, chunk) in ids.chunks(PER_OBJECT).enumerate() {
-        let yaml = jobretry_yaml(
-            &format!("part{i}"),
-            queue,
-            chunk,
-            "",
-            "  rateLimit:\n    jobsPerSecond: 1000\n",
-        );
-        let applied = ns.apply(&format!("part{i}.yaml"), &yaml);
+        let applied = ns.apply_jr(&jobretry(&format!("part{i}"), queue, chunk).jobs_per_second(1000));
         assert!(applied.ok, "{}", applied.stderr);
     }
     eventually(Duration::from_secs(20), "the run to be under way", || {
@@ -291,20 +284,20 @@ impl Proxy {
 /// The admin kubeconfig, with the API server reached through `port` on loopback.
 fn kubeconfig_via(dir: &Path, port: u16) -> std::path::PathBuf {
     let text = std::fs::read_to_string(kubeconfig()).unwrap();
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut config: serde_norway::Value = serde_norway::from_str(&text).unwrap();
     for c in config["clusters"].as_sequence_mut().unwrap() {
         let server = c["cluster"]["server"].as_str().unwrap().to_string();
         let url = url::Url::parse(&server).unwrap();
         c["cluster"]["server"] = format!("https://{}:{port}", url.host_str().unwrap()).into();
     }
     let path = dir.join("proxied.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&path, serde_norway::to_string(&config).unwrap()).unwrap();
     path
 }
 
 fn api_server_addr() -> String {
     let text = std::fs::read_to_string(kubeconfig()).unwrap();
-    let config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let config: serde_norway::Value = serde_norway::from_str(&text).unwrap();
     let server = config["clusters"][0]["cluster"]["server"].as_str().unwrap();
     let url = url::Url::parse(server).unwrap();
     format!("{}:{}", url.host_str().unwrap(), url.port().unwrap())
@@ -326,11 +319,7 @@ fn sigterm_after_cut(
     eventually(Duration::from_secs(20), "a to lead", || {
         a.leads().then_some(())
     });
-    let rate = "  rateLimit:\n    jobsPerSecond: 400\n";
-    assert!(
-        ns.apply("run.yaml", &jobretry_yaml("run", queue, &ids, "", rate))
-            .ok
-    );
+    assert!(ns.apply_jr(&jobretry("run", queue, &ids).jobs_per_second(400)).ok);
     eventually(Duration::from_secs(20), "the run to be under way", || {
         (processed(ns, "run") > 0).then_some(())
     });

@@ -2,11 +2,15 @@
 //! real npm `bullmq`, and the operator binary. What is asserted is what a user would check:
 //! `kubectl wait`, the status rows and counts, and which jobs a Worker then processes.
 
-mod common;
+mod support;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use common::*;
+use support::*;
+use jobretry_operator::crd::{
+    JobRetry,
+    SourceState::{self, Completed, Failed},
+};
 use serde_json::{Value, json};
 
 fn job(key: &str, outcome: &str, opts: Value) -> Value {
@@ -28,8 +32,8 @@ fn rows(jr: &Value) -> Vec<(String, String, Option<i64>)> {
         .collect()
 }
 
-fn manifest(name: &str, queue: &str, state: &str, ids: &[&str], extra: &str) -> String {
-    jobretry_yaml(name, queue, ids, "", &format!("  state: {state}\n{extra}"))
+fn manifest(name: &str, queue: &str, state: SourceState, ids: &[&str]) -> JobRetry {
+    jobretry(name, queue, ids).state(state)
 }
 
 #[test]
@@ -67,16 +71,7 @@ fn retries_failed_jobs_by_id_and_a_worker_processes_exactly_those() {
         "no-such-job",
         done.as_str(),
     ];
-    let applied = ns.apply(
-        "retry.yaml",
-        &manifest(
-            "incident",
-            queue,
-            "failed",
-            &ids,
-            "  resetAttemptsMade: true\n",
-        ),
-    );
+    let applied = ns.apply_jr(&manifest("incident", queue, Failed, &ids).reset_attempts_made());
     assert!(applied.ok, "{}", applied.stderr);
     let waited = ns.wait_condition("incident", "Complete", "60s");
     assert!(waited.ok, "kubectl wait failed: {}", waited.stderr);
@@ -193,10 +188,7 @@ fn retries_completed_jobs_and_clears_their_return_value() {
     let _op = Operator::start(&ns, &[]);
 
     assert!(
-        ns.apply(
-            "completed.yaml",
-            &manifest("redo", queue, "completed", &[&c1, &c2, &c1, &f1], "")
-        )
+        ns.apply_jr(&manifest("redo", queue, Completed, &[&c1, &c2, &c1, &f1]))
         .ok
     );
     assert!(ns.wait_condition("redo", "Complete", "60s").ok);
@@ -260,7 +252,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
     let (a, b) = (id_of(&jobs, "a"), id_of(&jobs, "b"));
     let mut op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply("once.yaml", &manifest("once", queue, "failed", &[&a], ""))
+        ns.apply_jr(&manifest("once", queue, Failed, &[&a]))
             .ok
     );
     assert!(ns.wait_condition("once", "Complete", "60s").ok);
@@ -274,10 +266,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
     // operator is live by completing a dry run, which must not change Redis either.
     ns.kubectl(&["annotate", "jobretry", "once", "touched=yes"]);
     assert!(
-        ns.apply(
-            "dry.yaml",
-            &manifest("preview", queue, "failed", &[&a, &b], "  dryRun: true\n")
-        )
+        ns.apply_jr(&manifest("preview", queue, Failed, &[&a, &b]).dry_run())
         .ok
     );
     assert!(
@@ -319,9 +308,10 @@ fn a_missing_secret_stalls_with_a_readable_message_and_resumes_when_created() {
     );
     let a = id_of(&jobs, "a");
     let _op = Operator::start(&ns, &[]);
-    let yaml = manifest("later", queue, "failed", &[&a], "")
-        .replace("name: redis", "name: payments-redis");
-    assert!(ns.apply("later.yaml", &yaml).ok);
+    assert!(
+        ns.apply_jr(&manifest("later", queue, Failed, &[&a]).secret("payments-redis"))
+            .ok
+    );
     assert!(ns.wait_condition("later", "Stalled", "30s").ok);
     let st = &ns.get("later")["status"];
     let stalled = st["conditions"]
@@ -355,16 +345,7 @@ fn a_pypi_bullmq_worker_processes_what_we_retried() {
     let (a, b) = (id_of(&jobs, "a"), id_of(&jobs, "b"));
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply(
-            "py.yaml",
-            &manifest(
-                "py",
-                queue,
-                "failed",
-                &[&a, &b],
-                "  resetAttemptsMade: true\n"
-            )
-        )
+        ns.apply_jr(&manifest("py", queue, Failed, &[&a, &b]).reset_attempts_made())
         .ok
     );
     assert!(ns.wait_condition("py", "Complete", "60s").ok);
@@ -407,7 +388,7 @@ fn health_and_metrics_are_served_with_low_cardinality_labels() {
     let addr = format!("127.0.0.1:{port}");
     let _op = Operator::start(&ns, &["--http-addr", &addr]);
     assert!(
-        ns.apply("m.yaml", &manifest("m", queue, "failed", &[&a, "nope"], ""))
+        ns.apply_jr(&manifest("m", queue, Failed, &[&a, "nope"]))
             .ok
     );
     assert!(ns.wait_condition("m", "Complete", "60s").ok);

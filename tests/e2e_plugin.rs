@@ -4,7 +4,7 @@
 //! retries exactly those jobs and ends with their counts; `--output yaml` is a manifest the
 //! API server accepts as it is; and in a terminal the progress bar moves until a final line.
 
-mod common;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,7 +12,7 @@ use std::{
     process::Command,
 };
 
-use common::*;
+use support::*;
 use jobretry_operator::crd::JobRetrySpec;
 use serde_json::{Value, json};
 
@@ -229,7 +229,7 @@ fn output_yaml_is_a_manifest_the_api_server_accepts_as_is() {
     ]);
     assert!(applied.ok, "{}\n{}", out.stdout, applied.stderr);
     let stored: Value = serde_json::from_str(&applied.stdout).unwrap();
-    let printed: Value = serde_yaml::from_str(&out.stdout).unwrap();
+    let printed: Value = serde_norway::from_str(&out.stdout).unwrap();
     let spec = |v: &Value| serde_json::from_value::<JobRetrySpec>(v["spec"].clone()).unwrap();
     assert_eq!(
         spec(&stored),

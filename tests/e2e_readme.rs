@@ -10,11 +10,11 @@
 //! The test fails when a command block changes in a way it does not know how to run, so a
 //! new README command cannot go untried.
 
-mod common;
+mod support;
 
 use std::{path::Path, process::Command};
 
-use common::*;
+use support::*;
 use serde_json::json;
 
 fn readme() -> String {

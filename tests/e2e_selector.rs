@@ -6,14 +6,14 @@
 //! previews what the real run then retries (and whose preview of 1 MiB job names still fits
 //! in the status), and the one-run-per-queue lock.
 
-mod common;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::Duration,
 };
 
-use common::*;
+use support::*;
 use jobretry_operator::{
     bullmq::{
         BatchRequest, JobOutcome, PageOutcome, PageRequest, QueueKeys, QueueVersion, Selector,
@@ -797,8 +797,7 @@ fn a_forged_status_cannot_make_a_run_skip_jobs() {
         .iter()
         .map(|j| j["id"].as_str().unwrap().to_string())
         .collect();
-    let yaml = jobretry_yaml("forged", queue, &ids, "", "  suspend: true\n");
-    assert!(ns.apply("f.yaml", &yaml).ok);
+    assert!(ns.apply_jr(&jobretry("forged", queue, &ids).suspend()).ok);
     let patch = r#"{"status":{"processed":60,"retried":60,"counts":{"Retried":60}}}"#;
     let out = ns.kubectl(&[
         "patch",

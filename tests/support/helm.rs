@@ -61,7 +61,7 @@ pub fn render(release: &str, ns: &str, set: &[&str]) -> String {
 
 /// The documents of a multi-document YAML stream, as JSON.
 pub fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_norway::Deserializer::from_str(yaml)
         .map(|d| Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .collect()
