@@ -18,7 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::*;
 use jobretry_operator::{
     bullmq::{
         BatchRequest, JobOutcome, PageOutcome, PageRequest, QueueKeys, QueueVersion, Selector,
@@ -27,6 +26,7 @@ use jobretry_operator::{
     crd::SourceState,
 };
 use serde_json::{Value, json};
+use support::*;
 
 /// A redis-server of this test's own that logs every call of 10 ms or more.
 struct PrivateRedis {

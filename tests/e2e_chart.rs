@@ -11,8 +11,8 @@ mod support;
 
 use std::{path::Path, process::Command, sync::Mutex, time::Duration};
 
-use support::{helm::*, *};
 use serde_json::{Value, json};
+use support::{helm::*, *};
 
 /// The operator runs watching all namespaces in one of the tests below; the RBAC tests run
 /// one at a time so that operator never sees another test's JobRetry.

@@ -9,8 +9,8 @@ mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use support::*;
 use serde_json::json;
+use support::*;
 
 const PER_OBJECT: usize = 10_000;
 

@@ -5,8 +5,8 @@
 
 mod support;
 
-use support::*;
 use serde_json::{Value, json};
+use support::*;
 
 /// A JobRetry of `ids`, with `spec.queue.bullmqVersion` when `version` is given.
 fn manifest(name: &str, queue: &str, ids: &[&str], version: Option<&str>) -> String {
@@ -58,11 +58,8 @@ fn an_unsupported_version_fails_before_touching_any_job() {
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply(
-            "v.yaml",
-            &manifest("future", queue, &[&a], Some("7.0.0"))
-        )
-        .ok
+        ns.apply("v.yaml", &manifest("future", queue, &[&a], Some("7.0.0")))
+            .ok
     );
     assert!(ns.wait_condition("future", "Failed", "60s").ok);
     let failed = condition(&ns.get("future"), "Failed");
@@ -107,8 +104,11 @@ fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply("u.yaml", &manifest("unknown", queue, &[&plain, &prio], None))
-            .ok
+        ns.apply(
+            "u.yaml",
+            &manifest("unknown", queue, &[&plain, &prio], None)
+        )
+        .ok
     );
     assert!(ns.wait_condition("unknown", "Failed", "60s").ok);
     let jr = ns.get("unknown");
@@ -193,8 +193,11 @@ fn a_corrupt_priority_counter_stalls_the_run_until_fixed_and_loses_nothing() {
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply("c.yaml", &support::manifest(&jobretry("corrupt", queue, &ids)))
-            .ok
+        ns.apply(
+            "c.yaml",
+            &support::manifest(&jobretry("corrupt", queue, &ids))
+        )
+        .ok
     );
     assert!(ns.wait_condition("corrupt", "Stalled", "60s").ok);
     let jr = ns.get("corrupt");
@@ -246,7 +249,10 @@ fn an_unreachable_redis_waits_without_leaking_the_password_and_resumes() {
     let password = "hunter2-s3cr3t";
     ns.secret("redis", &format!("redis://app:{password}@127.0.0.1:1/0"));
     let op = Operator::start(&ns, &[]);
-    assert!(ns.apply("r.yaml", &manifest("later", queue, &[&a], None)).ok);
+    assert!(
+        ns.apply("r.yaml", &manifest("later", queue, &[&a], None))
+            .ok
+    );
     let ready = eventually(
         std::time::Duration::from_secs(60),
         "a RedisUnavailable condition",
@@ -357,7 +363,10 @@ fn a_queue_key_of_the_wrong_type_fails_the_run_and_changes_nothing() {
         .unwrap();
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
-    assert!(ns.apply("q.yaml", &manifest("broken", queue, &[&a], None)).ok);
+    assert!(
+        ns.apply("q.yaml", &manifest("broken", queue, &[&a], None))
+            .ok
+    );
     assert!(ns.wait_condition("broken", "Failed", "60s").ok);
     let failed = condition(&ns.get("broken"), "Failed");
     assert_eq!(failed["reason"], "IncompatibleQueue");

@@ -15,8 +15,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use support::*;
 use serde_json::{Value, json};
+use support::*;
 
 /// One seeded job: its id (empty: BullMQ's own), name, how it ends ("fail" or "complete"),
 /// its failedReason, and whether the example retries it (or, for a dry run, would).

@@ -25,8 +25,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use support::*;
 use serde_json::{Value, json};
+use support::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

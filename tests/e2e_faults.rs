@@ -13,8 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::*;
 use serde_json::Value;
+use support::*;
 
 fn selector_yaml(name: &str, queue: &str, extra: &str) -> String {
     format!(

@@ -25,13 +25,13 @@ use std::{
     process::Command,
 };
 
-use support::*;
 use jobretry_operator::bullmq::{
     BatchRequest, EngineError, JobOutcome, PageOutcome, PageRequest, QueueKeys, QueueVersion,
     RetryEngine, Selector, VersionError, version::Semver,
 };
 use jobretry_operator::crd::SourceState;
 use serde_json::Value;
+use support::*;
 
 /// npm releases: both sides of every boundary in `src/bullmq/version.rs`.
 const NODE: [&str; 15] = [

@@ -11,8 +11,8 @@ mod support;
 
 use std::{path::PathBuf, process::Command};
 
-use support::*;
 use serde_json::{Value, json};
+use support::*;
 
 fn kstatus_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("JOBRETRY_TEST_KSTATUS") {

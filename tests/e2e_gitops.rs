@@ -4,8 +4,8 @@
 
 mod support;
 
-use support::*;
 use serde_json::{Value, json};
+use support::*;
 
 /// A JSON value as a Lua table constructor (null: absent).
 fn lua(v: &Value) -> String {

@@ -18,8 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::*;
 use serde_json::json;
+use support::*;
 
 const PER_OBJECT: usize = 10_000;
 /// Short leases keep the tests quick.
@@ -124,7 +124,8 @@ fn two_replicas_mid_run_with(ns: &TestNs, a_kubeconfig: &Path) -> (Vec<String>, 
     assert!(!b.leads(), "b follows while a leads");
     assert_eq!(lease_holder(ns), "a");
     for (i, chunk) in ids.chunks(PER_OBJECT).enumerate() {
-        let applied = ns.apply_jr(&jobretry(&format!("part{i}"), queue, chunk).jobs_per_second(1000));
+        let applied =
+            ns.apply_jr(&jobretry(&format!("part{i}"), queue, chunk).jobs_per_second(1000));
         assert!(applied.ok, "{}", applied.stderr);
     }
     eventually(Duration::from_secs(20), "the run to be under way", || {
@@ -319,7 +320,10 @@ fn sigterm_after_cut(
     eventually(Duration::from_secs(20), "a to lead", || {
         a.leads().then_some(())
     });
-    assert!(ns.apply_jr(&jobretry("run", queue, &ids).jobs_per_second(400)).ok);
+    assert!(
+        ns.apply_jr(&jobretry("run", queue, &ids).jobs_per_second(400))
+            .ok
+    );
     eventually(Duration::from_secs(20), "the run to be under way", || {
         (processed(ns, "run") > 0).then_some(())
     });

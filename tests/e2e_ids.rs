@@ -6,12 +6,12 @@ mod support;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use support::*;
 use jobretry_operator::crd::{
     JobRetry,
     SourceState::{self, Completed, Failed},
 };
 use serde_json::{Value, json};
+use support::*;
 
 fn job(key: &str, outcome: &str, opts: Value) -> Value {
     json!({"key": key, "name": format!("charge-{key}"), "data": {"key": key, "reason": "ECONNRESET"}, "opts": opts, "outcome": outcome})
@@ -189,7 +189,7 @@ fn retries_completed_jobs_and_clears_their_return_value() {
 
     assert!(
         ns.apply_jr(&manifest("redo", queue, Completed, &[&c1, &c2, &c1, &f1]))
-        .ok
+            .ok
     );
     assert!(ns.wait_condition("redo", "Complete", "60s").ok);
     let jr = ns.get("redo");
@@ -251,10 +251,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
     );
     let (a, b) = (id_of(&jobs, "a"), id_of(&jobs, "b"));
     let mut op = Operator::start(&ns, &[]);
-    assert!(
-        ns.apply_jr(&manifest("once", queue, Failed, &[&a]))
-            .ok
-    );
+    assert!(ns.apply_jr(&manifest("once", queue, Failed, &[&a])).ok);
     assert!(ns.wait_condition("once", "Complete", "60s").ok);
     let status_before = ns.get("once")["status"].clone();
     let full_dump = || stable_dump(&db);
@@ -267,7 +264,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
     ns.kubectl(&["annotate", "jobretry", "once", "touched=yes"]);
     assert!(
         ns.apply_jr(&manifest("preview", queue, Failed, &[&a, &b]).dry_run())
-        .ok
+            .ok
     );
     assert!(
         ns.wait_condition("preview", "Complete", "60s").ok,
@@ -346,7 +343,7 @@ fn a_pypi_bullmq_worker_processes_what_we_retried() {
     let _op = Operator::start(&ns, &[]);
     assert!(
         ns.apply_jr(&manifest("py", queue, Failed, &[&a, &b]).reset_attempts_made())
-        .ok
+            .ok
     );
     assert!(ns.wait_condition("py", "Complete", "60s").ok);
     let out = run(std::process::Command::new(&python)
@@ -387,10 +384,7 @@ fn health_and_metrics_are_served_with_low_cardinality_labels() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let _op = Operator::start(&ns, &["--http-addr", &addr]);
-    assert!(
-        ns.apply_jr(&manifest("m", queue, Failed, &[&a, "nope"]))
-            .ok
-    );
+    assert!(ns.apply_jr(&manifest("m", queue, Failed, &[&a, "nope"])).ok);
     assert!(ns.wait_condition("m", "Complete", "60s").ok);
     let get = |path: &str| {
         run(std::process::Command::new("curl").args([

@@ -16,8 +16,8 @@ use std::{
     time::Duration,
 };
 
-use support::*;
 use serde_json::{Value, json};
+use support::*;
 
 /// A field of the crate's own Cargo.toml `[package]`.
 fn package(field: &str) -> String {

@@ -7,8 +7,8 @@ mod support;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use support::*;
 use serde_json::{Value, json};
+use support::*;
 
 const JOBS: usize = 3000;
 

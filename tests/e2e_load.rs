@@ -14,8 +14,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::*;
 use serde_json::Value;
+use support::*;
 
 const NAMESPACES: usize = 10;
 const PER_NAMESPACE: usize = 100;

@@ -20,8 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{helm::*, *};
 use serde_json::{Value, json};
+use support::{helm::*, *};
 
 // ---- which metrics a PromQL query names --------------------------------------------------
 
@@ -589,7 +589,10 @@ fn metrics_move_during_a_run_and_count_redis_errors_while_redis_is_stopped() {
         ns.apply_jr(&jobretry("stuck", &queue, &["1"]).secret("no-such-secret"))
             .ok
     );
-    assert!(ns.apply_jr(&jobretry("incident", &queue, &ids).jobs_per_second(20)).ok);
+    assert!(
+        ns.apply_jr(&jobretry("incident", &queue, &ids).jobs_per_second(20))
+            .ok
+    );
 
     let running = scrape_until(&addr, "jobretry_jobs_total{result=\"Retried\"}", 20.0);
     for (series, value) in [
@@ -721,7 +724,10 @@ fn every_json_log_line_of_a_run_names_its_object_and_run_key() {
         .map(|j| j["id"].as_str().unwrap().to_string())
         .collect();
     let op = Operator::start(&ns, &["--log-format", "json"]);
-    assert!(ns.apply_jr(&jobretry("good", &queue, &ids).run_key("incident-42")).ok);
+    assert!(
+        ns.apply_jr(&jobretry("good", &queue, &ids).run_key("incident-42"))
+            .ok
+    );
     assert!(
         ns.apply_jr(&jobretry("stuck", &queue, &ids).secret("no-such-secret"))
             .ok

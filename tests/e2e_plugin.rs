@@ -12,9 +12,9 @@ use std::{
     process::Command,
 };
 
-use support::*;
 use jobretry_operator::crd::JobRetrySpec;
 use serde_json::{Value, json};
+use support::*;
 
 const NAMES: [&str; 4] = ["charge-card", "charge-bank", "refund", "email"];
 const REASONS: [&str; 3] = ["read ECONNRESET", "connect ETIMEDOUT", "card declined"];

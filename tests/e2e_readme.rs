@@ -14,8 +14,8 @@ mod support;
 
 use std::{path::Path, process::Command};
 
-use support::*;
 use serde_json::json;
+use support::*;
 
 fn readme() -> String {
     std::fs::read_to_string(repo().join("README.md")).unwrap()

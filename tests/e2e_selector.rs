@@ -13,7 +13,6 @@ use std::{
     time::Duration,
 };
 
-use support::*;
 use jobretry_operator::{
     bullmq::{
         BatchRequest, JobOutcome, PageOutcome, PageRequest, QueueKeys, QueueVersion, Selector,
@@ -22,6 +21,7 @@ use jobretry_operator::{
     crd::SourceState,
 };
 use serde_json::{Value, json};
+use support::*;
 
 fn flush(db: u8) {
     let _: () = redis::cmd("FLUSHDB").query(&mut db_conn(db)).unwrap();

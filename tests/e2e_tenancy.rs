@@ -10,8 +10,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{helm::*, *};
 use serde_json::{Value, json};
+use support::{helm::*, *};
 
 /// The RBAC of the test: `alice` and `bob` may create, read and change JobRetries in the
 /// namespace; only `bob` may read Secret `r2-good`.
@@ -164,9 +164,7 @@ fn with_a_required_label_the_operator_uses_only_labelled_secrets() {
     let spec = json!({"jobs": [{"key": "a", "name": "charge", "data": {}, "opts": {}, "outcome": "fail"}]});
     let a = id_of(&seed(ns.dir.path(), queue, &spec), "a");
     let op = Operator::start(&ns, &["--secret-label", "jobretry.io/redis=true"]);
-    assert!(
-        ns.apply_jr(&jobretry("l", queue, &[a.as_str()])).ok
-    );
+    assert!(ns.apply_jr(&jobretry("l", queue, &[a.as_str()])).ok);
     let (why, message) = eventually(Duration::from_secs(30), "Ready=False SecretInvalid", || {
         let r = reason(&ns.get("l"));
         (r.0 == "SecretInvalid").then_some(r)

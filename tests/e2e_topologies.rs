@@ -6,9 +6,9 @@ mod support;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use support::*;
 use jobretry_operator::crd::{ConnectionMode, MAX_JOB_IDS};
 use serde_json::{Value, json};
+use support::*;
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: tests/run.sh starts Cluster and Sentinel (JOBRETRY_PLATFORM_TOPOLOGIES=1)"))
@@ -186,9 +186,7 @@ fn an_acl_user_limited_to_the_queue_keys_with_a_password_that_never_shows() {
     let url = redis_url().replacen("redis://", &format!("redis://{queue}:{password}@"), 1);
     ns.secret("redis", &url);
     let op = Operator::start(&ns, &[]);
-    assert!(
-        ns.apply_jr(&jobretry("acl", queue, &[a.as_str()])).ok
-    );
+    assert!(ns.apply_jr(&jobretry("acl", queue, &[a.as_str()])).ok);
     let waited = ns.wait_condition("acl", "Complete", "60s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
     let jr = ns.get("acl");
@@ -222,9 +220,7 @@ fn tls_with_a_private_ca_from_the_secret() {
         &format!("rediss://:{password}@127.0.0.1:{}", server.tls),
     );
     let op = Operator::start(&ns, &[]);
-    assert!(
-        ns.apply_jr(&jobretry("tls", queue, &[a.as_str()])).ok
-    );
+    assert!(ns.apply_jr(&jobretry("tls", queue, &[a.as_str()])).ok);
     // Without the CA the certificate is not trusted: the run stalls saying so and what to
     // set (waiting would never fix it); nothing is retried.
     let jr = eventually(
@@ -509,9 +505,7 @@ fn a_wrong_password_or_a_missing_permission_stalls_until_fixed() {
     // A wrong password in the Secret.
     ns.secret("redis", &url(queue, "not-the-password"));
     let op = Operator::start(&ns, &[]);
-    assert!(
-        ns.apply_jr(&jobretry("wrongpass", queue, &[a.as_str()])).ok
-    );
+    assert!(ns.apply_jr(&jobretry("wrongpass", queue, &[a.as_str()])).ok);
     let jr = eventually(Duration::from_secs(30), "stalled on the password", || {
         let jr = ns.get("wrongpass");
         (reason_of(&jr, "Stalled").0 == "True").then_some(jr)
@@ -525,7 +519,10 @@ fn a_wrong_password_or_a_missing_permission_stalls_until_fixed() {
     let other = format!("{queue}-other");
     user(&other, &good, "~somewhere-else:*");
     ns.secret("other", &url(&other, &good));
-    assert!(ns.apply_jr(&jobretry("noperm", queue, &[b.as_str()]).secret("other")).ok);
+    assert!(
+        ns.apply_jr(&jobretry("noperm", queue, &[b.as_str()]).secret("other"))
+            .ok
+    );
     let jr = eventually(Duration::from_secs(30), "stalled on the ACL", || {
         let jr = ns.get("noperm");
         (reason_of(&jr, "Stalled").0 == "True").then_some(jr)

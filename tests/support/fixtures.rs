@@ -27,7 +27,8 @@ fn in_fixtures(cmd: &[String]) -> Command {
 }
 
 fn parse(what: &str, stdout: &str) -> Value {
-    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("{what} printed no JSON ({e}): {stdout}"))
+    serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("{what} printed no JSON ({e}): {stdout}"))
 }
 
 /// Runs a fixture command (program and its first arguments, e.g. a Python interpreter and
@@ -175,7 +176,11 @@ pub fn seed_failed(ns: &TestNs, queue: &str, n: usize) -> Vec<String> {
 /// The ids of `n` jobs named `charge` (data `{}`) that a real Worker failed, on the queue
 /// named as `ns`.
 pub fn failed_ids(ns: &TestNs, n: usize) -> Vec<String> {
-    ids_of(&seed(ns.dir.path(), &ns.name, &failing_charges(n, |_| json!({}))))
+    ids_of(&seed(
+        ns.dir.path(),
+        &ns.name,
+        &failing_charges(n, |_| json!({})),
+    ))
 }
 
 /// Runs a real BullMQ Worker on `queue` until it has processed `ids.len()` jobs (and a

@@ -46,7 +46,11 @@ impl Operator {
             } else {
                 &["--leader-elect=false"][..]
             })
-            .args(default_flag(extra, "--http-addr", &["--http-addr", "127.0.0.1:0"]))
+            .args(default_flag(
+                extra,
+                "--http-addr",
+                &["--http-addr", "127.0.0.1:0"],
+            ))
             .args(extra);
         Self::spawn(cmd, "info,jobretry_operator=debug", operator_log(ns))
     }
@@ -60,7 +64,11 @@ impl Operator {
             .env("POD_NAME", format!("{}-operator", ns.name))
             .args(args)
             // A free port for the HTTP endpoint, so operators can run side by side.
-            .args(default_flag(args, "--http-addr", &["--http-addr", "127.0.0.1:0"]));
+            .args(default_flag(
+                args,
+                "--http-addr",
+                &["--http-addr", "127.0.0.1:0"],
+            ));
         Self::spawn(cmd, "info,jobretry_operator=debug", operator_log(ns))
     }
 

@@ -311,9 +311,7 @@ pub fn make_certs(dir: &std::path::Path) {
         "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 \
          -subj /CN=jobretry-test-ca",
     );
-    openssl(
-        "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1",
-    );
+    openssl("req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
     std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
     openssl(
         "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem \
@@ -328,7 +326,12 @@ pub fn start_tls_redis(dir: &std::path::Path) -> TlsRedis {
         .current_dir(dir)
         .args(["--port", &plain.to_string(), "--tls-port", &tls.to_string()])
         .args(["--bind", "127.0.0.1"])
-        .args(["--tls-cert-file", "server.pem", "--tls-key-file", "server.key"])
+        .args([
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+        ])
         .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
         .args(["--save", "", "--appendonly", "no", "--logfile", "redis.log"])
         .spawn()
@@ -431,4 +434,83 @@ impl Drop for OwnRedis {
             let _ = c.wait();
         }
     }
+}
+
+/// What a redis-server did over a span of work: wall clock, its CPU time, INFO
+/// commandstats and SLOWLOG, reset when the span starts (CONFIG RESETSTAT, SLOWLOG RESET);
+/// the measuring connection's own commands left out.
+pub struct RedisSpan {
+    admin: redis::Connection,
+    cpu0: f64,
+    pub t0: std::time::Instant,
+}
+
+/// The figures of a [`RedisSpan`].
+pub struct SpanFigures {
+    pub wall_s: f64,
+    pub cpu_us: f64,
+    /// command -> (calls, usec).
+    pub stats: BTreeMap<String, (u64, u64)>,
+    pub slow: SlowCalls,
+}
+
+impl RedisSpan {
+    pub fn start(url: &str) -> Self {
+        let mut admin = conn(url);
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut admin)
+            .unwrap();
+        let _: () = redis::cmd("SLOWLOG")
+            .arg("RESET")
+            .query(&mut admin)
+            .unwrap();
+        let cpu0 = redis_cpu_s(&mut admin);
+        let t0 = std::time::Instant::now();
+        Self { admin, cpu0, t0 }
+    }
+
+    pub fn stop(mut self) -> SpanFigures {
+        let wall_s = self.t0.elapsed().as_secs_f64();
+        let cpu1 = redis_cpu_s(&mut self.admin);
+        let mut stats = commandstats(&mut self.admin);
+        for c in [
+            "info",
+            "config|resetstat",
+            "config",
+            "slowlog|reset",
+            "slowlog",
+        ] {
+            stats.remove(c);
+        }
+        SpanFigures {
+            wall_s,
+            cpu_us: (cpu1 - self.cpu0) * 1e6,
+            stats,
+            slow: slowlog(&mut self.admin),
+        }
+    }
+}
+
+/// The keys of the database of `con` that have no TTL, and those that have one (with their
+/// PTTL, -2 for a key gone since it was listed): a self-expiring key (a Worker's
+/// `stalled-check`) may vanish between listing and copying.
+pub fn keys_by_ttl(con: &mut redis::Connection) -> (Vec<String>, Vec<(String, i64)>) {
+    let all: Vec<String> = redis::cmd("KEYS").arg("*").query(con).unwrap();
+    let (mut lasting, mut expiring) = (Vec::with_capacity(all.len()), Vec::new());
+    for chunk in all.chunks(10_000) {
+        let mut p = redis::pipe();
+        for k in chunk {
+            p.cmd("PTTL").arg(k);
+        }
+        let ttls: Vec<i64> = p.query(con).unwrap();
+        for (k, ttl) in chunk.iter().cloned().zip(ttls) {
+            if ttl == -1 {
+                lasting.push(k);
+            } else {
+                expiring.push((k, ttl));
+            }
+        }
+    }
+    (lasting, expiring)
 }
