@@ -49,11 +49,7 @@ fn an_unknown_queue_fails_with_a_condition_naming_the_fix() {
 fn an_unsupported_version_fails_before_touching_any_job() {
     let ns = TestNs::new("e2e-version");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("a", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[failing("a", json!({}))]);
     let a = id_of(&jobs, "a");
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
@@ -89,10 +85,12 @@ fn message(cond: &Value) -> &str {
 fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
     let ns = TestNs::new("e2e-noversion");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("plain", json!({})), failing("prio", json!({"priority": 4}))]}),
+    let jobs = seed_in(
+        &ns,
+        &[
+            failing("plain", json!({})),
+            failing("prio", json!({"priority": 4})),
+        ],
     );
     let (plain, prio) = (id_of(&jobs, "plain"), id_of(&jobs, "prio"));
     // A queue whose meta records no version (BullMQ before 5.20, the Python client).
@@ -145,11 +143,7 @@ fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
 fn reset_flags_on_a_release_without_them_fail_before_touching_any_job() {
     let ns = TestNs::new("e2e-options");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("a", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[failing("a", json!({}))]);
     let a = id_of(&jobs, "a");
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
@@ -175,10 +169,13 @@ fn reset_flags_on_a_release_without_them_fail_before_touching_any_job() {
 fn a_corrupt_priority_counter_stalls_the_run_until_fixed_and_loses_nothing() {
     let ns = TestNs::new("e2e-corrupt");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("p1", json!({"priority": 5})), failing("p2", json!({"priority": 2})), failing("plain", json!({}))]}),
+    let jobs = seed_in(
+        &ns,
+        &[
+            failing("p1", json!({"priority": 5})),
+            failing("p2", json!({"priority": 2})),
+            failing("plain", json!({})),
+        ],
     );
     let ids: Vec<String> = ["p1", "p2", "plain"]
         .iter()
@@ -240,11 +237,7 @@ fn a_corrupt_priority_counter_stalls_the_run_until_fixed_and_loses_nothing() {
 fn an_unreachable_redis_waits_without_leaking_the_password_and_resumes() {
     let ns = TestNs::new("e2e-noredis");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("a", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[failing("a", json!({}))]);
     let a = id_of(&jobs, "a");
     let password = "hunter2-s3cr3t";
     ns.secret("redis", &format!("redis://app:{password}@127.0.0.1:1/0"));
@@ -299,11 +292,7 @@ fn an_unreachable_redis_waits_without_leaking_the_password_and_resumes() {
 fn a_job_key_of_the_wrong_type_refuses_only_that_job() {
     let ns = TestNs::new("e2e-wrongjob");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("a", json!({})), failing("b", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[failing("a", json!({})), failing("b", json!({}))]);
     let (a, b) = (id_of(&jobs, "a"), id_of(&jobs, "b"));
     let mut con = redis::Client::open(redis_url())
         .unwrap()
@@ -346,11 +335,7 @@ fn a_job_key_of_the_wrong_type_refuses_only_that_job() {
 fn a_queue_key_of_the_wrong_type_fails_the_run_and_changes_nothing() {
     let ns = TestNs::new("e2e-wrongqueue");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("a", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[failing("a", json!({}))]);
     let a = id_of(&jobs, "a");
     let mut con = redis::Client::open(redis_url())
         .unwrap()

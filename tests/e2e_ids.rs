@@ -178,10 +178,13 @@ fn retries_failed_jobs_by_id_and_a_worker_processes_exactly_those() {
 fn retries_completed_jobs_and_clears_their_return_value() {
     let ns = TestNs::new("e2e-completed");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [job("c1", "complete", json!({})), job("c2", "complete", json!({})), job("f1", "fail", json!({}))]}),
+    let jobs = seed_in(
+        &ns,
+        &[
+            job("c1", "complete", json!({})),
+            job("c2", "complete", json!({})),
+            job("f1", "fail", json!({})),
+        ],
     );
     let (c1, c2, f1) = (id_of(&jobs, "c1"), id_of(&jobs, "c2"), id_of(&jobs, "f1"));
     assert!(jobs.iter().find(|j| j["key"] == "c1").unwrap()["returnvalue"].is_object());
@@ -298,11 +301,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
 fn a_missing_secret_stalls_with_a_readable_message_and_resumes_when_created() {
     let ns = TestNs::new("e2e-secret");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [job("a", "fail", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[job("a", "fail", json!({}))]);
     let a = id_of(&jobs, "a");
     let _op = Operator::start(&ns, &[]);
     assert!(
@@ -334,10 +333,13 @@ fn a_pypi_bullmq_worker_processes_what_we_retried() {
         .expect("JOBRETRY_TEST_PYTHON is not set: tests/run.sh installs the PyPI bullmq client");
     let ns = TestNs::new("e2e-python");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [job("a", "fail", json!({"attempts": 2})), job("b", "fail", json!({})), job("c", "fail", json!({}))]}),
+    let jobs = seed_in(
+        &ns,
+        &[
+            job("a", "fail", json!({"attempts": 2})),
+            job("b", "fail", json!({})),
+            job("c", "fail", json!({})),
+        ],
     );
     let (a, b) = (id_of(&jobs, "a"), id_of(&jobs, "b"));
     let _op = Operator::start(&ns, &[]);
@@ -371,11 +373,7 @@ fn a_pypi_bullmq_worker_processes_what_we_retried() {
 fn health_and_metrics_are_served_with_low_cardinality_labels() {
     let ns = TestNs::new("e2e-metrics");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [job("a", "fail", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[job("a", "fail", json!({}))]);
     let a = id_of(&jobs, "a");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -343,23 +343,8 @@ fn each_filter_alone_and_combined_retries_exactly_the_jobs_bullmq_lists() {
         );
         if what == "combined" {
             // A real Worker processes exactly the retried jobs, once each.
-            let out = node(
-                "process.mjs",
-                &[
-                    "--redis",
-                    &db_url(work),
-                    "--queue",
-                    queue,
-                    "--expect",
-                    &want.len().to_string(),
-                ],
-            );
-            let done: Vec<&str> = out["processed"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["id"].as_str().unwrap())
-                .collect();
+            let processed = processed_ids(&db_url(work), queue, want.len(), &[]);
+            let done: Vec<&str> = processed.iter().map(String::as_str).collect();
             assert_eq!(done.len(), want.len(), "each retried job processed once");
             assert_eq!(
                 done.iter().copied().collect::<BTreeSet<_>>(),
@@ -673,28 +658,9 @@ fn a_selector_jobretry_previews_then_retries_exactly_the_matching_jobs() {
         "{}",
         table.stdout
     );
-    let out = node(
-        "process.mjs",
-        &[
-            "--redis",
-            &redis_url(),
-            "--queue",
-            queue,
-            "--expect",
-            &want.len().to_string(),
-        ],
-    );
-    let done: BTreeSet<&str> = out["processed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        out["processed"].as_array().unwrap().len(),
-        want.len(),
-        "each once"
-    );
+    let processed = processed_ids(&redis_url(), queue, want.len(), &[]);
+    let done: BTreeSet<&str> = processed.iter().map(String::as_str).collect();
+    assert_eq!(processed.len(), want.len(), "each once");
     assert_eq!(
         done,
         want.iter().map(String::as_str).collect::<BTreeSet<_>>()

@@ -187,28 +187,15 @@ pub fn failed_ids(ns: &TestNs, n: usize) -> Vec<String> {
 /// settling pause more), and asserts it processed each of `ids` exactly once.
 pub fn assert_processed_exactly_once(queue: &str, ids: &[String]) {
     let started = Instant::now();
-    let processed = node(
-        "process.mjs",
-        &[
-            "--redis",
-            &redis_url(),
-            "--queue",
-            queue,
-            "--expect",
-            &ids.len().to_string(),
-            "--timeout-ms",
-            "170000",
-            "--settle-ms",
-            "3000",
-        ],
-    );
+    let settle = ["--timeout-ms", "170000", "--settle-ms", "3000"];
+    let processed = processed_ids(&redis_url(), queue, ids.len(), &settle);
     println!(
         "worker processed the retried jobs in {:?}",
         started.elapsed()
     );
     let mut times: BTreeMap<&str, usize> = BTreeMap::new();
-    for p in processed["processed"].as_array().unwrap() {
-        *times.entry(p["id"].as_str().unwrap()).or_default() += 1;
+    for id in &processed {
+        *times.entry(id.as_str()).or_default() += 1;
     }
     let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).take(10).collect();
     assert!(twice.is_empty(), "jobs processed more than once: {twice:?}");
@@ -247,4 +234,22 @@ pub fn id_of(jobs: &[Value], key: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// Seeds the queue named as `ns` with `jobs` (seed.mjs job specs) through a real BullMQ Worker.
+pub fn seed_in(ns: &TestNs, jobs: &[Value]) -> Vec<Value> {
+    seed(ns.dir.path(), &ns.name, &json!({ "jobs": jobs }))
+}
+
+/// Runs a real BullMQ Worker (process.mjs) on `queue` at `url` until it has processed
+/// `expect` jobs (`extra`: more process.mjs arguments): the ids it processed, in order.
+pub fn processed_ids(url: &str, queue: &str, expect: usize, extra: &[&str]) -> Vec<String> {
+    let expect = expect.to_string();
+    let args = ["--redis", url, "--queue", queue, "--expect", &expect];
+    let out = node("process.mjs", &[&args[..], extra].concat());
+    let processed = out["processed"].as_array().unwrap();
+    processed
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect()
 }
