@@ -17,21 +17,12 @@
 //!   v-<name>-<B>  the Lua file benches/lua/<name>.lua, invoked exactly like retry_batch
 //!              invokes src/bullmq/retry.lua, batch size B (for profiling script variants)
 //!
-//! State: JR_BENCH_JOBS (default 100,000) failed jobs, created once by real BullMQ
-//! (tests/bullmq/bench-seed.mjs: Queue.addBulk + a throwing Worker) in db 1, kept there as
-//! the snapshot; before every measured run db 2 is flushed and every key is COPYed from db 1
-//! (untimed). After every run the bench checks that all jobs are in `wait` and none is
-//! left in `failed`.
-//!
-//! Per run: wall clock of the retry work only, and the redis-server's CPU time
-//! (INFO cpu used_cpu_user + used_cpu_sys) over the same span, per job; INFO commandstats
-//! (reset before each run) gives the per-command profile. Medians over JR_BENCH_RUNS runs
-//! (default 3; the paths are interleaved run by run).
-//! Also per run: SLOWLOG (every command of 1 ms or more is kept, reset before the run): how
-//! many took 10 ms or more, and the longest; a real BullMQ Worker on another queue (db 3,
-//! tests/bullmq/bench-probe.mjs, JR_BENCH_PROBE=0 to leave it out) timing each of its own
-//! Redis commands: p50/p99/max; for the controller paths the operator's peak RSS (VmHWM)
-//! and the largest JobRetry's size as `kubectl get -o json` prints it.
+//! State: JR_BENCH_JOBS (default 100,000) failed jobs seeded once by real BullMQ
+//! (tests/bullmq/bench-seed.mjs) into db 1, COPYed into a flushed db 2 before every run
+//! (untimed), checked after it. Per run: wall clock, Redis CPU per job, INFO commandstats,
+//! SLOWLOG, a probe Worker in db 3 (JR_BENCH_PROBE=0 leaves it out), for the controller paths
+//! the operator's peak RSS and the largest JobRetry; medians of JR_BENCH_RUNS (3) runs, paths
+//! interleaved. benches/README.md says how each figure is taken.
 //!
 //! Environment: JR_BENCH_REDIS=redis://127.0.0.1:PORT (required; a redis-server nobody else
 //! uses), JR_BENCH_KUBECONFIG (for c2), JR_BENCH_PLATFORM_STATE (tests/platform STATE_DIR,
@@ -40,12 +31,12 @@
 //! variant leaves db 2 exactly as src/bullmq/retry.lua does, JR_BENCH_JSON (results file).
 //! Run it through benches/run.sh, which sets all of this up.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -53,10 +44,11 @@ use jobretry_operator::{
     bullmq::{
         BatchRequest, Connection, JobOutcome, Ledger, QueueKeys, QueueVersion, RetryEngine, scripts,
     },
-    crd::SourceState,
+    crd::{JobRetry, JobRetryStatus, SourceState},
 };
-use redis::{Script, aio::ConnectionLike};
+use redis::Script;
 use serde_json::{Value, json};
+use support::*;
 
 const QUEUE: &str = "bench";
 const SNAP: u8 = 1;
@@ -72,15 +64,13 @@ const SEED_MARKER: &str = "jr-bench:seed";
 /// Every command slower than this is kept in SLOWLOG during a run (for the longest call).
 const SLOWLOG_US: u64 = 1000;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// The environment variable `name` unless unset or empty.
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 fn env_or(name: &str, dflt: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| dflt.to_string())
+    var(name).unwrap_or_else(|| dflt.to_string())
 }
 
 struct Cfg {
@@ -100,19 +90,18 @@ impl Cfg {
         format!("{}/{db}", self.redis)
     }
 
-    /// Jobs whose failedReason contains REASON_TEXT (data.i % REASON_EVERY == 0).
-    fn rare(&self) -> usize {
-        self.jobs.div_ceil(REASON_EVERY)
-    }
-
-    /// Jobs a path retries, and jobs its scan examines.
+    /// Jobs a path retries: s2 those failed with REASON_TEXT (i % REASON_EVERY == 0), others all.
     fn expected(&self, path: &str) -> usize {
-        if path == "s2" { self.rare() } else { self.jobs }
+        if path == "s2" {
+            self.jobs.div_ceil(REASON_EVERY)
+        } else {
+            self.jobs
+        }
     }
 }
 
 /// One measured run.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 struct Sample {
     wall: f64,
     redis_cpu_us: f64,
@@ -123,10 +112,8 @@ struct Sample {
     /// Jobs retried by the run, and jobs it examined (selector runs: status.selection.scanned).
     retried: usize,
     scanned: usize,
-    /// SLOWLOG over the run: entries of 10 ms or more, and the longest entry (usec, command).
-    slow10: usize,
-    longest_us: u64,
-    longest_cmd: String,
+    /// SLOWLOG over the run: entries of 10 ms or more, and the longest entry.
+    slow: SlowCalls,
     /// The concurrent Worker's command latencies (bench-probe.mjs output).
     probe: Option<Value>,
     /// The operator's peak RSS (VmHWM, KiB) and the largest JobRetry as `kubectl get -o json`.
@@ -134,197 +121,39 @@ struct Sample {
     object_bytes: Option<usize>,
 }
 
-fn conn(url: &str) -> redis::Connection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_connection()
-        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"))
-}
-
-fn info(con: &mut redis::Connection, section: &str) -> String {
-    redis::cmd("INFO").arg(section).query(con).unwrap()
-}
-
-fn redis_cpu(con: &mut redis::Connection) -> f64 {
-    let text = info(con, "cpu");
-    let field = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}:")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("INFO cpu has no {name}"))
-    };
-    field("used_cpu_user") + field("used_cpu_sys")
-}
-
-fn commandstats(con: &mut redis::Connection) -> BTreeMap<String, (u64, u64)> {
-    let text = info(con, "commandstats");
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("cmdstat_") else {
-            continue;
-        };
-        let Some((name, fields)) = rest.split_once(':') else {
-            continue;
-        };
-        let get = |k: &str| -> u64 {
-            fields
-                .split(',')
-                .find_map(|f| f.strip_prefix(&format!("{k}=")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        out.insert(name.to_string(), (get("calls"), get("usec")));
-    }
-    out
-}
-
-/// SLOWLOG since the last reset: entries of 10 ms or more, the longest (usec) and its command.
-fn slowlog(con: &mut redis::Connection) -> (usize, u64, String) {
-    let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
-        .arg("GET")
-        .arg(1_000_000)
-        .query(con)
-        .unwrap();
-    let mut out = (0, 0, String::new());
-    for e in entries {
-        let args: Vec<String> = e
-            .get(3)
-            .and_then(|v| redis::from_redis_value_ref(v).ok())
-            .unwrap_or_default();
-        let cmd = args.first().cloned().unwrap_or_default().to_lowercase();
-        // The measuring connection's own SLOWLOG RESET / CONFIG / INFO are not the run's.
-        if ["slowlog", "config", "info"].contains(&cmd.as_str()) {
-            continue;
-        }
-        let us: u64 = e
-            .get(2)
-            .and_then(|v| redis::from_redis_value_ref(v).ok())
-            .unwrap_or(0);
-        if us >= 10_000 {
-            out.0 += 1;
-        }
-        if us > out.1 {
-            (out.1, out.2) = (us, cmd);
-        }
-    }
-    out
-}
-
-/// A real BullMQ Worker on its own queue (db 3) next to the run, timing its own Redis
-/// commands (tests/bullmq/bench-probe.mjs).
-struct Probe {
-    child: Child,
-    stdin: Option<std::process::ChildStdin>,
-}
-
-impl Probe {
-    fn start(cfg: &Cfg) -> Self {
-        let mut child = Command::new("node")
-            .current_dir(repo().join("tests/bullmq"))
-            .arg("bench-probe.mjs")
-            .args(["--redis", &cfg.db(PROBE_DB), "--queue", "probe"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("node bench-probe.mjs");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line == "READY" {
-                    let _ = tx.send(());
-                } else if !line.contains("using bullmq") {
-                    eprintln!("  {line}");
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("bench-probe.mjs never became ready");
-        let stdin = child.stdin.take();
-        Self { child, stdin }
-    }
-
-    fn go(&mut self) {
-        self.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-    }
-
-    fn finish(mut self) -> Value {
-        drop(self.stdin.take());
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        assert!(
-            self.child.wait().unwrap().success(),
-            "bench-probe.mjs failed"
-        );
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bench-probe.mjs: {e}: {out}"))
-    }
-}
-
-/// Redis CPU, commandstats and SLOWLOG from `start` to `stop` (CONFIG RESETSTAT and SLOWLOG
-/// RESET at the start), with the probe Worker recording over the same span.
+/// Redis over the span of a run ([`RedisSpan`]), with the probe Worker (tests/bullmq/
+/// bench-probe.mjs, on its own queue in db 3, timing its own Redis commands) recording too.
 struct Meter {
-    admin: redis::Connection,
-    cpu0: f64,
-    t0: Instant,
-    probe: Option<Probe>,
+    span: RedisSpan,
+    probe: Option<ReadyScript>,
 }
 
 impl Meter {
     fn start(cfg: &Cfg) -> Self {
-        let mut probe = cfg.probe.then(|| Probe::start(cfg));
-        let mut admin = conn(&cfg.db(0));
-        let _: () = redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query(&mut admin)
-            .unwrap();
-        let _: () = redis::cmd("SLOWLOG")
-            .arg("RESET")
-            .query(&mut admin)
-            .unwrap();
-        let cpu0 = redis_cpu(&mut admin);
-        if let Some(p) = probe.as_mut() {
+        let (url, limit) = (cfg.db(PROBE_DB), Duration::from_secs(60));
+        let args = ["--redis", &url, "--queue", "probe"];
+        let probe = cfg
+            .probe
+            .then(|| ReadyScript::node("bench-probe.mjs", &args, &["using bullmq"], limit));
+        let span = RedisSpan::start(&cfg.db(0));
+        let mut meter = Self { span, probe };
+        if let Some(p) = meter.probe.as_mut() {
             p.go();
         }
-        Self {
-            admin,
-            cpu0,
-            t0: Instant::now(),
-            probe,
-        }
+        meter
     }
 
     fn stop(mut self) -> Sample {
-        let wall = self.t0.elapsed().as_secs_f64();
         if let Some(p) = self.probe.as_mut() {
-            drop(p.stdin.take()); // stops its recording
+            p.close(); // stops its recording
         }
-        let cpu1 = redis_cpu(&mut self.admin);
-        let mut stats = commandstats(&mut self.admin);
-        let (slow10, longest_us, longest_cmd) = slowlog(&mut self.admin);
-        // The measuring connection's own commands are not part of the work.
-        for c in [
-            "info",
-            "config|resetstat",
-            "config",
-            "slowlog|reset",
-            "slowlog",
-        ] {
-            stats.remove(c);
-        }
+        let f = self.span.stop();
         Sample {
-            wall,
-            redis_cpu_us: (cpu1 - self.cpu0) * 1e6,
-            stats,
-            slow10,
-            longest_us,
-            longest_cmd,
-            probe: self.probe.take().map(Probe::finish),
+            wall: f.wall_s,
+            redis_cpu_us: f.cpu_us,
+            stats: f.stats,
+            slow: f.slow,
+            probe: self.probe.take().map(ReadyScript::finish),
             ..Default::default()
         }
     }
@@ -332,119 +161,59 @@ impl Meter {
 
 // ---------------------------------------------------------------- state
 
-fn node(cfg: &Cfg, script: &str, args: &[&str]) -> Value {
-    let out = Command::new("node")
-        .current_dir(repo().join("tests/bullmq"))
-        .arg(script)
-        .args(["--queue", QUEUE])
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run node {script}: {e}"));
-    let _ = cfg;
-    assert!(out.status.success(), "node {script} {args:?} failed");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Seeds db 1 once (kept across bench runs if the Redis keeps its data).
 fn ensure_snapshot(cfg: &Cfg) {
     let mut snap = conn(&cfg.db(SNAP));
-    let failed: usize = redis::cmd("ZCARD")
-        .arg(format!("bull:{QUEUE}:failed"))
+    let (failed, wait, marker): (usize, usize, Option<String>) = redis::pipe()
+        .zcard(format!("bull:{QUEUE}:failed"))
+        .llen(format!("bull:{QUEUE}:wait"))
+        .get(SEED_MARKER)
         .query(&mut snap)
         .unwrap();
-    let wait: usize = redis::cmd("LLEN")
-        .arg(format!("bull:{QUEUE}:wait"))
-        .query(&mut snap)
-        .unwrap();
-    let marker: Option<String> = redis::cmd("GET").arg(SEED_MARKER).query(&mut snap).unwrap();
     let want = format!("every={REASON_EVERY} text={REASON_TEXT}");
     if failed == cfg.jobs && wait == 0 && marker.as_deref() == Some(want.as_str()) {
         eprintln!("[bench] snapshot in db {SNAP}: {failed} failed jobs (reused)");
         return;
     }
-    eprintln!(
-        "[bench] seeding {} failed jobs with real BullMQ into db {SNAP} ...",
-        cfg.jobs
-    );
+    let (jobs, url) = (cfg.jobs, cfg.db(SNAP));
+    eprintln!("[bench] seeding {jobs} failed jobs with real BullMQ into db {SNAP} ...");
     let _: () = redis::cmd("FLUSHDB").query(&mut snap).unwrap();
     let t = Instant::now();
-    let jobs = cfg.jobs.to_string();
-    node(
-        cfg,
-        "bench-seed.mjs",
-        &[
-            "--redis",
-            &cfg.db(SNAP),
-            "--jobs",
-            &jobs,
-            "--chunk",
-            "5000",
-            "--concurrency",
-            "500",
-            "--reason-every",
-            &REASON_EVERY.to_string(),
-            "--reason-text",
-            REASON_TEXT,
-        ],
+    // No argument has a space of its own.
+    let args = format!(
+        "--redis {url} --queue {QUEUE} --jobs {jobs} --chunk 5000 --concurrency 500 \
+         --reason-every {REASON_EVERY} --reason-text {REASON_TEXT}"
     );
+    node_verbose("bench-seed.mjs", &args.split(' ').collect::<Vec<_>>());
     eprintln!("[bench] seeded in {:.1}s", t.elapsed().as_secs_f64());
-    let _: () = redis::cmd("SET")
-        .arg(SEED_MARKER)
-        .arg(want)
-        .query(&mut snap)
-        .unwrap();
-    // Keep it for the next invocation (the Redis runs with --save "").
-    let _: () = redis::cmd("SAVE").query(&mut snap).unwrap();
+    // Kept for the next invocation (the Redis runs with --save "").
+    let mark = redis::pipe().set(SEED_MARKER, want).cmd("SAVE").clone();
+    let _: () = mark.query(&mut snap).unwrap();
 }
 
 /// The snapshot's keys that a restore copies: all but the seed marker and keys with a TTL.
 /// A Worker leaves self-expiring keys behind (`stalled-check`); one that expires between
 /// listing and copying would make the restore come up a key short, so none is copied.
 fn snapshot_keys(cfg: &Cfg) -> Vec<String> {
-    let mut snap = conn(&cfg.db(SNAP));
-    let all: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut snap).unwrap();
-    let mut keys = Vec::with_capacity(all.len());
-    for chunk in all.chunks(10_000) {
-        let mut p = redis::pipe();
-        for k in chunk {
-            p.cmd("PTTL").arg(k);
-        }
-        let ttls: Vec<i64> = p.query(&mut snap).unwrap();
-        for (k, ttl) in chunk.iter().zip(ttls) {
-            if ttl == -1 && k != SEED_MARKER {
-                keys.push(k.clone());
-            } else if k != SEED_MARKER {
-                eprintln!("[bench] not restored (expiring or gone, pttl {ttl}): {k}");
-            }
-        }
+    let (mut keys, expiring) = keys_by_ttl(&mut conn(&cfg.db(SNAP)));
+    keys.retain(|k| k != SEED_MARKER);
+    for (k, ttl) in expiring.iter().filter(|(k, _)| k != SEED_MARKER) {
+        eprintln!("[bench] not restored (expiring or gone, pttl {ttl}): {k}");
     }
     keys
 }
 
 /// The failed set's ids in BullMQ's order (oldest failure first).
 fn failed_ids(cfg: &Cfg) -> Vec<String> {
-    let mut snap = conn(&cfg.db(SNAP));
-    redis::cmd("ZRANGE")
-        .arg(format!("bull:{QUEUE}:failed"))
-        .arg(0)
-        .arg(-1)
-        .query(&mut snap)
-        .unwrap()
+    let failed = format!("bull:{QUEUE}:failed");
+    redis::Commands::zrange(&mut conn(&cfg.db(SNAP)), failed, 0, -1).unwrap()
 }
 
 /// db 2 := db 1 (untimed).
 fn restore(cfg: &Cfg, keys: &[String]) {
     let mut run = conn(&cfg.db(RUN));
     let _: () = redis::cmd("FLUSHDB").query(&mut run).unwrap();
-    let mut snap = conn(&cfg.db(SNAP));
-    for chunk in keys.chunks(5000) {
-        let mut p = redis::pipe();
-        for k in chunk {
-            p.cmd("COPY").arg(k).arg(k).arg("DB").arg(RUN).ignore();
-        }
-        let _: () = p.query(&mut snap).unwrap();
-    }
+    copy_keys(&mut conn(&cfg.db(SNAP)), keys, RUN);
     let n: usize = redis::cmd("DBSIZE").query(&mut run).unwrap();
     assert_eq!(n, keys.len(), "restore copied {n} of {} keys", keys.len());
 }
@@ -452,14 +221,13 @@ fn restore(cfg: &Cfg, keys: &[String]) {
 /// The retried jobs in wait, the others still in failed; none in prioritized / paused.
 fn verify(cfg: &Cfg, path: &str) {
     let retried = cfg.expected(path);
-    let mut run = conn(&cfg.db(RUN));
     let k = |s: &str| format!("bull:{QUEUE}:{s}");
     let (wait, failed, prio, paused): (usize, usize, usize, usize) = redis::pipe()
         .llen(k("wait"))
         .zcard(k("failed"))
         .zcard(k("prioritized"))
         .llen(k("paused"))
-        .query(&mut run)
+        .query(&mut conn(&cfg.db(RUN)))
         .unwrap();
     assert!(
         wait == retried && failed == cfg.jobs - retried && prio == 0 && paused == 0,
@@ -469,48 +237,20 @@ fn verify(cfg: &Cfg, path: &str) {
 
 // ---------------------------------------------------------------- node paths (a), (b)
 
-/// Runs a node bench script that waits for a line on stdin before its timed part; returns
-/// its JSON output. Redis CPU is measured from that line to the script's exit.
+/// Runs a node bench script that waits for a line on stdin before its timed part; the
+/// sample with its own timing. Redis CPU is measured from that line to the script's exit.
 fn node_timed(cfg: &Cfg, script: &str, args: &[&str]) -> Sample {
-    let mut child = Command::new("node")
-        .current_dir(repo().join("tests/bullmq"))
-        .arg(script)
-        .args(["--redis", &cfg.db(RUN), "--queue", QUEUE, "--wait-stdin"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run node {script}: {e}"));
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let forward = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line == "READY" {
-                let _ = tx.send(());
-            } else {
-                eprintln!("  {line}");
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(600))
-        .unwrap_or_else(|_| panic!("{script} never became ready"));
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = String::new();
+    let url = cfg.db(RUN);
+    let all = [
+        &["--redis", &url, "--queue", QUEUE, "--wait-stdin"][..],
+        args,
+    ]
+    .concat();
+    let mut child = ReadyScript::node(script, &all, &[], Duration::from_secs(600));
     let meter = Meter::start(cfg);
-    stdin.write_all(b"go\n").unwrap();
-    drop(stdin);
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let status = child.wait().unwrap();
+    child.go();
+    let v = child.finish();
     let mut sample = meter.stop();
-    assert!(status.success(), "{script} failed");
-    forward.join().unwrap();
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{script}: {e}: {out}"));
     sample.wall = v["ms"].as_f64().unwrap() / 1000.0;
     if let Some(e) = v["errors"].as_u64() {
         assert_eq!(e, 0, "{script}: {e} job.retry errors");
@@ -525,21 +265,12 @@ fn node_timed(cfg: &Cfg, script: &str, args: &[&str]) -> Sample {
 
 // ---------------------------------------------------------------- our engine (c1, variants)
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// The request production builds: version from the queue's meta, ledger on.
-async fn production_request<C: Connection>(
-    engine: &RetryEngine,
-    c: &mut C,
-    keys: &QueueKeys,
-    run_key: &str,
-) -> BatchRequest {
-    let probe = engine.probe(c, keys, SourceState::Failed).await.unwrap();
+async fn production_request<C: Connection>(c: &mut C, keys: &QueueKeys) -> BatchRequest {
+    let probe = RetryEngine::default()
+        .probe(c, keys, SourceState::Failed)
+        .await
+        .unwrap();
     let version = QueueVersion::resolve(None, probe.meta_version.as_deref()).unwrap();
     assert_eq!(version.label, "6.7.0");
     BatchRequest {
@@ -549,69 +280,48 @@ async fn production_request<C: Connection>(
         reset_attempts_started: false,
         dry_run: false,
         ledger: Ledger {
-            key: keys.ledger(run_key),
+            key: keys.ledger("bench/c1"),
             owner: "benchowner000000".into(),
         },
         ledger_ttl: LEDGER_TTL,
-        record: keys.record(run_key),
+        record: keys.record("bench/c1"),
     }
 }
 
-/// A script variant called exactly as `RetryEngine::retry_batch` calls `retry.lua`.
-async fn invoke_variant<C: ConnectionLike>(
-    script: &Script,
-    c: &mut C,
-    keys: &QueueKeys,
-    req: &BatchRequest,
-    ids: &[String],
-) -> Vec<String> {
-    scripts::retry_invocation(script, keys, req, ids, 0)
-        .invoke_async(c)
-        .await
-        .unwrap()
-}
-
-/// Retries `ids` in db 2 with the engine (`variant` None) or a script variant.
+/// Retries `ids` in db 2, `batch` a call, with the engine (`variant` None) or a script variant
+/// called exactly as `RetryEngine::retry_batch` calls `retry.lua`.
 fn engine_run(cfg: &Cfg, ids: &[String], batch: usize, variant: Option<&Script>) -> Sample {
-    let rt = runtime();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let client = redis::Client::open(cfg.db(RUN)).unwrap();
         let mut c = client.get_multiplexed_async_connection().await.unwrap();
         let keys = QueueKeys::new("bull", QUEUE);
         let engine = RetryEngine::default();
-        let req = production_request(&engine, &mut c, &keys, "bench/c1").await;
+        let req = production_request(&mut c, &keys).await;
+        // One call: how many of `chunk` it retried.
+        let mut call = async |chunk: &[String], position: u64| -> usize {
+            if let Some(s) = variant {
+                let invocation = scripts::retry_invocation(s, &keys, &req, chunk, 0);
+                let out: Vec<String> = invocation.invoke_async(&mut c).await.unwrap();
+                return out.iter().filter(|o| *o == "1").count();
+            }
+            let out = engine
+                .retry_batch(&mut c, &keys, &req, chunk, position)
+                .await
+                .unwrap();
+            out.iter().filter(|o| **o == JobOutcome::Retried).count()
+        };
         // Load the script into Redis's cache outside the clock (production calls it
         // thousands of times per load).
-        let warm: Vec<String> = Vec::new();
-        match variant {
-            None => {
-                engine
-                    .retry_batch(&mut c, &keys, &req, &warm, 0)
-                    .await
-                    .unwrap();
-            }
-            Some(s) => {
-                invoke_variant(s, &mut c, &keys, &req, &warm).await;
-            }
-        }
-        let mut retried = 0usize;
-        let mut position = 0u64;
+        call(&[], 0).await;
+        let (mut retried, mut position) = (0, 0);
         let meter = Meter::start(cfg);
         for chunk in ids.chunks(batch) {
             position += chunk.len() as u64;
-            match variant {
-                None => {
-                    let out = engine
-                        .retry_batch(&mut c, &keys, &req, chunk, position)
-                        .await
-                        .unwrap();
-                    retried += out.iter().filter(|o| **o == JobOutcome::Retried).count();
-                }
-                Some(s) => {
-                    let out = invoke_variant(s, &mut c, &keys, &req, chunk).await;
-                    retried += out.iter().filter(|o| *o == "1").count();
-                }
-            }
+            retried += call(chunk, position).await;
         }
         let sample = meter.stop();
         assert_eq!(
@@ -624,247 +334,74 @@ fn engine_run(cfg: &Cfg, ids: &[String], batch: usize, variant: Option<&Script>)
     })
 }
 
-/// Every key of db 2 with its content (stream entries without ids), for variant checks.
-fn dump(cfg: &Cfg) -> BTreeMap<String, String> {
-    let mut c = conn(&cfg.db(RUN));
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
-    let mut out = BTreeMap::new();
-    for chunk in keys.chunks(2000) {
-        let mut p = redis::pipe();
-        for k in chunk {
-            p.cmd("TYPE").arg(k);
-        }
-        let types: Vec<String> = p.query(&mut c).unwrap();
-        let mut p = redis::pipe();
-        for (k, t) in chunk.iter().zip(&types) {
-            match t.as_str() {
-                "string" => p.cmd("GET").arg(k),
-                "list" => p.cmd("LRANGE").arg(k).arg(0).arg(-1),
-                "set" => p.cmd("SMEMBERS").arg(k),
-                "zset" => p.cmd("ZRANGE").arg(k).arg(0).arg(-1).arg("WITHSCORES"),
-                "hash" => p.cmd("HGETALL").arg(k),
-                "stream" => p.cmd("XRANGE").arg(k).arg("-").arg("+"),
-                other => panic!("unexpected type {other}"),
-            };
-        }
-        let values: Vec<redis::Value> = p.query(&mut c).unwrap();
-        for ((k, t), v) in chunk.iter().zip(&types).zip(values) {
-            let text = match t.as_str() {
-                "hash" => {
-                    let m: BTreeMap<String, String> = redis::from_redis_value(v).unwrap();
-                    format!("{m:?}")
-                }
-                "set" => {
-                    let mut m: Vec<String> = redis::from_redis_value(v).unwrap();
-                    m.sort();
-                    format!("{m:?}")
-                }
-                "stream" => {
-                    let e: Vec<(String, Vec<String>)> = redis::from_redis_value(v).unwrap();
-                    format!("{:?}", e.into_iter().map(|(_, f)| f).collect::<Vec<_>>())
-                }
-                _ => format!("{v:?}"),
-            };
-            out.insert(k.clone(), format!("{t}:{text}"));
-        }
-    }
-    out
-}
+// ---------------------------------------------------------------- through the controller
 
-// ---------------------------------------------------------------- through the controller (c2)
-
-fn kubectl(cfg: &Cfg, args: &[&str]) -> (bool, String) {
-    let out = Command::new("kubectl")
-        .env("KUBECONFIG", cfg.kubeconfig.as_ref().unwrap())
-        .args(args)
-        .output()
-        .expect("kubectl");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn kubectl_ok(cfg: &Cfg, args: &[&str]) -> String {
-    let (ok, out) = kubectl(cfg, args);
-    assert!(ok, "kubectl {args:?}: {out}");
-    out
-}
-
-/// utime + stime of a process, in seconds.
-fn proc_cpu(pid: u32) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = text.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // After ")": state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn platform_pid(cfg: &Cfg, name: &str) -> Option<u32> {
-    let dir = cfg.platform_state.as_ref()?;
-    std::fs::read_to_string(dir.join(format!("{name}.pid")))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-struct Operator(Child);
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Peak resident set size of a process (VmHWM), KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// A fresh namespace with the Redis Secret and the operator binary watching it.
-fn operator_in_namespace(cfg: &Cfg, ns: &str) -> Operator {
-    kubectl_ok(cfg, &["create", "namespace", ns]);
-    kubectl_ok(
-        cfg,
-        &[
-            "-n",
-            ns,
-            "create",
-            "secret",
-            "generic",
-            "redis",
-            &format!("--from-literal=url={}", cfg.db(RUN)),
-        ],
+/// Applies `items` (server-side) in a namespace of their own with the operator running,
+/// waits for every one to be Complete; the measured sample with the CPU of the control plane
+/// and operator, the operator's peak RSS, the largest object's size, and the statuses.
+fn apply_and_wait(cfg: &Cfg, base: &str, items: Vec<JobRetry>) -> (Sample, Vec<JobRetryStatus>) {
+    // A fresh namespace with the Redis Secret (db 2) and the operator binary watching it.
+    let ns = TestNs::with_redis(base, &cfg.db(RUN));
+    let log = std::env::temp_dir().join(format!("{}-operator.log", ns.name));
+    let op = Operator::start_binary(&cfg.operator, "info", log, &["--watch-namespace", &ns.name]);
+    op.wait_log(
+        "starting jobretry-operator controller",
+        Duration::from_secs(30),
     );
-    let log = std::env::temp_dir().join(format!("{ns}-operator.log"));
-    let file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(&cfg.operator)
-        .env("KUBECONFIG", cfg.kubeconfig.as_ref().unwrap())
-        .env("RUST_LOG", "info")
-        .args(["--watch-namespace", ns])
-        .stdout(Stdio::from(file.try_clone().unwrap()))
-        .stderr(Stdio::from(file))
-        .spawn()
-        .expect("start operator");
-    let op = Operator(child);
-    let started = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("starting jobretry-operator controller")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "operator did not start: {}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     std::thread::sleep(Duration::from_millis(500)); // initial list/watch
-    op
-}
-
-/// API server, etcd and operator pids, for their CPU time over a run.
-fn control_pids(cfg: &Cfg, op: &Operator) -> Vec<(String, u32)> {
-    ["kube-apiserver", "etcd"]
+    let items: Vec<JobRetry> = items.into_iter().map(|jr| jr.namespace(&ns.name)).collect();
+    let file = ns.dir.path().join("bench.json");
+    std::fs::write(&file, manifest_list(&items)).unwrap();
+    let state = cfg.platform_state.as_deref();
+    let pids: Vec<(String, u32)> = ["kube-apiserver", "etcd"]
         .iter()
-        .filter_map(|n| platform_pid(cfg, n).map(|p| (n.to_string(), p)))
-        .chain(std::iter::once(("operator".to_string(), op.0.id())))
-        .collect()
-}
-
-/// Applies `file`, waits for every JobRetry of `ns` to be Complete; the measured sample with
-/// the CPU of the control plane and operator, the operator's peak RSS, the largest object's
-/// size, and the objects as JSON.
-fn apply_and_wait(cfg: &Cfg, ns: &str, op: Operator, file: &Path) -> (Sample, Vec<Value>) {
-    let pids = control_pids(cfg, &op);
-    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| proc_cpu(*p)).collect();
+        .filter_map(|n| Some((n.to_string(), platform_pid(state?, n)?)))
+        .chain([("operator".to_string(), op.pid())])
+        .collect();
+    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| proc_cpu_s(*p)).collect();
     let meter = Meter::start(cfg);
-    kubectl_ok(
-        cfg,
-        &["apply", "--server-side", "-f", file.to_str().unwrap()],
+    kubectl_ok(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+    let applied = meter.span.t0.elapsed().as_secs_f64();
+    let wait = format!(
+        "-n {} wait --for=condition=Complete --timeout=1800s jobretry --all",
+        ns.name
     );
-    let applied = meter.t0.elapsed().as_secs_f64();
-    kubectl_ok(
-        cfg,
-        &[
-            "-n",
-            ns,
-            "wait",
-            "--for=condition=Complete",
-            "--timeout=1800s",
-            "jobretry",
-            "--all",
-        ],
-    );
+    kubectl_ok(&wait.split(' ').collect::<Vec<_>>());
     let mut sample = meter.stop();
     for ((name, pid), c0) in pids.iter().zip(cpu0) {
-        sample
-            .extra
-            .insert(format!("{name} CPU s"), proc_cpu(*pid) - c0);
+        let cpu = proc_cpu_s(*pid) - c0;
+        sample.extra.insert(format!("{name} CPU s"), cpu);
     }
-    sample.rss_kib = peak_rss_kib(op.0.id());
+    sample.rss_kib = peak_rss_kib(op.pid());
     let evalsha = sample.stats.get("evalsha").map_or(0, |s| s.1)
         + sample.stats.get("eval").map_or(0, |s| s.1);
     // Inner commands are counted inside evalsha too, so evalsha+eval is Redis's busy time.
-    sample.extra.insert("kubectl apply s".into(), applied);
-    sample.extra.insert(
-        "redis script time s (evalsha+eval usec)".into(),
-        evalsha as f64 / 1e6,
-    );
-    sample
-        .extra
-        .insert("redis CPU s".into(), sample.redis_cpu_us / 1e6);
-    let names = kubectl_ok(cfg, &["-n", ns, "get", "jobretry", "-o", "name"]);
-    let mut items = Vec::new();
-    for name in names.split_whitespace() {
-        let out = kubectl_ok(cfg, &["-n", ns, "get", name, "-o", "json"]);
+    let (busy, redis_cpu) = (evalsha as f64 / 1e6, sample.redis_cpu_us / 1e6);
+    for (k, v) in [("kubectl apply s", applied), ("redis CPU s", redis_cpu)] {
+        sample.extra.insert(k.into(), v);
+    }
+    let busy_key = "redis script time s (evalsha+eval usec)";
+    sample.extra.insert(busy_key.into(), busy);
+    let mut statuses = Vec::new();
+    for jr in &items {
+        let name = jr.metadata.name.as_deref().unwrap();
+        let out = kubectl_ok(&["-n", &ns.name, "get", "jobretry", name, "-o", "json"]);
         sample.object_bytes = sample.object_bytes.max(Some(out.len()));
-        items.push(serde_json::from_str(&out).unwrap());
+        statuses.push(status_of(&serde_json::from_str(&out).unwrap()));
     }
     drop(op);
     // The namespace stays (no namespace controller runs to delete it); objects are removed.
-    let _ = kubectl(
-        cfg,
-        &["-n", ns, "delete", "jobretry", "--all", "--wait=false"],
-    );
-    (sample, items)
+    ns.kubectl(&["delete", "jobretry", "--all", "--wait=false"]);
+    (sample, statuses)
 }
 
+/// (c2): ten JobRetries of N/10 ids each.
 fn controller_run(cfg: &Cfg, ids: &[String], run: usize) -> Sample {
-    let ns = format!("jr-bench-{}-{run}", std::process::id());
-    let op = operator_in_namespace(cfg, &ns);
     let per = ids.len().div_ceil(10);
-    let mut yaml = String::new();
-    for (i, chunk) in ids.chunks(per).enumerate() {
-        let list: Vec<String> = chunk.iter().map(|id| format!("\"{id}\"")).collect();
-        yaml.push_str(&format!(
-            "---\napiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: bench-{i}\n  namespace: {ns}\nspec:\n  queue:\n    name: {QUEUE}\n  connection:\n    secretRef:\n      name: redis\n  state: failed\n  jobIds: [{}]\n",
-            list.join(",")
-        ));
-    }
-    let file = std::env::temp_dir().join(format!("{ns}.yaml"));
-    std::fs::write(&file, yaml).unwrap();
-    let (mut sample, items) = apply_and_wait(cfg, &ns, op, &file);
-    let retried: u64 = items
-        .iter()
-        .map(|i| i["status"]["retried"].as_u64().unwrap_or(0))
-        .sum();
+    let items = ids.chunks(per).enumerate();
+    let items = items.map(|(i, chunk)| jobretry(&format!("bench-{i}"), QUEUE, chunk));
+    let (mut sample, statuses) = apply_and_wait(cfg, &format!("jr-bench-{run}"), items.collect());
+    let retried: u64 = statuses.iter().map(|s| s.retried.unwrap_or(0)).sum();
     assert_eq!(
         retried as usize,
         ids.len(),
@@ -878,29 +415,19 @@ fn controller_run(cfg: &Cfg, ids: &[String], run: usize) -> Sample {
 /// One selector JobRetry over the whole failed set: no filter (s1), or failedReasonContains
 /// matching 1 job in REASON_EVERY (s2). maxJobs = all jobs.
 fn selector_run(cfg: &Cfg, path: &str, run: usize) -> Sample {
-    let ns = format!("jr-bench-{}-{path}-{run}", std::process::id());
-    let op = operator_in_namespace(cfg, &ns);
-    let filter = if path == "s2" {
-        format!("    failedReasonContains: {REASON_TEXT}\n")
-    } else {
-        String::new()
-    };
-    let yaml = format!(
-        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: sel\n  namespace: {ns}\nspec:\n  queue:\n    name: {QUEUE}\n  connection:\n    secretRef:\n      name: redis\n  state: failed\n  selector:\n{filter}    maxJobs: {}\n",
-        cfg.jobs
-    );
-    let file = std::env::temp_dir().join(format!("{ns}.yaml"));
-    std::fs::write(&file, yaml).unwrap();
-    let (mut sample, items) = apply_and_wait(cfg, &ns, op, &file);
-    let st = &items[0]["status"];
+    let mut sel = selector(cfg.jobs as u64);
+    sel.failed_reason_contains = (path == "s2").then(|| REASON_TEXT.to_string());
+    let jr = selector_jobretry("sel", QUEUE, sel);
+    let (mut sample, statuses) = apply_and_wait(cfg, &format!("jr-bench-{path}-{run}"), vec![jr]);
+    let st = &statuses[0];
     let want = cfg.expected(path);
     assert_eq!(
-        (st["phase"].as_str(), st["retried"].as_u64()),
+        (st.phase.as_deref(), st.retried),
         (Some("Succeeded"), Some(want as u64)),
-        "{path}: {st}"
+        "{path}: {st:?}"
     );
     sample.retried = want;
-    sample.scanned = st["selection"]["scanned"].as_u64().unwrap_or(0) as usize;
+    sample.scanned = st.selection.as_ref().map_or(0, |s| s.scanned) as usize;
     assert_eq!(sample.scanned, cfg.jobs, "{path}: scanned");
     sample
 }
@@ -932,6 +459,7 @@ fn describe(path: &str) -> String {
 }
 
 fn main() {
+    let release = repo().join("target/release/jobretry-operator");
     let cfg = Cfg {
         redis: std::env::var("JR_BENCH_REDIS")
             .expect("JR_BENCH_REDIS=redis://127.0.0.1:PORT is not set; run benches/run.sh")
@@ -944,37 +472,23 @@ fn main() {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect(),
-        kubeconfig: std::env::var("JR_BENCH_KUBECONFIG")
-            .ok()
-            .filter(|s| !s.is_empty()),
-        platform_state: std::env::var("JR_BENCH_PLATFORM_STATE")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from),
-        operator: PathBuf::from(env_or(
-            "JR_BENCH_OPERATOR",
-            repo()
-                .join("target/release/jobretry-operator")
-                .to_str()
-                .unwrap(),
-        )),
+        kubeconfig: var("JR_BENCH_KUBECONFIG"),
+        platform_state: var("JR_BENCH_PLATFORM_STATE").map(PathBuf::from),
+        operator: var("JR_BENCH_OPERATOR").map_or(release, PathBuf::from),
         check_variants: env_or("JR_BENCH_CHECK_VARIANTS", "1") == "1",
         probe: env_or("JR_BENCH_PROBE", "1") == "1",
     };
-    {
-        // Keep every command of 1 ms or more (for the longest call); count those >= 10 ms.
-        let mut admin = conn(&cfg.db(0));
-        for (k, v) in [
-            ("slowlog-log-slower-than", SLOWLOG_US),
-            ("slowlog-max-len", 1_000_000),
-        ] {
-            let _: () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg(k)
-                .arg(v)
-                .query(&mut admin)
-                .unwrap();
-        }
+    // Keep every command of 1 ms or more (for the longest call); count those >= 10 ms.
+    let mut admin = conn(&cfg.db(0));
+    for (k, v) in [
+        ("slowlog-log-slower-than", SLOWLOG_US),
+        ("slowlog-max-len", 1_000_000),
+    ] {
+        let set = redis::cmd("CONFIG").arg("SET").arg(k).arg(v).clone();
+        let _: () = set.query(&mut admin).unwrap();
+    }
+    if let Some(k) = &cfg.kubeconfig {
+        use_kubeconfig(k);
     }
     ensure_snapshot(&cfg);
     let keys = snapshot_keys(&cfg);
@@ -984,8 +498,7 @@ fn main() {
     let variants: BTreeMap<String, Script> = cfg
         .paths
         .iter()
-        .filter_map(|p| p.strip_prefix("v-"))
-        .map(|p| p.rsplit_once('-').unwrap().0.to_string())
+        .filter_map(|p| Some(p.strip_prefix("v-")?.rsplit_once('-')?.0.to_string()))
         .map(|name| {
             let file = repo().join("benches/lua").join(format!("{name}.lua"));
             let text = std::fs::read_to_string(&file)
@@ -995,19 +508,15 @@ fn main() {
         .collect();
     if cfg.check_variants && !variants.is_empty() {
         // A variant only counts if it leaves Redis exactly as src/bullmq/retry.lua does.
-        restore(&cfg, &keys);
-        engine_run(&cfg, &ids, 500, None);
-        let reference = dump(&cfg);
-        for (name, script) in &variants {
+        let end_state = |variant: Option<&Script>| {
             restore(&cfg, &keys);
-            engine_run(&cfg, &ids, 500, Some(script));
-            let got = dump(&cfg);
-            let diffs: Vec<&String> = reference
-                .keys()
-                .chain(got.keys())
-                .filter(|k| reference.get(*k) != got.get(*k))
-                .take(3)
-                .collect();
+            engine_run(&cfg, &ids, 500, variant);
+            redis_dump_at(&cfg.db(RUN), true)
+        };
+        let reference = end_state(None);
+        for (name, script) in &variants {
+            let got = end_state(Some(script));
+            let diffs: Vec<_> = changed_keys(&reference, &got).into_iter().take(3).collect();
             assert!(
                 diffs.is_empty(),
                 "variant {name} differs from retry.lua on keys {diffs:?}"
@@ -1041,18 +550,16 @@ fn main() {
             if s.retried == 0 {
                 (s.retried, s.scanned) = (cfg.jobs, cfg.jobs);
             }
+            let p99 = s.probe.as_ref().map(|p| p["p99"].as_f64());
             eprintln!(
                 "[bench]   {:.3}s  {:.0} jobs/s  {:.2} us/job Redis CPU  slowlog>=10ms {}  longest {:.1} ms ({})  probe p99 {} ms",
                 s.wall,
                 s.retried as f64 / s.wall,
                 s.redis_cpu_us / s.retried as f64,
-                s.slow10,
-                s.longest_us as f64 / 1000.0,
-                s.longest_cmd,
-                s.probe.as_ref().map_or("-".into(), |p| format!(
-                    "{:.2}",
-                    p["p99"].as_f64().unwrap_or(f64::NAN)
-                ))
+                s.slow.ten_ms,
+                s.slow.longest_us as f64 / 1000.0,
+                s.slow.longest_cmd,
+                p99.map_or("-".into(), |p| format!("{:.2}", p.unwrap_or(f64::NAN)))
             );
             samples.entry(path.clone()).or_default().push(s);
         }
@@ -1060,65 +567,63 @@ fn main() {
     report(&cfg, &samples);
 }
 
+/// One table row: the path's description, then `cells` right-aligned to `widths`.
+fn row(path: &str, cells: &[String], widths: &[usize]) -> String {
+    let mut line = format!("{path:<40}");
+    for (c, w) in cells.iter().zip(widths) {
+        line.push_str(&format!(" | {c:>w$}"));
+    }
+    line + "\n"
+}
+
+/// A table's header (`names` comma separated) and rule.
+fn header(names: &str, widths: &[usize]) -> String {
+    let cells: Vec<String> = names.split(',').map(str::to_string).collect();
+    let rule = "-".repeat(40 + widths.iter().map(|w| w + 3).sum::<usize>());
+    format!("{}{rule}\n", row("path", &cells, widths))
+}
+
 fn report(cfg: &Cfg, samples: &BTreeMap<String, Vec<Sample>>) {
     let jobs_per_s = |s: &Sample| s.retried as f64 / s.wall;
-    let rate = |p: &str| {
-        samples
-            .get(p)
-            .map(|v| median(v.iter().map(jobs_per_s).collect()))
-    };
+    let per_scanned = |s: &Sample| s.redis_cpu_us / s.scanned as f64;
+    let rate = |p: &str| Some(median(samples.get(p)?.iter().map(jobs_per_s).collect()));
     let (ra, rb) = (rate("a"), rate("b"));
-    let mut out = String::new();
-    out.push_str(&format!(
+    let runs = cfg.paths.iter().filter_map(|p| Some((p, samples.get(p)?)));
+    let mut out = format!(
         "\nRetry benchmark: {} failed jobs (BullMQ 6.7.0), medians of {} runs, redis {}\n",
         cfg.jobs,
         cfg.runs,
         redis_version(cfg)
-    ));
-    out.push_str(&format!(
-        "{:<40} | {:>9} | {:>10} | {:>12} | {:>7} | {:>7} | {:>8}\n",
-        "path", "wall s", "jobs/s", "Redis us/job", "vs (a)", "vs (b)", "runs"
-    ));
-    out.push_str(&format!(
-        "{}\n",
-        "-".repeat(40 + 9 + 10 + 12 + 7 + 7 + 8 + 18)
+    );
+    let widths = [9, 10, 12, 7, 7, 8];
+    out.push_str(&header(
+        "wall s,jobs/s,Redis us/job,vs (a),vs (b),runs",
+        &widths,
     ));
     let mut json_rows = Vec::new();
-    for path in &cfg.paths {
-        let Some(v) = samples.get(path) else { continue };
-        let wall = median(v.iter().map(|s| s.wall).collect());
-        let r = median(v.iter().map(jobs_per_s).collect());
-        let cpu = median(
-            v.iter()
-                .map(|s| s.redis_cpu_us / s.retried as f64)
-                .collect(),
+    for (path, v) in runs.clone() {
+        let all = |f: &dyn Fn(&Sample) -> f64| -> Vec<f64> { v.iter().map(f).collect() };
+        let per_job = all(&|s| s.redis_cpu_us / s.retried as f64);
+        let (wall, r, cpu) = (
+            median(all(&|s| s.wall)),
+            median(all(&jobs_per_s)),
+            median(per_job.clone()),
         );
         let vs = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.2}x", r / x));
-        out.push_str(&format!(
-            "{:<40} | {:>9.3} | {:>10.0} | {:>12.2} | {:>7} | {:>7} | {:>8}\n",
-            describe(path),
-            wall,
-            r,
-            cpu,
-            vs(ra),
-            vs(rb),
-            v.len()
-        ));
-        let probe = |k: &str| -> Vec<f64> {
-            v.iter()
-                .filter_map(|s| s.probe.as_ref()?[k].as_f64())
-                .collect()
-        };
+        let cells = [format!("{wall:.3}"), format!("{r:.0}"), format!("{cpu:.2}")];
+        let cells = [&cells[..], &[vs(ra), vs(rb), v.len().to_string()]].concat();
+        out.push_str(&row(&describe(path), &cells, &widths));
+        let probe = |k: &'static str| v.iter().filter_map(move |s| s.probe.as_ref()?[k].as_f64());
         json_rows.push(json!({"path": path, "wall_s": wall, "jobs_per_s": r,
-            "redis_cpu_us_per_job": cpu,
-            "walls": v.iter().map(|s| s.wall).collect::<Vec<_>>(),
+            "redis_cpu_us_per_job": cpu, "walls": all(&|s| s.wall),
             "retried": v.iter().map(|s| s.retried).collect::<Vec<_>>(),
             "scanned": v.iter().map(|s| s.scanned).collect::<Vec<_>>(),
-            "cpu_us_per_job": v.iter().map(|s| s.redis_cpu_us / s.retried as f64).collect::<Vec<_>>(),
-            "cpu_us_per_scanned": v.iter().map(|s| s.redis_cpu_us / s.scanned as f64).collect::<Vec<_>>(),
-            "slowlog_10ms": v.iter().map(|s| s.slow10).collect::<Vec<_>>(),
-            "longest_us": v.iter().map(|s| s.longest_us).collect::<Vec<_>>(),
-            "probe_p99_ms": probe("p99"), "probe_max_ms": probe("max"),
+            "cpu_us_per_job": per_job,
+            "cpu_us_per_scanned": all(&per_scanned),
+            "slowlog_10ms": v.iter().map(|s| s.slow.ten_ms).collect::<Vec<_>>(),
+            "longest_us": v.iter().map(|s| s.slow.longest_us).collect::<Vec<_>>(),
+            "probe_p99_ms": probe("p99").collect::<Vec<_>>(),
+            "probe_max_ms": probe("max").collect::<Vec<_>>(),
             "rss_kib": v.iter().map(|s| s.rss_kib).collect::<Vec<_>>(),
             "object_bytes": v.iter().map(|s| s.object_bytes).collect::<Vec<_>>()}));
     }
@@ -1127,71 +632,42 @@ fn report(cfg: &Cfg, samples: &BTreeMap<String, Vec<Sample>>) {
         "\nLatency and footprint (worst of the {} runs; calls >= 10 ms and the longest call from SLOWLOG,\nthe probe Worker's own command latency, operator VmHWM, largest JobRetry as kubectl get -o json)\n",
         cfg.runs
     ));
-    out.push_str(&format!(
-        "{:<40} | {:>9} | {:>10} | {:>7} | {:>15} | {:>9} | {:>9} | {:>6} | {:>7} | {:>7}\n",
-        "path",
-        "scanned",
-        "us/scanned",
-        ">=10ms",
-        "longest ms",
-        "probe p99",
-        "probe max",
-        "probe n",
-        "RSS MiB",
-        "obj KiB"
-    ));
-    out.push_str(&format!(
-        "{}\n",
-        "-".repeat(40 + 9 + 10 + 7 + 15 + 9 + 9 + 6 + 7 + 7 + 27)
-    ));
-    for path in &cfg.paths {
-        let Some(v) = samples.get(path) else { continue };
-        let worst = |f: &dyn Fn(&Sample) -> Option<f64>| -> Option<f64> {
-            v.iter()
+    let widths = [9, 10, 7, 15, 9, 9, 6, 7, 7];
+    let names = "scanned,us/scanned,>=10ms,longest ms,probe p99,probe max,probe n,RSS MiB,obj KiB";
+    out.push_str(&header(names, &widths));
+    for (path, v) in runs.clone() {
+        // The largest value of `f` over the runs, shown with `prec` decimals ("-" for none).
+        let worst = |f: &dyn Fn(&Sample) -> Option<f64>, prec: usize| -> String {
+            let max = v
+                .iter()
                 .filter_map(f)
-                .fold(None, |m, x| Some(m.map_or(x, |m: f64| m.max(x))))
+                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+            max.map_or("-".to_string(), |x| format!("{x:.prec$}"))
         };
-        let show =
-            |x: Option<f64>, prec: usize| x.map_or("-".to_string(), |x| format!("{x:.prec$}"));
-        let longest = v.iter().max_by_key(|s| s.longest_us).unwrap();
-        let longest = if longest.longest_us == 0 {
-            format!("< {:.0}", SLOWLOG_US as f64 / 1000.0)
-        } else {
-            format!(
-                "{:.1} {}",
-                longest.longest_us as f64 / 1000.0,
-                longest.longest_cmd
-            )
-        };
-        let p = |k: &'static str| move |s: &Sample| s.probe.as_ref()?[k].as_f64();
-        out.push_str(&format!(
-            "{:<40} | {:>9} | {:>10.2} | {:>7} | {:>15} | {:>9} | {:>9} | {:>6} | {:>7} | {:>7}\n",
-            describe(path),
-            v[0].scanned,
-            median(
-                v.iter()
-                    .map(|s| s.redis_cpu_us / s.scanned as f64)
-                    .collect()
-            ),
-            v.iter().map(|s| s.slow10).max().unwrap_or(0),
-            longest,
-            show(worst(&p("p99")), 2),
-            show(worst(&p("max")), 1),
-            show(
-                worst(&|s: &Sample| s.probe.as_ref()?["commands"].as_f64()),
-                0
-            ),
-            show(worst(&|s: &Sample| s.rss_kib.map(|k| k as f64 / 1024.0)), 1),
-            show(
-                worst(&|s: &Sample| s.object_bytes.map(|b| b as f64 / 1024.0)),
-                1
-            ),
-        ));
+        let probe = |k: &'static str| move |s: &Sample| s.probe.as_ref()?[k].as_f64();
+        let longest = &v.iter().max_by_key(|s| s.slow.longest_us).unwrap().slow;
+        let (ms, cmd) = (longest.longest_us as f64 / 1000.0, &longest.longest_cmd);
+        let per_scanned = median(v.iter().map(per_scanned).collect());
+        let ten_ms = v.iter().map(|s| s.slow.ten_ms).max().unwrap_or(0);
+        let cells = [
+            v[0].scanned.to_string(),
+            format!("{per_scanned:.2}"),
+            ten_ms.to_string(),
+            match longest.longest_us {
+                0 => format!("< {:.0}", SLOWLOG_US as f64 / 1000.0),
+                _ => format!("{ms:.1} {cmd}"),
+            },
+            worst(&probe("p99"), 2),
+            worst(&probe("max"), 1),
+            worst(&probe("commands"), 0),
+            worst(&|s| s.rss_kib.map(|k| k as f64 / 1024.0), 1),
+            worst(&|s| s.object_bytes.map(|b| b as f64 / 1024.0), 1),
+        ];
+        out.push_str(&row(&describe(path), &cells, &widths));
     }
     // Per-command profile of each path's median run (by wall).
     out.push_str("\nPer-command profile (INFO commandstats of the median run; commands run inside scripts are counted too;\nso are the probe Worker's, a few hundred per second)\n");
-    for path in &cfg.paths {
-        let Some(v) = samples.get(path) else { continue };
+    for (path, v) in runs {
         let mut sorted: Vec<&Sample> = v.iter().collect();
         sorted.sort_by(|a, b| a.wall.partial_cmp(&b.wall).unwrap());
         let s = sorted[sorted.len() / 2];
@@ -1201,13 +677,11 @@ fn report(cfg: &Cfg, samples: &BTreeMap<String, Vec<Sample>>) {
         rows.sort_by_key(|r| std::cmp::Reverse(r.1.1));
         out.push_str(&format!("  {}:\n", describe(path)));
         for (cmd, (calls, usec)) in rows.iter().take(12) {
+            let (us, per_call) = (*usec as f64, *usec as f64 / (*calls).max(1) as f64);
             out.push_str(&format!(
-                "    {:<18} {:>9} calls {:>10.3} ms {:>8.2} us/job {:>8.2} us/call\n",
-                cmd,
-                calls,
-                *usec as f64 / 1000.0,
-                *usec as f64 / n,
-                *usec as f64 / (*calls).max(1) as f64
+                "    {cmd:<18} {calls:>9} calls {:>10.3} ms {:>8.2} us/job {per_call:>8.2} us/call\n",
+                us / 1000.0,
+                us / n,
             ));
         }
         for (k, val) in &s.extra {
@@ -1215,25 +689,16 @@ fn report(cfg: &Cfg, samples: &BTreeMap<String, Vec<Sample>>) {
         }
     }
     print!("{out}");
-    let json_path = env_or(
-        "JR_BENCH_JSON",
-        repo().join("target/bench-retry.json").to_str().unwrap(),
-    );
-    let _ = std::fs::write(
-        Path::new(&json_path),
-        serde_json::to_string_pretty(
-            &json!({"jobs": cfg.jobs, "runs": cfg.runs, "rows": json_rows, "table": out}),
-        )
-        .unwrap(),
-    );
+    let json_path = var("JR_BENCH_JSON").map(PathBuf::from);
+    let json_path = json_path.unwrap_or_else(|| repo().join("target/bench-retry.json"));
+    let results = json!({"jobs": cfg.jobs, "runs": cfg.runs, "rows": json_rows, "table": out});
+    let _ = std::fs::write(json_path, serde_json::to_string_pretty(&results).unwrap());
 }
 
 fn redis_version(cfg: &Cfg) -> String {
-    let mut c = conn(&cfg.db(0));
-    info(&mut c, "server")
+    let server = info(&mut conn(&cfg.db(0)), "server");
+    let v = server
         .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("?")
-        .trim()
-        .to_string()
+        .find_map(|l| l.strip_prefix("redis_version:"));
+    v.unwrap_or("?").trim().to_string()
 }

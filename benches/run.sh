@@ -89,7 +89,7 @@ if [[ ,$PATHS, =~ ,(c2|s1|s2), ]]; then
 fi
 
 export JR_BENCH_REDIS="redis://127.0.0.1:$PORT" JR_BENCH_PATHS="$PATHS"
-export JR_BENCH_OPERATOR="$REPO/target/release/jobretry-operator"
+export JR_BENCH_OPERATOR="${CARGO_TARGET_DIR:-$REPO/target}/release/jobretry-operator"
 export JR_BENCH_JSON="$STATE/results.json"
 cd "$REPO"
 cargo bench --bench retry 2> >(tee "$STATE/bench.log" >&2) | tee "$STATE/results.txt"

@@ -6,7 +6,7 @@
 //! Also: the script's glob matcher agrees with the reference matcher (`glob_matches`) on
 //! generated globs and names, escaping-prone characters and invalid UTF-8 included.
 
-mod common;
+mod support;
 
 use std::{
     collections::BTreeSet,
@@ -18,7 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
 use jobretry_operator::{
     bullmq::{
         BatchRequest, JobOutcome, Ledger, PageOutcome, PageRequest, QueueKeys, QueueVersion,
@@ -27,6 +26,7 @@ use jobretry_operator::{
     crd::SourceState,
 };
 use serde_json::{Value, json};
+use support::*;
 
 /// A redis-server of this test's own that logs every call of 10 ms or more.
 struct PrivateRedis {

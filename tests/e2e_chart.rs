@@ -7,12 +7,12 @@
 //! No kubelet runs, so the Deployment's pod never starts; the operator runs as a local process
 //! with the flags the rendered Deployment would give it.
 
-mod common;
+mod support;
 
 use std::{path::Path, process::Command, sync::Mutex, time::Duration};
 
-use common::{helm::*, *};
 use serde_json::{Value, json};
+use support::{helm::*, *};
 
 /// The operator runs watching all namespaces in one of the tests below; the RBAC tests run
 /// one at a time so that operator never sees another test's JobRetry.
@@ -530,12 +530,7 @@ fn operator_runs_with_chart_rbac_only(ns: &TestNs, set: &[&str]) -> String {
         holder.stderr
     );
 
-    let applied = ns.apply(
-        "retry.yaml",
-        &format!(
-            "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: incident\nspec:\n  queue:\n    name: {queue}\n  connection:\n    secretRef:\n      name: redis\n  state: failed\n  jobIds: [\"{failed}\", \"{done}\"]\n"
-        ),
-    );
+    let applied = ns.apply_jr(&jobretry("incident", queue, &[&failed, &done]));
     assert!(applied.ok, "{}", applied.stderr);
     let waited = ns.wait_condition("incident", "Complete", "60s");
     assert!(

@@ -5,12 +5,12 @@
 //! nothing again. (The selector path under crashes, on a churning queue, is the first row
 //! of tests/e2e_fault_suite.rs.)
 
-mod common;
+mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
 use serde_json::json;
+use support::*;
 
 const PER_OBJECT: usize = 10_000;
 
@@ -28,13 +28,7 @@ impl Lcg {
 }
 
 fn manifest(name: &str, queue: &str, ids: &[String]) -> String {
-    jobretry_yaml(
-        name,
-        queue,
-        ids,
-        "",
-        "  rateLimit:\n    jobsPerSecond: 2500\n",
-    )
+    support::manifest(&jobretry(name, queue, ids).jobs_per_second(2500))
 }
 
 fn phase(ns: &TestNs, name: &str) -> Option<String> {

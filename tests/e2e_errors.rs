@@ -3,13 +3,18 @@
 //! keys, an unreachable Redis (whose password must never show), all through the real API
 //! server and Redis.
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::{Value, json};
+use support::*;
 
-fn manifest(name: &str, queue: &str, ids: &[&str], extra_queue: &str) -> String {
-    jobretry_yaml(name, queue, ids, extra_queue, "")
+/// A JobRetry of `ids`, with `spec.queue.bullmqVersion` when `version` is given.
+fn manifest(name: &str, queue: &str, ids: &[&str], version: Option<&str>) -> String {
+    let jr = jobretry(name, queue, ids);
+    support::manifest(&match version {
+        Some(v) => jr.bullmq_version(v),
+        None => jr,
+    })
 }
 
 fn failing(key: &str, opts: Value) -> Value {
@@ -21,7 +26,7 @@ fn an_unknown_queue_fails_with_a_condition_naming_the_fix() {
     let ns = TestNs::new("e2e-noqueue");
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply("q.yaml", &manifest("typo", "paymnets", &["1"], ""))
+        ns.apply("q.yaml", &manifest("typo", "paymnets", &["1"], None))
             .ok
     );
     assert!(ns.wait_condition("typo", "Failed", "60s").ok);
@@ -44,20 +49,13 @@ fn an_unknown_queue_fails_with_a_condition_naming_the_fix() {
 fn an_unsupported_version_fails_before_touching_any_job() {
     let ns = TestNs::new("e2e-version");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("a", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[failing("a", json!({}))]);
     let a = id_of(&jobs, "a");
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply(
-            "v.yaml",
-            &manifest("future", queue, &[&a], "    bullmqVersion: \"7.0.0\"\n")
-        )
-        .ok
+        ns.apply("v.yaml", &manifest("future", queue, &[&a], Some("7.0.0")))
+            .ok
     );
     assert!(ns.wait_condition("future", "Failed", "60s").ok);
     let failed = condition(&ns.get("future"), "Failed");
@@ -87,10 +85,12 @@ fn message(cond: &Value) -> &str {
 fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
     let ns = TestNs::new("e2e-noversion");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("plain", json!({})), failing("prio", json!({"priority": 4}))]}),
+    let jobs = seed_in(
+        &ns,
+        &[
+            failing("plain", json!({})),
+            failing("prio", json!({"priority": 4})),
+        ],
     );
     let (plain, prio) = (id_of(&jobs, "plain"), id_of(&jobs, "prio"));
     // A queue whose meta records no version (BullMQ before 5.20, the Python client).
@@ -102,8 +102,11 @@ fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply("u.yaml", &manifest("unknown", queue, &[&plain, &prio], ""))
-            .ok
+        ns.apply(
+            "u.yaml",
+            &manifest("unknown", queue, &[&plain, &prio], None)
+        )
+        .ok
     );
     assert!(ns.wait_condition("unknown", "Failed", "60s").ok);
     let jr = ns.get("unknown");
@@ -116,7 +119,7 @@ fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
     assert_eq!(jr["status"]["phase"], "Failed");
     assert!(before == queue_dump(queue), "nothing may change in Redis");
     // The fix the message names: say which release the workers run.
-    let given = "    bullmqVersion: \"6.7.0\"\n";
+    let given = Some("6.7.0");
     assert!(
         ns.apply("g.yaml", &manifest("given", queue, &[&plain, &prio], given))
             .ok
@@ -140,20 +143,14 @@ fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
 fn reset_flags_on_a_release_without_them_fail_before_touching_any_job() {
     let ns = TestNs::new("e2e-options");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("a", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[failing("a", json!({}))]);
     let a = id_of(&jobs, "a");
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
-    let yaml = jobretry_yaml(
-        "old",
-        queue,
-        &[&a],
-        "    bullmqVersion: \"5.65.1\"\n",
-        "  resetAttemptsMade: true\n",
+    let yaml = support::manifest(
+        &jobretry("old", queue, &[&a])
+            .bullmq_version("5.65.1")
+            .reset_attempts_made(),
     );
     assert!(ns.apply("o.yaml", &yaml).ok);
     assert!(ns.wait_condition("old", "Failed", "60s").ok);
@@ -172,10 +169,13 @@ fn reset_flags_on_a_release_without_them_fail_before_touching_any_job() {
 fn a_corrupt_priority_counter_stalls_the_run_until_fixed_and_loses_nothing() {
     let ns = TestNs::new("e2e-corrupt");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("p1", json!({"priority": 5})), failing("p2", json!({"priority": 2})), failing("plain", json!({}))]}),
+    let jobs = seed_in(
+        &ns,
+        &[
+            failing("p1", json!({"priority": 5})),
+            failing("p2", json!({"priority": 2})),
+            failing("plain", json!({})),
+        ],
     );
     let ids: Vec<String> = ["p1", "p2", "plain"]
         .iter()
@@ -190,8 +190,11 @@ fn a_corrupt_priority_counter_stalls_the_run_until_fixed_and_loses_nothing() {
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply("c.yaml", &jobretry_yaml("corrupt", queue, &ids, "", ""))
-            .ok
+        ns.apply(
+            "c.yaml",
+            &support::manifest(&jobretry("corrupt", queue, &ids))
+        )
+        .ok
     );
     assert!(ns.wait_condition("corrupt", "Stalled", "60s").ok);
     let jr = ns.get("corrupt");
@@ -234,16 +237,15 @@ fn a_corrupt_priority_counter_stalls_the_run_until_fixed_and_loses_nothing() {
 fn an_unreachable_redis_waits_without_leaking_the_password_and_resumes() {
     let ns = TestNs::new("e2e-noredis");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("a", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[failing("a", json!({}))]);
     let a = id_of(&jobs, "a");
     let password = "hunter2-s3cr3t";
     ns.secret("redis", &format!("redis://app:{password}@127.0.0.1:1/0"));
     let op = Operator::start(&ns, &[]);
-    assert!(ns.apply("r.yaml", &manifest("later", queue, &[&a], "")).ok);
+    assert!(
+        ns.apply("r.yaml", &manifest("later", queue, &[&a], None))
+            .ok
+    );
     let ready = eventually(
         std::time::Duration::from_secs(60),
         "a RedisUnavailable condition",
@@ -290,11 +292,7 @@ fn an_unreachable_redis_waits_without_leaking_the_password_and_resumes() {
 fn a_job_key_of_the_wrong_type_refuses_only_that_job() {
     let ns = TestNs::new("e2e-wrongjob");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("a", json!({})), failing("b", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[failing("a", json!({})), failing("b", json!({}))]);
     let (a, b) = (id_of(&jobs, "a"), id_of(&jobs, "b"));
     let mut con = redis::Client::open(redis_url())
         .unwrap()
@@ -309,7 +307,7 @@ fn a_job_key_of_the_wrong_type_refuses_only_that_job() {
         .unwrap();
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply("w.yaml", &manifest("wrong", queue, &[&a, &b], ""))
+        ns.apply("w.yaml", &manifest("wrong", queue, &[&a, &b], None))
             .ok
     );
     assert!(ns.wait_condition("wrong", "Complete", "60s").ok);
@@ -337,11 +335,7 @@ fn a_job_key_of_the_wrong_type_refuses_only_that_job() {
 fn a_queue_key_of_the_wrong_type_fails_the_run_and_changes_nothing() {
     let ns = TestNs::new("e2e-wrongqueue");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [failing("a", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[failing("a", json!({}))]);
     let a = id_of(&jobs, "a");
     let mut con = redis::Client::open(redis_url())
         .unwrap()
@@ -354,7 +348,10 @@ fn a_queue_key_of_the_wrong_type_fails_the_run_and_changes_nothing() {
         .unwrap();
     let before = queue_dump(queue);
     let _op = Operator::start(&ns, &[]);
-    assert!(ns.apply("q.yaml", &manifest("broken", queue, &[&a], "")).ok);
+    assert!(
+        ns.apply("q.yaml", &manifest("broken", queue, &[&a], None))
+            .ok
+    );
     assert!(ns.wait_condition("broken", "Failed", "60s").ok);
     let failed = condition(&ns.get("broken"), "Failed");
     assert_eq!(failed["reason"], "IncompatibleQueue");

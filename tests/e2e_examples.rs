@@ -8,15 +8,15 @@
 //! queue; the Secret's `url:` becomes the test Redis; and for TLS, the `ca.crt` placeholder
 //! becomes the test CA.
 
-mod common;
+mod support;
 
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
 };
 
-use common::*;
 use serde_json::{Value, json};
+use support::*;
 
 /// One seeded job: its id (empty: BullMQ's own), name, how it ends ("fail" or "complete"),
 /// its failedReason, and whether the example retries it (or, for a dry run, would).

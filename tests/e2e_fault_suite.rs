@@ -11,7 +11,7 @@
 //!
 //! The scenarios run one at a time (they measure, and some restart shared components).
 
-mod common;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,8 +25,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::*;
 use serde_json::{Value, json};
+use support::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

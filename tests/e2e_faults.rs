@@ -6,15 +6,15 @@
 //! are exact to the millisecond and a re-created run shows the bound it really uses; a run
 //! that stops (suspend, delete) gives the queue back at once.
 
-mod common;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
-use common::*;
 use serde_json::Value;
+use support::*;
 
 fn selector_yaml(name: &str, queue: &str, extra: &str) -> String {
     format!(
@@ -238,13 +238,7 @@ fn a_record_rolled_back_stops_the_run_and_says_how_many_jobs_it_covers() {
         "{message}"
     );
     // The ids path: its record is rolled back the same way.
-    let yaml = jobretry_yaml(
-        "by-id",
-        queue,
-        &ids[300..],
-        "",
-        "  rateLimit:\n    jobsPerSecond: 20\n",
-    );
+    let yaml = manifest(&jobretry("by-id", queue, &ids[300..]).jobs_per_second(20));
     assert!(ns.apply("i.yaml", &yaml).ok);
     wait_processed(&ns, "by-id", 40);
     let ids_record = record_key(queue, &format!("{}/by-id", ns.name));

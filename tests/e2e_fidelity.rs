@@ -17,7 +17,7 @@
 //! job of the case's source state in keyset order, and the client's own `Job.retry` does the
 //! same jobs in the same order; the databases must be equal again.
 
-mod common;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,13 +25,13 @@ use std::{
     process::Command,
 };
 
-use common::*;
 use jobretry_operator::bullmq::{
     BatchRequest, Error, JobOutcome, Ledger, PageOutcome, PageRequest, QueueKeys, QueueVersion,
     RetryEngine, Selector, VersionError, version::Semver,
 };
 use jobretry_operator::crd::SourceState;
 use serde_json::Value;
+use support::*;
 
 /// npm releases: both sides of every boundary in `src/bullmq/version.rs`.
 const NODE: [&str; 15] = [

@@ -7,12 +7,12 @@
 //! The kstatus program is `tests/platform/kstatus/main.go`, built and cached by
 //! `tests/platform/build-kstatus.sh` (its path in `JOBRETRY_TEST_KSTATUS`, else built here).
 
-mod common;
+mod support;
 
 use std::{path::PathBuf, process::Command};
 
-use common::*;
 use serde_json::{Value, json};
+use support::*;
 
 fn kstatus_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("JOBRETRY_TEST_KSTATUS") {
@@ -55,8 +55,7 @@ fn kstatus_reads_every_phase_the_operator_writes() {
 
     // Before the operator has seen it: the schema's default status says generation 0.
     // (`done`, as one_of_each_phase applies it again, unchanged, once the operator runs.)
-    let fresh = jobretry_yaml("done", queue, &[&ids[0]], "", "");
-    assert!(ns.apply("done.yaml", &fresh).ok);
+    assert!(ns.apply_jr(&jobretry("done", queue, &[&ids[0]])).ok);
     let (s, m) = kstatus(&ns.get("done"));
     assert_eq!(s, "InProgress", "a JobRetry nobody has run yet: {m}");
     assert!(m.contains("observed generation is 0"), "{m}");

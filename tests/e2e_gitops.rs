@@ -2,10 +2,10 @@
 //! run by Debian's `lua5.4` on statuses the operator really produced, one object per phase,
 //! through the real API server and Redis.
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::{Value, json};
+use support::*;
 
 /// A JSON value as a Lua table constructor (null: absent).
 fn lua(v: &Value) -> String {

@@ -5,7 +5,7 @@
 //! leader cut off from the API server stops before the Lease can pass on. A SIGTERM while
 //! the API server or Redis does not answer ends the process within 10 s.
 
-mod common;
+mod support;
 
 use std::{
     io::{Read, Write},
@@ -18,8 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
 use serde_json::json;
+use support::*;
 
 const PER_OBJECT: usize = 10_000;
 /// Short leases keep the tests quick.
@@ -124,14 +124,8 @@ fn two_replicas_mid_run_with(ns: &TestNs, a_kubeconfig: &Path) -> (Vec<String>, 
     assert!(!b.leads(), "b follows while a leads");
     assert_eq!(lease_holder(ns), "a");
     for (i, chunk) in ids.chunks(PER_OBJECT).enumerate() {
-        let yaml = jobretry_yaml(
-            &format!("part{i}"),
-            queue,
-            chunk,
-            "",
-            "  rateLimit:\n    jobsPerSecond: 1000\n",
-        );
-        let applied = ns.apply(&format!("part{i}.yaml"), &yaml);
+        let applied =
+            ns.apply_jr(&jobretry(&format!("part{i}"), queue, chunk).jobs_per_second(1000));
         assert!(applied.ok, "{}", applied.stderr);
     }
     eventually(Duration::from_secs(20), "the run to be under way", || {
@@ -326,9 +320,8 @@ fn sigterm_after_cut(
     eventually(Duration::from_secs(20), "a to lead", || {
         a.leads().then_some(())
     });
-    let rate = "  rateLimit:\n    jobsPerSecond: 400\n";
     assert!(
-        ns.apply("run.yaml", &jobretry_yaml("run", queue, &ids, "", rate))
+        ns.apply_jr(&jobretry("run", queue, &ids).jobs_per_second(400))
             .ok
     );
     eventually(Duration::from_secs(20), "the run to be under way", || {

@@ -2,12 +2,16 @@
 //! real npm `bullmq`, and the operator binary. What is asserted is what a user would check:
 //! `kubectl wait`, the status rows and counts, and which jobs a Worker then processes.
 
-mod common;
+mod support;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use common::*;
+use jobretry_operator::crd::{
+    JobRetry,
+    SourceState::{self, Completed, Failed},
+};
 use serde_json::{Value, json};
+use support::*;
 
 fn job(key: &str, outcome: &str, opts: Value) -> Value {
     json!({"key": key, "name": format!("charge-{key}"), "data": {"key": key, "reason": "ECONNRESET"}, "opts": opts, "outcome": outcome})
@@ -28,8 +32,8 @@ fn rows(jr: &Value) -> Vec<(String, String, Option<i64>)> {
         .collect()
 }
 
-fn manifest(name: &str, queue: &str, state: &str, ids: &[&str], extra: &str) -> String {
-    jobretry_yaml(name, queue, ids, "", &format!("  state: {state}\n{extra}"))
+fn manifest(name: &str, queue: &str, state: SourceState, ids: &[&str]) -> JobRetry {
+    jobretry(name, queue, ids).state(state)
 }
 
 #[test]
@@ -67,16 +71,7 @@ fn retries_failed_jobs_by_id_and_a_worker_processes_exactly_those() {
         "no-such-job",
         done.as_str(),
     ];
-    let applied = ns.apply(
-        "retry.yaml",
-        &manifest(
-            "incident",
-            queue,
-            "failed",
-            &ids,
-            "  resetAttemptsMade: true\n",
-        ),
-    );
+    let applied = ns.apply_jr(&manifest("incident", queue, Failed, &ids).reset_attempts_made());
     assert!(applied.ok, "{}", applied.stderr);
     let waited = ns.wait_condition("incident", "Complete", "60s");
     assert!(waited.ok, "kubectl wait failed: {}", waited.stderr);
@@ -183,21 +178,21 @@ fn retries_failed_jobs_by_id_and_a_worker_processes_exactly_those() {
 fn retries_completed_jobs_and_clears_their_return_value() {
     let ns = TestNs::new("e2e-completed");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [job("c1", "complete", json!({})), job("c2", "complete", json!({})), job("f1", "fail", json!({}))]}),
+    let jobs = seed_in(
+        &ns,
+        &[
+            job("c1", "complete", json!({})),
+            job("c2", "complete", json!({})),
+            job("f1", "fail", json!({})),
+        ],
     );
     let (c1, c2, f1) = (id_of(&jobs, "c1"), id_of(&jobs, "c2"), id_of(&jobs, "f1"));
     assert!(jobs.iter().find(|j| j["key"] == "c1").unwrap()["returnvalue"].is_object());
     let _op = Operator::start(&ns, &[]);
 
     assert!(
-        ns.apply(
-            "completed.yaml",
-            &manifest("redo", queue, "completed", &[&c1, &c2, &c1, &f1], "")
-        )
-        .ok
+        ns.apply_jr(&manifest("redo", queue, Completed, &[&c1, &c2, &c1, &f1]))
+            .ok
     );
     assert!(ns.wait_condition("redo", "Complete", "60s").ok);
     let jr = ns.get("redo");
@@ -259,10 +254,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
     );
     let (a, b) = (id_of(&jobs, "a"), id_of(&jobs, "b"));
     let mut op = Operator::start(&ns, &[]);
-    assert!(
-        ns.apply("once.yaml", &manifest("once", queue, "failed", &[&a], ""))
-            .ok
-    );
+    assert!(ns.apply_jr(&manifest("once", queue, Failed, &[&a])).ok);
     assert!(ns.wait_condition("once", "Complete", "60s").ok);
     let status_before = ns.get("once")["status"].clone();
     let full_dump = || stable_dump(&db);
@@ -274,11 +266,8 @@ fn a_restarted_operator_changes_nothing_after_completion() {
     // operator is live by completing a dry run, which must not change Redis either.
     ns.kubectl(&["annotate", "jobretry", "once", "touched=yes"]);
     assert!(
-        ns.apply(
-            "dry.yaml",
-            &manifest("preview", queue, "failed", &[&a, &b], "  dryRun: true\n")
-        )
-        .ok
+        ns.apply_jr(&manifest("preview", queue, Failed, &[&a, &b]).dry_run())
+            .ok
     );
     assert!(
         ns.wait_condition("preview", "Complete", "60s").ok,
@@ -312,16 +301,13 @@ fn a_restarted_operator_changes_nothing_after_completion() {
 fn a_missing_secret_stalls_with_a_readable_message_and_resumes_when_created() {
     let ns = TestNs::new("e2e-secret");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [job("a", "fail", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[job("a", "fail", json!({}))]);
     let a = id_of(&jobs, "a");
     let _op = Operator::start(&ns, &[]);
-    let yaml = manifest("later", queue, "failed", &[&a], "")
-        .replace("name: redis", "name: payments-redis");
-    assert!(ns.apply("later.yaml", &yaml).ok);
+    assert!(
+        ns.apply_jr(&manifest("later", queue, Failed, &[&a]).secret("payments-redis"))
+            .ok
+    );
     assert!(ns.wait_condition("later", "Stalled", "30s").ok);
     let st = &ns.get("later")["status"];
     let stalled = st["conditions"]
@@ -347,25 +333,19 @@ fn a_pypi_bullmq_worker_processes_what_we_retried() {
         .expect("JOBRETRY_TEST_PYTHON is not set: tests/run.sh installs the PyPI bullmq client");
     let ns = TestNs::new("e2e-python");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [job("a", "fail", json!({"attempts": 2})), job("b", "fail", json!({})), job("c", "fail", json!({}))]}),
+    let jobs = seed_in(
+        &ns,
+        &[
+            job("a", "fail", json!({"attempts": 2})),
+            job("b", "fail", json!({})),
+            job("c", "fail", json!({})),
+        ],
     );
     let (a, b) = (id_of(&jobs, "a"), id_of(&jobs, "b"));
     let _op = Operator::start(&ns, &[]);
     assert!(
-        ns.apply(
-            "py.yaml",
-            &manifest(
-                "py",
-                queue,
-                "failed",
-                &[&a, &b],
-                "  resetAttemptsMade: true\n"
-            )
-        )
-        .ok
+        ns.apply_jr(&manifest("py", queue, Failed, &[&a, &b]).reset_attempts_made())
+            .ok
     );
     assert!(ns.wait_condition("py", "Complete", "60s").ok);
     let out = run(std::process::Command::new(&python)
@@ -393,11 +373,7 @@ fn a_pypi_bullmq_worker_processes_what_we_retried() {
 fn health_and_metrics_are_served_with_low_cardinality_labels() {
     let ns = TestNs::new("e2e-metrics");
     let queue = ns.name.as_str();
-    let jobs = seed(
-        ns.dir.path(),
-        queue,
-        &json!({"jobs": [job("a", "fail", json!({}))]}),
-    );
+    let jobs = seed_in(&ns, &[job("a", "fail", json!({}))]);
     let a = id_of(&jobs, "a");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -406,10 +382,7 @@ fn health_and_metrics_are_served_with_low_cardinality_labels() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let _op = Operator::start(&ns, &["--http-addr", &addr]);
-    assert!(
-        ns.apply("m.yaml", &manifest("m", queue, "failed", &[&a, "nope"], ""))
-            .ok
-    );
+    assert!(ns.apply_jr(&manifest("m", queue, Failed, &[&a, "nope"])).ok);
     assert!(ns.wait_condition("m", "Complete", "60s").ok);
     let get = |path: &str| {
         run(std::process::Command::new("curl").args([

@@ -8,7 +8,7 @@
 //! The image test builds a release binary, so it runs when `JOBRETRY_TEST_IMAGE=1`
 //! (`tests/run.sh` sets it).
 
-mod common;
+mod support;
 
 use std::{
     path::{Path, PathBuf},
@@ -16,8 +16,8 @@ use std::{
     time::Duration,
 };
 
-use common::*;
 use serde_json::{Value, json};
+use support::*;
 
 /// A field of the crate's own Cargo.toml `[package]`.
 fn package(field: &str) -> String {
@@ -267,16 +267,7 @@ fn the_image_is_small_static_non_root_and_runs_the_operator() {
             .spawn()
             .expect("buildah run"),
     };
-    let applied = ns.apply(
-        "run.yaml",
-        &jobretry_yaml(
-            "from-image",
-            queue,
-            &[&a, &b_id],
-            "",
-            "  resetAttemptsMade: true\n",
-        ),
-    );
+    let applied = ns.apply_jr(&jobretry("from-image", queue, &[&a, &b_id]).reset_attempts_made());
     assert!(applied.ok, "{}", applied.stderr);
     let logs = || std::fs::read_to_string(ns.dir.path().join("operator.log")).unwrap_or_default();
     let uid = eventually(

@@ -3,12 +3,12 @@
 //! JobRetry stops it, a large run keeps its status small (only non-success rows), and an
 //! object replaced under the same name mid-slice never receives the old object's progress.
 
-mod common;
+mod support;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use common::*;
 use serde_json::{Value, json};
+use support::*;
 
 const JOBS: usize = 3000;
 
@@ -22,13 +22,7 @@ fn seed_failed(ns: &TestNs, queue: &str) -> Vec<String> {
 }
 
 fn manifest(name: &str, queue: &str, ids: &[String], per_second: u32) -> String {
-    jobretry_yaml(
-        name,
-        queue,
-        ids,
-        "",
-        &format!("  rateLimit:\n    jobsPerSecond: {per_second}\n"),
-    )
+    support::manifest(&jobretry(name, queue, ids).jobs_per_second(per_second))
 }
 
 fn processed(ns: &TestNs, name: &str) -> (u64, String) {

@@ -10,12 +10,12 @@
 //! without turning a slow machine into a failure; 64 MiB catches a leak or an unbounded
 //! cache.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
+use support::*;
 
 const NAMESPACES: usize = 10;
 const PER_NAMESPACE: usize = 100;
@@ -79,21 +79,16 @@ fn a_thousand_jobretries_applied_at_once_all_complete() {
     );
 
     // Object k of namespace n names ids (n*100 + k)*20 + 1 ..= +20 (addBulk numbers from 1).
-    let mut yaml = String::new();
+    let mut items = Vec::new();
     for (n, ns) in namespaces.iter().enumerate() {
         for k in 0..PER_NAMESPACE {
             let first = (n * PER_NAMESPACE + k) * IDS + 1;
             let ids: Vec<String> = (first..first + IDS).map(|i| i.to_string()).collect();
-            let doc = jobretry_yaml(&format!("load-{k}"), &queue, &ids, "", "").replace(
-                "metadata:\n",
-                &format!("metadata:\n  namespace: {}\n", ns.name),
-            );
-            yaml.push_str("---\n");
-            yaml.push_str(&doc);
+            items.push(jobretry(&format!("load-{k}"), &queue, &ids).namespace(&ns.name));
         }
     }
-    let path = namespaces[0].dir.path().join("load.yaml");
-    std::fs::write(&path, yaml).unwrap();
+    let path = namespaces[0].dir.path().join("load.json");
+    std::fs::write(&path, manifest_list(&items)).unwrap();
     let applied = Instant::now();
     kubectl_ok(&["create", "-f", path.to_str().unwrap()]);
     eprintln!(

@@ -5,7 +5,7 @@
 //! (checked and unit-tested by a real `promtool`, built by tests/platform/build-promtool.sh)
 //! and Grafana dashboard, whose queries may only name metrics the operator exports.
 
-mod common;
+mod support;
 
 use std::{
     collections::BTreeSet,
@@ -20,8 +20,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{helm::*, *};
 use serde_json::{Value, json};
+use support::{helm::*, *};
 
 // ---- which metrics a PromQL query names --------------------------------------------------
 
@@ -585,17 +585,14 @@ fn metrics_move_during_a_run_and_count_redis_errors_while_redis_is_stopped() {
     );
 
     // One run that cannot start (its Secret does not exist), one slow run (20 jobs/s, 12 s).
-    let stuck = jobretry_yaml("stuck", &queue, &["1"], "", "")
-        .replace("name: redis", "name: no-such-secret");
-    assert!(ns.apply("stuck.yaml", &stuck).ok);
-    let slow = jobretry_yaml(
-        "incident",
-        &queue,
-        &ids,
-        "",
-        "  rateLimit:\n    jobsPerSecond: 20\n",
+    assert!(
+        ns.apply_jr(&jobretry("stuck", &queue, &["1"]).secret("no-such-secret"))
+            .ok
     );
-    assert!(ns.apply("incident.yaml", &slow).ok);
+    assert!(
+        ns.apply_jr(&jobretry("incident", &queue, &ids).jobs_per_second(20))
+            .ok
+    );
 
     let running = scrape_until(&addr, "jobretry_jobs_total{result=\"Retried\"}", 20.0);
     for (series, value) in [
@@ -730,11 +727,14 @@ fn every_json_log_line_of_a_run_names_its_object_and_run_key() {
         .map(|j| j["id"].as_str().unwrap().to_string())
         .collect();
     let op = Operator::start(&ns, &["--log-format", "json"]);
-    let good = jobretry_yaml("good", &queue, &ids, "", "  runKey: incident-42\n");
-    assert!(ns.apply("good.yaml", &good).ok);
-    let stuck =
-        jobretry_yaml("stuck", &queue, &ids, "", "").replace("name: redis", "name: no-such-secret");
-    assert!(ns.apply("stuck.yaml", &stuck).ok);
+    assert!(
+        ns.apply_jr(&jobretry("good", &queue, &ids).run_key("incident-42"))
+            .ok
+    );
+    assert!(
+        ns.apply_jr(&jobretry("stuck", &queue, &ids).secret("no-such-secret"))
+            .ok
+    );
     assert!(
         ns.wait_condition("good", "Complete", "60s").ok,
         "{}",
@@ -925,9 +925,10 @@ fn readyz_recovers_by_itself_once_the_watch_works_again() {
     );
 
     // And the watch does work: a new JobRetry is seen and handled.
-    let stuck = jobretry_yaml("stuck", &ns.name, &["1"], "", "")
-        .replace("name: redis", "name: no-such-secret");
-    assert!(ns.apply("stuck.yaml", &stuck).ok);
+    assert!(
+        ns.apply_jr(&jobretry("stuck", &ns.name, &["1"]).secret("no-such-secret"))
+            .ok
+    );
     assert!(
         ns.wait_condition("stuck", "Stalled", "30s").ok,
         "{}",

@@ -4,7 +4,7 @@
 //! retries exactly those jobs and ends with their counts; `--output yaml` is a manifest the
 //! API server accepts as it is; and in a terminal the progress bar moves until a final line.
 
-mod common;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,9 +12,9 @@ use std::{
     process::Command,
 };
 
-use common::*;
 use jobretry_operator::crd::JobRetrySpec;
 use serde_json::{Value, json};
+use support::*;
 
 const NAMES: [&str; 4] = ["charge-card", "charge-bank", "refund", "email"];
 const REASONS: [&str; 3] = ["read ECONNRESET", "connect ETIMEDOUT", "card declined"];

@@ -10,12 +10,12 @@
 //! The test fails when a command block changes in a way it does not know how to run, so a
 //! new README command cannot go untried.
 
-mod common;
+mod support;
 
 use std::{path::Path, process::Command};
 
-use common::*;
 use serde_json::json;
+use support::*;
 
 fn readme() -> String {
     std::fs::read_to_string(repo().join("README.md")).unwrap()

@@ -1,9 +1,9 @@
 //! Invalid manifests are refused by the real API server (OpenAPI + CEL rules of the CRD),
 //! with a message a user can act on. One case each.
 
-mod common;
+mod support;
 
-use common::*;
+use support::*;
 
 const VALID: &str = "apiVersion: jobretry.io/v1alpha1
 kind: JobRetry

@@ -6,14 +6,13 @@
 //! previews what the real run then retries (and whose preview of 1 MiB job names still fits
 //! in the status), and the one-run-per-queue lock.
 
-mod common;
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::Duration,
 };
 
-use common::*;
 use jobretry_operator::{
     bullmq::{
         BatchRequest, JobOutcome, Ledger, PageOutcome, PageRequest, QueueKeys, QueueVersion,
@@ -22,6 +21,7 @@ use jobretry_operator::{
     crd::SourceState,
 };
 use serde_json::{Value, json};
+use support::*;
 
 fn flush(db: u8) {
     let _: () = redis::cmd("FLUSHDB").query(&mut db_conn(db)).unwrap();
@@ -346,23 +346,8 @@ fn each_filter_alone_and_combined_retries_exactly_the_jobs_bullmq_lists() {
         );
         if what == "combined" {
             // A real Worker processes exactly the retried jobs, once each.
-            let out = node(
-                "process.mjs",
-                &[
-                    "--redis",
-                    &db_url(work),
-                    "--queue",
-                    queue,
-                    "--expect",
-                    &want.len().to_string(),
-                ],
-            );
-            let done: Vec<&str> = out["processed"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["id"].as_str().unwrap())
-                .collect();
+            let processed = processed_ids(&db_url(work), queue, want.len(), &[]);
+            let done: Vec<&str> = processed.iter().map(String::as_str).collect();
             assert_eq!(done.len(), want.len(), "each retried job processed once");
             assert_eq!(
                 done.iter().copied().collect::<BTreeSet<_>>(),
@@ -676,28 +661,9 @@ fn a_selector_jobretry_previews_then_retries_exactly_the_matching_jobs() {
         "{}",
         table.stdout
     );
-    let out = node(
-        "process.mjs",
-        &[
-            "--redis",
-            &redis_url(),
-            "--queue",
-            queue,
-            "--expect",
-            &want.len().to_string(),
-        ],
-    );
-    let done: BTreeSet<&str> = out["processed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        out["processed"].as_array().unwrap().len(),
-        want.len(),
-        "each once"
-    );
+    let processed = processed_ids(&redis_url(), queue, want.len(), &[]);
+    let done: BTreeSet<&str> = processed.iter().map(String::as_str).collect();
+    assert_eq!(processed.len(), want.len(), "each once");
     assert_eq!(
         done,
         want.iter().map(String::as_str).collect::<BTreeSet<_>>()
@@ -800,8 +766,7 @@ fn a_forged_status_cannot_make_a_run_skip_jobs() {
         .iter()
         .map(|j| j["id"].as_str().unwrap().to_string())
         .collect();
-    let yaml = jobretry_yaml("forged", queue, &ids, "", "  suspend: true\n");
-    assert!(ns.apply("f.yaml", &yaml).ok);
+    assert!(ns.apply_jr(&jobretry("forged", queue, &ids).suspend()).ok);
     let patch = r#"{"status":{"processed":60,"retried":60,"counts":{"Retried":60}}}"#;
     let out = ns.kubectl(&[
         "patch",

@@ -6,12 +6,12 @@
 //! chart's `rbac.secretNamespaces` leaves its namespace out) stalls with a condition saying
 //! what to grant, and runs once it is granted.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{helm::*, *};
 use serde_json::{Value, json};
+use support::{helm::*, *};
 
 /// The RBAC of the test: `alice` and `bob` may create, read and change JobRetries in the
 /// namespace; only `bob` may read Secret `r2-good`.
@@ -94,14 +94,11 @@ fn the_admission_policy_admits_a_jobretry_only_if_its_author_may_read_the_secret
     install_policy(&ns);
     let alice = impersonating_kubeconfig(ns.dir.path(), "alice.kubeconfig", "alice");
     let bob = impersonating_kubeconfig(ns.dir.path(), "bob.kubeconfig", "bob");
-    let yaml =
-        jobretry_yaml("steal", &ns.name, &["1"], "", "").replace("name: redis", "name: r2-good");
-    std::fs::write(ns.dir.path().join("steal.yaml"), &yaml).unwrap();
-    std::fs::write(
-        ns.dir.path().join("own.yaml"),
-        yaml.replace("name: steal", "name: own"),
-    )
-    .unwrap();
+    let steal = jobretry("steal", &ns.name, &["1"]).secret("r2-good");
+    std::fs::write(ns.dir.path().join("steal.yaml"), manifest(&steal)).unwrap();
+    let mut own = steal;
+    own.metadata.name = Some("own".to_string());
+    std::fs::write(ns.dir.path().join("own.yaml"), manifest(&own)).unwrap();
 
     // The policy takes effect once the API server has loaded it: until then a server-side
     // dry run is admitted.
@@ -167,10 +164,7 @@ fn with_a_required_label_the_operator_uses_only_labelled_secrets() {
     let spec = json!({"jobs": [{"key": "a", "name": "charge", "data": {}, "opts": {}, "outcome": "fail"}]});
     let a = id_of(&seed(ns.dir.path(), queue, &spec), "a");
     let op = Operator::start(&ns, &["--secret-label", "jobretry.io/redis=true"]);
-    assert!(
-        ns.apply("l.yaml", &jobretry_yaml("l", queue, &[a.as_str()], "", ""))
-            .ok
-    );
+    assert!(ns.apply_jr(&jobretry("l", queue, &[a.as_str()])).ok);
     let (why, message) = eventually(Duration::from_secs(30), "Ready=False SecretInvalid", || {
         let r = reason(&ns.get("l"));
         (r.0 == "SecretInvalid").then_some(r)
@@ -251,10 +245,7 @@ fn a_secret_the_operator_may_not_read_stalls_the_run_saying_what_to_grant() {
     args.extend(["--watch-namespace".to_string(), ns.name.clone()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let op = Operator::start_with_kubeconfig(&ns, &kubeconfig, &args);
-    let applied = ns.apply(
-        "locked.yaml",
-        &jobretry_yaml("locked", queue, &[a.as_str()], "", ""),
-    );
+    let applied = ns.apply_jr(&jobretry("locked", queue, &[a.as_str()]));
     assert!(applied.ok, "{}", applied.stderr);
 
     let stalled = eventually(

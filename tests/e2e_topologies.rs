@@ -2,12 +2,13 @@
 //! Sentinel (master + replica + sentinel): status rows and counts as on standalone, a real
 //! Worker processes exactly the retried jobs, and the ledger shares the queue's hash slot.
 
-mod common;
+mod support;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use common::*;
+use jobretry_operator::crd::{ConnectionMode, MAX_JOB_IDS};
 use serde_json::{Value, json};
+use support::*;
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: tests/run.sh starts Cluster and Sentinel (JOBRETRY_PLATFORM_TOPOLOGIES=1)"))
@@ -185,13 +186,7 @@ fn an_acl_user_limited_to_the_queue_keys_with_a_password_that_never_shows() {
     let url = redis_url().replacen("redis://", &format!("redis://{queue}:{password}@"), 1);
     ns.secret("redis", &url);
     let op = Operator::start(&ns, &[]);
-    assert!(
-        ns.apply(
-            "acl.yaml",
-            &jobretry_yaml("acl", queue, &[a.as_str()], "", "")
-        )
-        .ok
-    );
+    assert!(ns.apply_jr(&jobretry("acl", queue, &[a.as_str()])).ok);
     let waited = ns.wait_condition("acl", "Complete", "60s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
     let jr = ns.get("acl");
@@ -225,13 +220,7 @@ fn tls_with_a_private_ca_from_the_secret() {
         &format!("rediss://:{password}@127.0.0.1:{}", server.tls),
     );
     let op = Operator::start(&ns, &[]);
-    assert!(
-        ns.apply(
-            "tls.yaml",
-            &jobretry_yaml("tls", queue, &[a.as_str()], "", "")
-        )
-        .ok
-    );
+    assert!(ns.apply_jr(&jobretry("tls", queue, &[a.as_str()])).ok);
     // Without the CA the certificate is not trusted: the run stalls saying so and what to
     // set (waiting would never fix it); nothing is retried.
     let jr = eventually(
@@ -326,11 +315,10 @@ fn sentinel_over_tls_with_a_private_ca_from_the_secret() {
     let created = ns.kubectl(&["create", "secret", "generic", "redis", &url, &ca]);
     assert!(created.ok, "{}", created.stderr);
     let op = Operator::start(&ns, &[]);
-    let yaml = jobretry_yaml("stls", queue, &[a.as_str()], "", "").replace(
-        "      name: redis\n",
-        "      name: redis\n    mode: sentinel\n    sentinelMasterName: mymaster\n",
-    );
-    assert!(ns.apply("stls.yaml", &yaml).ok);
+    let mut stls = jobretry("stls", queue, &[a.as_str()]);
+    stls.spec.connection.mode = ConnectionMode::Sentinel;
+    stls.spec.connection.sentinel_master_name = Some("mymaster".to_string());
+    assert!(ns.apply_jr(&stls).ok);
     let waited = ns.wait_condition("stls", "Complete", "60s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
     assert_eq!(ns.get("stls")["status"]["counts"], json!({"Retried": 1}));
@@ -461,10 +449,12 @@ fn a_redis_with_only_the_commands_of_redis_5_0() {
             path.to_str().unwrap(),
         ],
     );
-    let yaml = format!(
-        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetry\nmetadata:\n  name: sel\nspec:\n  queue:\n    name: {queue}\n  connection:\n    secretRef:\n      name: redis5\n  selector:\n    names: [charge]\n"
+    let mut charges = selector(MAX_JOB_IDS as u64);
+    charges.names = Some(vec!["charge".to_string()]);
+    assert!(
+        ns.apply_jr(&selector_jobretry("sel", &queue, charges).secret("redis5"))
+            .ok
     );
-    assert!(ns.apply("sel.yaml", &yaml).ok);
     let _op = Operator::start(&ns, &[]);
     let waited = ns.wait_condition("sel", "Complete", "60s");
     assert!(waited.ok, "{}\n{}", waited.stderr, _op.logs());
@@ -515,13 +505,7 @@ fn a_wrong_password_or_a_missing_permission_stalls_until_fixed() {
     // A wrong password in the Secret.
     ns.secret("redis", &url(queue, "not-the-password"));
     let op = Operator::start(&ns, &[]);
-    assert!(
-        ns.apply(
-            "a.yaml",
-            &jobretry_yaml("wrongpass", queue, &[a.as_str()], "", "")
-        )
-        .ok
-    );
+    assert!(ns.apply_jr(&jobretry("wrongpass", queue, &[a.as_str()])).ok);
     let jr = eventually(Duration::from_secs(30), "stalled on the password", || {
         let jr = ns.get("wrongpass");
         (reason_of(&jr, "Stalled").0 == "True").then_some(jr)
@@ -535,9 +519,10 @@ fn a_wrong_password_or_a_missing_permission_stalls_until_fixed() {
     let other = format!("{queue}-other");
     user(&other, &good, "~somewhere-else:*");
     ns.secret("other", &url(&other, &good));
-    let yaml =
-        jobretry_yaml("noperm", queue, &[b.as_str()], "", "").replace("name: redis", "name: other");
-    assert!(ns.apply("b.yaml", &yaml).ok);
+    assert!(
+        ns.apply_jr(&jobretry("noperm", queue, &[b.as_str()]).secret("other"))
+            .ok
+    );
     let jr = eventually(Duration::from_secs(30), "stalled on the ACL", || {
         let jr = ns.get("noperm");
         (reason_of(&jr, "Stalled").0 == "True").then_some(jr)
