@@ -24,12 +24,7 @@
 //! the operator's peak RSS and the largest JobRetry; medians of JR_BENCH_RUNS (3) runs, paths
 //! interleaved. benches/README.md says how each figure is taken.
 //!
-//! Environment: JR_BENCH_REDIS=redis://127.0.0.1:PORT (required; a redis-server nobody else
-//! uses), JR_BENCH_KUBECONFIG (for c2), JR_BENCH_PLATFORM_STATE (tests/platform STATE_DIR,
-//! for the API server / etcd CPU of c2), JR_BENCH_OPERATOR (default
-//! target/release/jobretry-operator), JR_BENCH_CHECK_VARIANTS=0 to skip the check that a
-//! variant leaves db 2 exactly as src/bullmq/retry.lua does, JR_BENCH_JSON (results file).
-//! Run it through benches/run.sh, which sets all of this up.
+//! Environment: benches/README.md ("Environment"); benches/run.sh sets it all up.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
