@@ -4,7 +4,7 @@
 
 use std::{
     sync::{Arc, OnceLock},
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use axum::http::{Method, Request};
@@ -14,7 +14,7 @@ use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseParams};
 use tokio::time::{sleep, timeout};
 use tracing::{debug, info, warn};
 
-use super::{Duration, Gate, LeaseSettings, RETRY_PAUSE, remaining};
+use super::gate::{Gate, LeaseSettings, RETRY_PAUSE, remaining};
 
 /// Whether nobody holds `lease` at `now`: released, never taken, or expired.
 pub fn is_free(lease: &Lease, now: SystemTime) -> bool {

@@ -5,8 +5,11 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::client::Body;
 
+use std::time::Instant;
+
 use super::{
     claim::{is_free, stamping},
+    gate::SKEW,
     *,
 };
 
