@@ -4,7 +4,8 @@
 //! the object's namespace (`-n`).
 
 /// Why the plugin stopped, each with a static category (its exit code).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum PluginError {
     /// A flag's value cannot make a valid JobRetry.
     #[error("{0}")]
@@ -51,18 +52,7 @@ pub enum PluginError {
 impl PluginError {
     /// A short, fixed label for the error kind.
     pub fn category(&self) -> &'static str {
-        match self {
-            PluginError::InvalidFlag(_) => "invalid_flag",
-            PluginError::NotFound { .. } => "not_found",
-            PluginError::AlreadyExists { .. } => "already_exists",
-            PluginError::Refused(_) => "refused",
-            PluginError::Unreachable(_) => "unreachable",
-            PluginError::Kube(_) => "kube",
-            PluginError::Kubeconfig(_) => "kubeconfig",
-            PluginError::Timeout { .. } => "timeout",
-            PluginError::RunFailed(_) => "run_failed",
-            PluginError::Output(_) => "output",
-        }
+        self.into()
     }
 
     /// The process exit code: 1 when the run itself failed, 2 for usage and API problems.
