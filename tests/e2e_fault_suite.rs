@@ -305,11 +305,16 @@ impl Scenario {
 
     /// Waits for every run of `runs` to complete, then checks the promise strictly
     /// ([`Scenario::finish`]) and prints the row.
-    fn complete(self, fault: &str, runs: &[&str], note: &str, op_logs: impl Fn() -> String) {
+    fn complete_runs(self, fault: &str, runs: &[&str], note: &str, op_logs: impl Fn() -> String) {
         for r in runs {
             self.wait_complete(r, &op_logs);
         }
         self.finish(fault, runs, true, note).print();
+    }
+
+    /// [`Scenario::complete_runs`] for the one run `incident`.
+    fn complete(self, fault: &str, note: &str, op_logs: impl Fn() -> String) {
+        self.complete_runs(fault, &["incident"], note, op_logs);
     }
 
     /// Stops the churn, then checks the promise per job id for the runs `runs` (names of the
@@ -570,7 +575,6 @@ fn ten_sigkills_spread_over_a_100000_job_run() {
     );
     s.complete(
         "operator SIGKILL x10",
-        &["incident"],
         "100,000 jobs; kills at random points of each tenth",
         || op.logs(),
     );
@@ -581,8 +585,7 @@ fn ten_sigkills_spread_over_a_100000_job_run() {
 #[test]
 fn a_leader_failover_between_two_replicas() {
     let _one = serial();
-    const JOBS: usize = 10_000;
-    let s = Scenario::new("fs-lead", Target::standalone(&redis_url()), JOBS);
+    let s = Scenario::new("fs-lead", Target::standalone(&redis_url()), 10_000);
     let kubeconfig = PathBuf::from(kubeconfig());
     let lease = [
         "--lease-duration-seconds",
@@ -617,7 +620,6 @@ fn a_leader_failover_between_two_replicas() {
     );
     s.complete(
         "leader failover (SIGKILL)",
-        &["incident"],
         &format!("10,000 jobs; takeover {gap} ms after the last renewal (Lease 5 s)"),
         || b.logs(),
     );
@@ -644,15 +646,13 @@ fn micro_time_ms(s: &str) -> i64 {
 #[test]
 fn a_redis_restart_with_aof_appendfsync_always() {
     let _one = serial();
-    const JOBS: usize = 5_000;
     let mut redis = OwnRedis::start(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let s = Scenario::new("fs-aof", Target::standalone(&redis.url()), JOBS);
+    let s = Scenario::new("fs-aof", Target::standalone(&redis.url()), 5_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
     s.apply_until("incident", 2_000, 1_500);
     redis.crash_and_restart();
     s.complete(
         "Redis SIGKILL + restart (AOF always)",
-        &["incident"],
         "5,000 jobs; PING max includes the restart",
         || op.logs(),
     );
@@ -663,9 +663,8 @@ fn a_redis_restart_with_aof_appendfsync_always() {
 #[test]
 fn redis_stopped_past_the_operators_timeouts_then_continued() {
     let _one = serial();
-    const JOBS: usize = 5_000;
     let redis = OwnRedis::start(&[]);
-    let s = Scenario::new("fs-stop", Target::standalone(&redis.url()), JOBS);
+    let s = Scenario::new("fs-stop", Target::standalone(&redis.url()), 5_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
     s.apply_until("incident", 2_000, 1_500);
     redis.signal("-STOP");
@@ -673,7 +672,6 @@ fn redis_stopped_past_the_operators_timeouts_then_continued() {
     redis.signal("-CONT");
     s.complete(
         "Redis SIGSTOP 12 s, SIGCONT",
-        &["incident"],
         "5,000 jobs; PING max includes the stop",
         || op.logs(),
     );
@@ -776,9 +774,8 @@ fn repl_offset(url: &str, field: &str) -> i64 {
 #[test]
 fn a_sentinel_failover_to_a_replica_that_had_caught_up() {
     let _one = serial();
-    const JOBS: usize = 5_000;
     let set = SentinelSet::start();
-    let mut s = Scenario::new("fs-sentinel", set.target.clone(), JOBS);
+    let mut s = Scenario::new("fs-sentinel", set.target.clone(), 5_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
     s.apply_until("incident", 2_000, 1_500);
     let master = set.target.data_url.clone();
@@ -804,7 +801,6 @@ fn a_sentinel_failover_to_a_replica_that_had_caught_up() {
     s.target.data_url = set.replica_url.clone();
     s.complete(
         "Sentinel failover (replica caught up)",
-        &["incident"],
         "5,000 jobs; writes paused, offsets equal, then promoted; old master killed",
         || op.logs(),
     );
@@ -881,17 +877,11 @@ fn a_sentinel_failover_while_the_old_master_still_takes_writes() {
 #[test]
 fn a_kube_apiserver_restart() {
     let _one = serial();
-    const JOBS: usize = 5_000;
-    let s = Scenario::new("fs-api", Target::standalone(&redis_url()), JOBS);
+    let s = Scenario::new("fs-api", Target::standalone(&redis_url()), 5_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
     s.apply_until("incident", 2_000, 1_500);
     restart_api_server();
-    s.complete(
-        "kube-apiserver restart",
-        &["incident"],
-        "5,000 jobs",
-        || op.logs(),
-    );
+    s.complete("kube-apiserver restart", "5,000 jobs", || op.logs());
 }
 
 /// Restarts the test platform's kube-apiserver with its own command line and environment,
@@ -1039,8 +1029,7 @@ fn kubeconfig_to(dir: &Path, addr: &str) -> PathBuf {
 #[test]
 fn a_network_that_drops_and_delays_to_redis_and_to_the_api_server() {
     let _one = serial();
-    const JOBS: usize = 10_000;
-    let mut s = Scenario::new("fs-net", Target::standalone(&redis_url()), JOBS);
+    let mut s = Scenario::new("fs-net", Target::standalone(&redis_url()), 10_000);
     let toxi = Toxiproxy::start();
     let redis_port = std::env::var("JOBRETRY_TEST_REDIS_PORT").unwrap();
     let redis_via = toxi.proxy("redis", &format!("127.0.0.1:{redis_port}"));
@@ -1102,7 +1091,6 @@ fn a_network_that_drops_and_delays_to_redis_and_to_the_api_server() {
     }
     s.complete(
         "network: delays, drops, resets (Redis and API server)",
-        &["incident"],
         "10,000 jobs; 3 s bursts of 300/500 ms latency, blackhole, reset",
         || op.logs(),
     );
@@ -1113,15 +1101,14 @@ fn a_network_that_drops_and_delays_to_redis_and_to_the_api_server() {
 #[test]
 fn two_selector_runs_on_one_queue() {
     let _one = serial();
-    const JOBS: usize = 10_000;
-    let s = Scenario::new("fs-two", Target::standalone(&redis_url()), JOBS);
+    let s = Scenario::new("fs-two", Target::standalone(&redis_url()), 10_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
     s.apply_until("first", 2_000, 2_000);
     s.apply("second", 2_000);
     eventually(Duration::from_secs(30), "the second run waits", || {
         (s.ns.status("second").condition_reason("Reconciling") == "QueueBusy").then_some(())
     });
-    s.complete(
+    s.complete_runs(
         "two selector runs on one queue",
         &["first", "second"],
         "10,000 jobs; the second waited QueueBusy, then took only what failed before its bound",
@@ -1135,8 +1122,7 @@ fn two_selector_runs_on_one_queue() {
 #[test]
 fn a_secret_switched_mid_run_then_switched_back() {
     let _one = serial();
-    const JOBS: usize = 5_000;
-    let mut s = Scenario::new("fs-switch", Target::standalone(&redis_url()), JOBS);
+    let mut s = Scenario::new("fs-switch", Target::standalone(&redis_url()), 5_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
     let key = "  runKey: incident-switch\n";
     s.apply_with("incident", 1_000, key);
@@ -1168,9 +1154,8 @@ fn a_secret_switched_mid_run_then_switched_back() {
 #[test]
 fn redis_losing_acknowledged_writes_stops_the_run() {
     let _one = serial();
-    const JOBS: usize = 5_000;
     let mut redis = OwnRedis::start(&["--appendonly", "no"]);
-    let s = Scenario::new("fs-durable", Target::standalone(&redis.url()), JOBS);
+    let s = Scenario::new("fs-durable", Target::standalone(&redis.url()), 5_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
     s.apply_until("incident", 1_000, 1_000);
     let _: () = redis::cmd("SAVE").query(&mut s.target.conn()).unwrap();
