@@ -5,6 +5,7 @@
 
 mod support;
 
+use jobretry_operator::crd::JobRetryStatus;
 use serde_json::{Value, json};
 use support::*;
 
@@ -21,6 +22,21 @@ fn failing(key: &str, opts: Value) -> Value {
     json!({"key": key, "name": "charge", "data": {}, "opts": opts, "outcome": "fail"})
 }
 
+/// Waits for `name` to fail; its Failed condition must give `reason` and a message saying
+/// each of `says`. Returns the status.
+fn failed_with(ns: &TestNs, name: &str, reason: &str, says: &[&str]) -> JobRetryStatus {
+    assert!(ns.wait_condition(name, "Failed", "60s").ok);
+    let st = ns.status(name);
+    assert_eq!(st.condition_reason("Failed"), reason);
+    let message = st.condition_message("Failed");
+    assert!(
+        says.iter().all(|text| message.contains(text)),
+        "{:?}",
+        st.condition("Failed")
+    );
+    st
+}
+
 #[test]
 fn an_unknown_queue_fails_with_a_condition_naming_the_fix() {
     let ns = TestNs::new("e2e-noqueue");
@@ -29,14 +45,11 @@ fn an_unknown_queue_fails_with_a_condition_naming_the_fix() {
         ns.apply("q.yaml", &manifest("typo", "paymnets", &["1"], None))
             .ok
     );
-    assert!(ns.wait_condition("typo", "Failed", "60s").ok);
-    let st = ns.status("typo");
-    assert_eq!(st.condition_reason("Failed"), "IncompatibleQueue");
-    assert!(
-        st.condition_message("Failed")
-            .contains("queue \"paymnets\" with prefix \"bull\" not found"),
-        "{:?}",
-        st.condition("Failed")
+    let st = failed_with(
+        &ns,
+        "typo",
+        "IncompatibleQueue",
+        &["queue \"paymnets\" with prefix \"bull\" not found"],
     );
     assert_eq!(st.phase_str(), "Failed");
     assert_eq!(st.condition_status("Stalled"), "True");
@@ -55,14 +68,11 @@ fn an_unsupported_version_fails_before_touching_any_job() {
         ns.apply("v.yaml", &manifest("future", queue, &[&a], Some("7.0.0")))
             .ok
     );
-    assert!(ns.wait_condition("future", "Failed", "60s").ok);
-    let st = ns.status("future");
-    assert_eq!(st.condition_reason("Failed"), "IncompatibleQueue");
-    assert!(
-        st.condition_message("Failed")
-            .contains("BullMQ 7.0.0 is not supported"),
-        "{:?}",
-        st.condition("Failed")
+    failed_with(
+        &ns,
+        "future",
+        "IncompatibleQueue",
+        &["BullMQ 7.0.0 is not supported"],
     );
     assert!(before == queue_dump(queue), "nothing may change in Redis");
 }
@@ -101,14 +111,11 @@ fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
         )
         .ok
     );
-    assert!(ns.wait_condition("unknown", "Failed", "60s").ok);
-    let st = ns.status("unknown");
-    assert_eq!(st.condition_reason("Failed"), "VersionUnknown");
-    assert!(
-        st.condition_message("Failed")
-            .contains("set spec.queue.bullmqVersion"),
-        "{:?}",
-        st.condition("Failed")
+    let st = failed_with(
+        &ns,
+        "unknown",
+        "VersionUnknown",
+        &["set spec.queue.bullmqVersion"],
     );
     assert_eq!(st.phase_str(), "Failed");
     assert!(before == queue_dump(queue), "nothing may change in Redis");
@@ -147,14 +154,11 @@ fn reset_flags_on_a_release_without_them_fail_before_touching_any_job() {
             .reset_attempts_made(),
     );
     assert!(ns.apply("o.yaml", &yaml).ok);
-    assert!(ns.wait_condition("old", "Failed", "60s").ok);
-    let st = ns.status("old");
-    assert_eq!(st.condition_reason("Failed"), "IncompatibleOptions");
-    let message = st.condition_message("Failed");
-    assert!(
-        message.contains("resetAttemptsMade") && message.contains("5.66.0"),
-        "{:?}",
-        st.condition("Failed")
+    failed_with(
+        &ns,
+        "old",
+        "IncompatibleOptions",
+        &["resetAttemptsMade", "5.66.0"],
     );
     assert!(before == queue_dump(queue), "nothing may change in Redis");
 }
@@ -348,14 +352,7 @@ fn a_queue_key_of_the_wrong_type_fails_the_run_and_changes_nothing() {
         ns.apply("q.yaml", &manifest("broken", queue, &[&a], None))
             .ok
     );
-    assert!(ns.wait_condition("broken", "Failed", "60s").ok);
-    let st = ns.status("broken");
-    assert_eq!(st.condition_reason("Failed"), "IncompatibleQueue");
-    assert!(
-        st.condition_message("Failed")
-            .contains(&format!("bull:{queue}:wait is a string, expected a list")),
-        "{:?}",
-        st.condition("Failed")
-    );
+    let wrong_type = format!("bull:{queue}:wait is a string, expected a list");
+    failed_with(&ns, "broken", "IncompatibleQueue", &[&wrong_type]);
     assert!(before == queue_dump(queue), "nothing may change in Redis");
 }
