@@ -5,6 +5,7 @@
 
 mod support;
 
+use jobretry_operator::crd::JobRetryStatus;
 use serde_json::{Value, json};
 use support::*;
 
@@ -21,6 +22,21 @@ fn failing(key: &str, opts: Value) -> Value {
     json!({"key": key, "name": "charge", "data": {}, "opts": opts, "outcome": "fail"})
 }
 
+/// Waits for `name` to fail; its Failed condition must give `reason` and a message saying
+/// each of `says`. Returns the status.
+fn failed_with(ns: &TestNs, name: &str, reason: &str, says: &[&str]) -> JobRetryStatus {
+    assert!(ns.wait_condition(name, "Failed", "60s").ok);
+    let st = ns.status(name);
+    assert_eq!(st.condition_reason("Failed"), reason);
+    let message = st.condition_message("Failed");
+    assert!(
+        says.iter().all(|text| message.contains(text)),
+        "{:?}",
+        st.condition("Failed")
+    );
+    st
+}
+
 #[test]
 fn an_unknown_queue_fails_with_a_condition_naming_the_fix() {
     let ns = TestNs::new("e2e-noqueue");
@@ -29,20 +45,15 @@ fn an_unknown_queue_fails_with_a_condition_naming_the_fix() {
         ns.apply("q.yaml", &manifest("typo", "paymnets", &["1"], None))
             .ok
     );
-    assert!(ns.wait_condition("typo", "Failed", "60s").ok);
-    let jr = ns.get("typo");
-    let failed = condition(&jr, "Failed");
-    assert_eq!(failed["reason"], "IncompatibleQueue");
-    assert!(
-        failed["message"]
-            .as_str()
-            .unwrap()
-            .contains("queue \"paymnets\" with prefix \"bull\" not found"),
-        "{failed}"
+    let st = failed_with(
+        &ns,
+        "typo",
+        "IncompatibleQueue",
+        &["queue \"paymnets\" with prefix \"bull\" not found"],
     );
-    assert_eq!(jr["status"]["phase"], "Failed");
-    assert_eq!(condition(&jr, "Stalled")["status"], "True");
-    assert!(jr["status"]["completionTime"].is_string());
+    assert_eq!(st.phase_str(), "Failed");
+    assert_eq!(st.condition_status("Stalled"), "True");
+    assert!(st.completion_time.is_some());
 }
 
 #[test]
@@ -57,15 +68,11 @@ fn an_unsupported_version_fails_before_touching_any_job() {
         ns.apply("v.yaml", &manifest("future", queue, &[&a], Some("7.0.0")))
             .ok
     );
-    assert!(ns.wait_condition("future", "Failed", "60s").ok);
-    let failed = condition(&ns.get("future"), "Failed");
-    assert_eq!(failed["reason"], "IncompatibleQueue");
-    assert!(
-        failed["message"]
-            .as_str()
-            .unwrap()
-            .contains("BullMQ 7.0.0 is not supported"),
-        "{failed}"
+    failed_with(
+        &ns,
+        "future",
+        "IncompatibleQueue",
+        &["BullMQ 7.0.0 is not supported"],
     );
     assert!(before == queue_dump(queue), "nothing may change in Redis");
 }
@@ -75,10 +82,6 @@ fn raw() -> redis::Connection {
         .unwrap()
         .get_connection()
         .unwrap()
-}
-
-fn message(cond: &Value) -> &str {
-    cond["message"].as_str().unwrap_or_default()
 }
 
 #[test]
@@ -108,15 +111,13 @@ fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
         )
         .ok
     );
-    assert!(ns.wait_condition("unknown", "Failed", "60s").ok);
-    let jr = ns.get("unknown");
-    let failed = condition(&jr, "Failed");
-    assert_eq!(failed["reason"], "VersionUnknown");
-    assert!(
-        message(&failed).contains("set spec.queue.bullmqVersion"),
-        "{failed}"
+    let st = failed_with(
+        &ns,
+        "unknown",
+        "VersionUnknown",
+        &["set spec.queue.bullmqVersion"],
     );
-    assert_eq!(jr["status"]["phase"], "Failed");
+    assert_eq!(st.phase_str(), "Failed");
     assert!(before == queue_dump(queue), "nothing may change in Redis");
     // The fix the message names: say which release the workers run.
     let given = Some("6.7.0");
@@ -125,9 +126,9 @@ fn an_unknown_version_fails_touching_nothing_and_the_given_version_then_runs() {
             .ok
     );
     assert!(ns.wait_condition("given", "Complete", "60s").ok);
-    let st = ns.get("given")["status"].clone();
-    assert_eq!(st["bullmqVersion"], "6.7.0");
-    assert_eq!(st["counts"], json!({"Retried": 2}));
+    let st = ns.status("given");
+    assert_eq!(st.bullmq_version.as_deref(), Some("6.7.0"));
+    assert_eq!(st.counts, counts([("Retried", 2)]));
     let in_prioritized: Option<f64> = redis::cmd("ZSCORE")
         .arg(format!("bull:{queue}:prioritized"))
         .arg(&prio)
@@ -153,12 +154,11 @@ fn reset_flags_on_a_release_without_them_fail_before_touching_any_job() {
             .reset_attempts_made(),
     );
     assert!(ns.apply("o.yaml", &yaml).ok);
-    assert!(ns.wait_condition("old", "Failed", "60s").ok);
-    let failed = condition(&ns.get("old"), "Failed");
-    assert_eq!(failed["reason"], "IncompatibleOptions");
-    assert!(
-        message(&failed).contains("resetAttemptsMade") && message(&failed).contains("5.66.0"),
-        "{failed}"
+    failed_with(
+        &ns,
+        "old",
+        "IncompatibleOptions",
+        &["resetAttemptsMade", "5.66.0"],
     );
     assert!(before == queue_dump(queue), "nothing may change in Redis");
 }
@@ -197,18 +197,20 @@ fn a_corrupt_priority_counter_stalls_the_run_until_fixed_and_loses_nothing() {
         .ok
     );
     assert!(ns.wait_condition("corrupt", "Stalled", "60s").ok);
-    let jr = ns.get("corrupt");
-    let stalled = condition(&jr, "Stalled");
-    assert_eq!(stalled["reason"], "QueueDataInvalid");
+    let st = ns.status("corrupt");
+    assert_eq!(st.condition_reason("Stalled"), "QueueDataInvalid");
+    let message = st.condition_message("Stalled");
     assert!(
-        message(&stalled).contains(&pc) && message(&stalled).contains("abc"),
-        "{stalled}"
+        message.contains(&pc) && message.contains("abc"),
+        "{:?}",
+        st.condition("Stalled")
     );
     assert_ne!(
-        jr["status"]["phase"], "Failed",
+        st.phase.as_deref(),
+        Some("Failed"),
         "a user can fix the value in place"
     );
-    assert!(jr["status"]["jobs"].is_null(), "no job was processed: {jr}");
+    assert!(st.jobs.is_empty(), "no job was processed: {st:?}");
     assert!(before == queue_dump(queue), "nothing may change in Redis");
     // The user repairs the counter; the run goes on by itself.
     let _: () = redis::cmd("SET")
@@ -217,8 +219,7 @@ fn a_corrupt_priority_counter_stalls_the_run_until_fixed_and_loses_nothing() {
         .query(&mut raw())
         .unwrap();
     assert!(ns.wait_condition("corrupt", "Complete", "90s").ok);
-    let st = ns.get("corrupt")["status"].clone();
-    assert_eq!(st["counts"], json!({"Retried": 3}));
+    assert_eq!(ns.status("corrupt").counts, counts([("Retried", 3)]));
     let prioritized: Vec<(String, f64)> = redis::cmd("ZRANGE")
         .arg(format!("bull:{queue}:prioritized"))
         .arg(0)
@@ -250,25 +251,23 @@ fn an_unreachable_redis_waits_without_leaking_the_password_and_resumes() {
         std::time::Duration::from_secs(60),
         "a RedisUnavailable condition",
         || {
-            let c = condition(&ns.get("later"), "Ready");
-            (c["reason"] == "RedisUnavailable").then_some(c)
+            let c = ns.status("later").condition("Ready").cloned();
+            c.filter(|c| c.reason == "RedisUnavailable")
         },
     );
     assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .contains("cannot connect to Redis"),
-        "{ready}"
+        ready.message.contains("cannot connect to Redis"),
+        "{ready:?}"
     );
     std::thread::sleep(std::time::Duration::from_secs(3));
     let jr = ns.get("later");
-    assert_eq!(jr["status"]["phase"], "Pending");
+    assert_eq!(status_of(&jr).phase_str(), "Pending");
     let events = ns.kubectl(&["get", "events", "-o", "json"]).stdout;
     assert!(
         events.contains("RedisUnavailable"),
         "a Warning event is expected: {events}"
     );
+    // The object as the API server serves it (raw JSON text): no field may hold the password.
     for (what, text) in [
         ("status", jr.to_string()),
         ("events", events),
@@ -285,7 +284,7 @@ fn an_unreachable_redis_waits_without_leaking_the_password_and_resumes() {
         "{}",
         op.logs()
     );
-    assert_eq!(ns.get("later")["status"]["counts"], json!({"Retried": 1}));
+    assert_eq!(ns.status("later").counts, counts([("Retried", 1)]));
 }
 
 #[test]
@@ -311,15 +310,16 @@ fn a_job_key_of_the_wrong_type_refuses_only_that_job() {
             .ok
     );
     assert!(ns.wait_condition("wrong", "Complete", "60s").ok);
-    let st = ns.get("wrong")["status"].clone();
-    assert_eq!(st["jobs"][0]["result"], "Retried");
-    assert_eq!(st["jobs"][1]["result"], "Error");
+    let st = ns.status("wrong");
+    let results: Vec<&str> = st.jobs.iter().map(|r| r.result.as_str()).collect();
+    assert_eq!(results[..2], ["Retried", "Error"], "{st:?}");
     assert!(
-        st["jobs"][1]["message"]
-            .as_str()
-            .unwrap()
+        st.jobs[1]
+            .message
+            .as_deref()
+            .unwrap_or_default()
             .contains("is not a hash"),
-        "{st}"
+        "{st:?}"
     );
     let left: String = redis::cmd("GET").arg(&key_b).query(&mut con).unwrap();
     assert_eq!(left, "not a job");
@@ -352,15 +352,7 @@ fn a_queue_key_of_the_wrong_type_fails_the_run_and_changes_nothing() {
         ns.apply("q.yaml", &manifest("broken", queue, &[&a], None))
             .ok
     );
-    assert!(ns.wait_condition("broken", "Failed", "60s").ok);
-    let failed = condition(&ns.get("broken"), "Failed");
-    assert_eq!(failed["reason"], "IncompatibleQueue");
-    assert!(
-        failed["message"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("bull:{queue}:wait is a string, expected a list")),
-        "{failed}"
-    );
+    let wrong_type = format!("bull:{queue}:wait is a string, expected a list");
+    failed_with(&ns, "broken", "IncompatibleQueue", &[&wrong_type]);
     assert!(before == queue_dump(queue), "nothing may change in Redis");
 }

@@ -25,6 +25,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use jobretry_operator::crd::JobRetryStatus;
 use serde_json::{Value, json};
 use support::*;
 
@@ -269,7 +270,13 @@ impl Scenario {
             return 0; // the API server may be the fault
         }
         let v: Value = serde_json::from_str(&out.stdout).unwrap();
-        v["status"]["processed"].as_u64().unwrap_or(0)
+        status_of(&v).processed.unwrap_or(0)
+    }
+
+    /// Applies `name` at `rate` jobs/s and waits until it has processed `n` jobs.
+    fn apply_until(&self, name: &str, rate: u32, n: u64) {
+        self.apply(name, rate);
+        self.wait_processed(name, n);
     }
 
     /// Waits until the run `name` has processed at least `n` jobs.
@@ -280,15 +287,34 @@ impl Scenario {
     }
 
     /// Waits for `name` to complete and checks its counts.
-    fn wait_complete(&self, name: &str, op_logs: impl Fn() -> String) -> Value {
+    fn wait_complete(&self, name: &str, op_logs: impl Fn() -> String) -> JobRetryStatus {
         self.wait_condition(name, "Complete", op_logs)
     }
 
     /// Waits for condition `cond` on `name`.
-    fn wait_condition(&self, name: &str, cond: &str, op_logs: impl Fn() -> String) -> Value {
+    fn wait_condition(
+        &self,
+        name: &str,
+        cond: &str,
+        op_logs: impl Fn() -> String,
+    ) -> JobRetryStatus {
         let waited = self.ns.wait_condition(name, cond, "300s");
         assert!(waited.ok, "{}\n{}", waited.stderr, op_logs());
-        self.ns.get(name)
+        self.ns.status(name)
+    }
+
+    /// Waits for every run of `runs` to complete, then checks the promise strictly
+    /// ([`Scenario::finish`]) and prints the row.
+    fn complete_runs(self, fault: &str, runs: &[&str], note: &str, op_logs: impl Fn() -> String) {
+        for r in runs {
+            self.wait_complete(r, &op_logs);
+        }
+        self.finish(fault, runs, true, note).print();
+    }
+
+    /// [`Scenario::complete_runs`] for the one run `incident`.
+    fn complete(self, fault: &str, note: &str, op_logs: impl Fn() -> String) {
+        self.complete_runs(fault, &["incident"], note, op_logs);
     }
 
     /// Stops the churn, then checks the promise per job id for the runs `runs` (names of the
@@ -306,8 +332,11 @@ impl Scenario {
         let retried_in_status: u64 = runs
             .iter()
             .map(|r| {
-                self.ns.get(r)["status"]["counts"]["Retried"]
-                    .as_u64()
+                self.ns
+                    .status(r)
+                    .counts
+                    .get("Retried")
+                    .copied()
                     .unwrap_or(0)
             })
             .sum();
@@ -418,8 +447,8 @@ impl Scenario {
 
 /// A run's frozen bound, in ms.
 fn upper_ms(jr: &Value) -> Option<i64> {
-    let s = jr["status"]["selection"]["upperBound"].as_str()?;
-    Some(micro_time_ms(s))
+    let bound = status_of(jr).selection?.upper_bound?;
+    Some(bound.0.as_millisecond())
 }
 
 impl Drop for Scenario {
@@ -544,14 +573,11 @@ fn ten_sigkills_spread_over_a_100000_job_run() {
         kills.iter().filter(|p| **p < JOBS as u64).count() == 10,
         "every kill landed mid-run"
     );
-    s.wait_complete("incident", || op.logs());
-    s.finish(
+    s.complete(
         "operator SIGKILL x10",
-        &["incident"],
-        true,
         "100,000 jobs; kills at random points of each tenth",
-    )
-    .print();
+        || op.logs(),
+    );
 }
 
 /// The leader is SIGKILLed mid-run; the follower takes over. The gap is measured on the
@@ -559,8 +585,7 @@ fn ten_sigkills_spread_over_a_100000_job_run() {
 #[test]
 fn a_leader_failover_between_two_replicas() {
     let _one = serial();
-    const JOBS: usize = 10_000;
-    let s = Scenario::new("fs-lead", Target::standalone(&redis_url()), JOBS);
+    let s = Scenario::new("fs-lead", Target::standalone(&redis_url()), 10_000);
     let kubeconfig = PathBuf::from(kubeconfig());
     let lease = [
         "--lease-duration-seconds",
@@ -579,8 +604,7 @@ fn a_leader_failover_between_two_replicas() {
         (lease_field(&s.ns, "holderIdentity") == "a").then_some(())
     });
     let b = replica("b");
-    s.apply("incident", 2_000);
-    s.wait_processed("incident", 3_000);
+    s.apply_until("incident", 2_000, 3_000);
     let renewed = lease_field(&s.ns, "renewTime");
     a.kill();
     let took = eventually(Duration::from_secs(30), "b to take the Lease", || {
@@ -594,14 +618,11 @@ fn a_leader_failover_between_two_replicas() {
         gap < 10_000,
         "the follower took over {gap} ms after the leader's last renewal"
     );
-    s.wait_complete("incident", || b.logs());
-    s.finish(
+    s.complete(
         "leader failover (SIGKILL)",
-        &["incident"],
-        true,
         &format!("10,000 jobs; takeover {gap} ms after the last renewal (Lease 5 s)"),
-    )
-    .print();
+        || b.logs(),
+    );
 }
 
 fn lease_field(ns: &TestNs, field: &str) -> String {
@@ -625,21 +646,16 @@ fn micro_time_ms(s: &str) -> i64 {
 #[test]
 fn a_redis_restart_with_aof_appendfsync_always() {
     let _one = serial();
-    const JOBS: usize = 5_000;
     let mut redis = OwnRedis::start(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let s = Scenario::new("fs-aof", Target::standalone(&redis.url()), JOBS);
+    let s = Scenario::new("fs-aof", Target::standalone(&redis.url()), 5_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
-    s.apply("incident", 2_000);
-    s.wait_processed("incident", 1_500);
+    s.apply_until("incident", 2_000, 1_500);
     redis.crash_and_restart();
-    s.wait_complete("incident", || op.logs());
-    s.finish(
+    s.complete(
         "Redis SIGKILL + restart (AOF always)",
-        &["incident"],
-        true,
         "5,000 jobs; PING max includes the restart",
-    )
-    .print();
+        || op.logs(),
+    );
 }
 
 /// Redis is SIGSTOPped for 12 s (past the operator's connect and response timeouts), then
@@ -647,23 +663,18 @@ fn a_redis_restart_with_aof_appendfsync_always() {
 #[test]
 fn redis_stopped_past_the_operators_timeouts_then_continued() {
     let _one = serial();
-    const JOBS: usize = 5_000;
     let redis = OwnRedis::start(&[]);
-    let s = Scenario::new("fs-stop", Target::standalone(&redis.url()), JOBS);
+    let s = Scenario::new("fs-stop", Target::standalone(&redis.url()), 5_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
-    s.apply("incident", 2_000);
-    s.wait_processed("incident", 1_500);
+    s.apply_until("incident", 2_000, 1_500);
     redis.signal("-STOP");
     std::thread::sleep(Duration::from_secs(12));
     redis.signal("-CONT");
-    s.wait_complete("incident", || op.logs());
-    s.finish(
+    s.complete(
         "Redis SIGSTOP 12 s, SIGCONT",
-        &["incident"],
-        true,
         "5,000 jobs; PING max includes the stop",
-    )
-    .print();
+        || op.logs(),
+    );
 }
 
 /// A private Sentinel set (master, replica, sentinel), stopped when dropped.
@@ -763,12 +774,10 @@ fn repl_offset(url: &str, field: &str) -> i64 {
 #[test]
 fn a_sentinel_failover_to_a_replica_that_had_caught_up() {
     let _one = serial();
-    const JOBS: usize = 5_000;
     let set = SentinelSet::start();
-    let mut s = Scenario::new("fs-sentinel", set.target.clone(), JOBS);
+    let mut s = Scenario::new("fs-sentinel", set.target.clone(), 5_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
-    s.apply("incident", 2_000);
-    s.wait_processed("incident", 1_500);
+    s.apply_until("incident", 2_000, 1_500);
     let master = set.target.data_url.clone();
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -790,14 +799,11 @@ fn a_sentinel_failover_to_a_replica_that_had_caught_up() {
     );
     // From here on the data lives on the promoted replica.
     s.target.data_url = set.replica_url.clone();
-    s.wait_complete("incident", || op.logs());
-    s.finish(
+    s.complete(
         "Sentinel failover (replica caught up)",
-        &["incident"],
-        true,
         "5,000 jobs; writes paused, offsets equal, then promoted; old master killed",
-    )
-    .print();
+        || op.logs(),
+    );
 }
 
 /// A Sentinel failover while the old master is alive and still takes writes for a while
@@ -812,16 +818,14 @@ fn a_sentinel_failover_while_the_old_master_still_takes_writes() {
     let set = SentinelSet::start();
     let mut s = Scenario::new("fs-split", set.target.clone(), JOBS);
     let op = Operator::start(&s.ns, &OP_ARGS);
-    s.apply("incident", 1_000);
-    s.wait_processed("incident", 1_500);
+    s.apply_until("incident", 1_000, 1_500);
     set.fail_over();
     s.target.data_url = set.replica_url.clone();
-    let jr = eventually(Duration::from_secs(120), "the run to end", || {
-        let jr = s.ns.get("incident");
-        let phase = jr["status"]["phase"].as_str().unwrap_or("").to_string();
+    let st = eventually(Duration::from_secs(120), "the run to end", || {
+        let st = s.ns.status("incident");
         ["Succeeded", "Failed", "PartiallySucceeded"]
-            .contains(&phase.as_str())
-            .then_some(jr)
+            .contains(&st.phase_str())
+            .then_some(st)
     });
     let left: Vec<u64> = (1..=JOBS as u64)
         .filter(|id| {
@@ -833,7 +837,7 @@ fn a_sentinel_failover_while_the_old_master_still_takes_writes() {
             score.is_some()
         })
         .collect();
-    let outcome = match jr["status"]["phase"].as_str() {
+    let outcome = match st.phase.as_deref() {
         Some("Succeeded") => {
             let log = op.logs();
             let moved: Vec<&str> = log
@@ -850,12 +854,7 @@ fn a_sentinel_failover_while_the_old_master_still_takes_writes() {
             "finished on the new master (a job processed twice was retried on the old master just before the switch, lost with it, and retried again on the new one: the window the README says cannot be detected)".to_string()
         }
         _ => {
-            assert_eq!(
-                condition(&jr, "Failed")["reason"],
-                "RunStateLost",
-                "{}",
-                jr["status"]
-            );
+            assert_eq!(st.condition_reason("Failed"), "RunStateLost", "{st:?}");
             format!(
                 "RunStateLost fired; {} selected jobs left failed",
                 left.len()
@@ -878,15 +877,11 @@ fn a_sentinel_failover_while_the_old_master_still_takes_writes() {
 #[test]
 fn a_kube_apiserver_restart() {
     let _one = serial();
-    const JOBS: usize = 5_000;
-    let s = Scenario::new("fs-api", Target::standalone(&redis_url()), JOBS);
+    let s = Scenario::new("fs-api", Target::standalone(&redis_url()), 5_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
-    s.apply("incident", 2_000);
-    s.wait_processed("incident", 1_500);
+    s.apply_until("incident", 2_000, 1_500);
     restart_api_server();
-    s.wait_complete("incident", || op.logs());
-    s.finish("kube-apiserver restart", &["incident"], true, "5,000 jobs")
-        .print();
+    s.complete("kube-apiserver restart", "5,000 jobs", || op.logs());
 }
 
 /// Restarts the test platform's kube-apiserver with its own command line and environment,
@@ -1034,8 +1029,7 @@ fn kubeconfig_to(dir: &Path, addr: &str) -> PathBuf {
 #[test]
 fn a_network_that_drops_and_delays_to_redis_and_to_the_api_server() {
     let _one = serial();
-    const JOBS: usize = 10_000;
-    let mut s = Scenario::new("fs-net", Target::standalone(&redis_url()), JOBS);
+    let mut s = Scenario::new("fs-net", Target::standalone(&redis_url()), 10_000);
     let toxi = Toxiproxy::start();
     let redis_port = std::env::var("JOBRETRY_TEST_REDIS_PORT").unwrap();
     let redis_via = toxi.proxy("redis", &format!("127.0.0.1:{redis_port}"));
@@ -1062,8 +1056,7 @@ fn a_network_that_drops_and_delays_to_redis_and_to_the_api_server() {
     );
     // The operator reaches Redis only through the proxy (the fixtures go direct).
     s.secret_url = Some(format!("redis://{redis_via}"));
-    s.apply("incident", 1_000);
-    s.wait_processed("incident", 1_000);
+    s.apply_until("incident", 1_000, 1_000);
     let bursts: [(&str, &str, &str, Value); 4] = [
         (
             "redis",
@@ -1096,14 +1089,11 @@ fn a_network_that_drops_and_delays_to_redis_and_to_the_api_server() {
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    s.wait_complete("incident", || op.logs());
-    s.finish(
+    s.complete(
         "network: delays, drops, resets (Redis and API server)",
-        &["incident"],
-        true,
         "10,000 jobs; 3 s bursts of 300/500 ms latency, blackhole, reset",
-    )
-    .print();
+        || op.logs(),
+    );
 }
 
 /// Two selector runs on one queue: the second waits (QueueBusy) with the bound of its first
@@ -1111,24 +1101,19 @@ fn a_network_that_drops_and_delays_to_redis_and_to_the_api_server() {
 #[test]
 fn two_selector_runs_on_one_queue() {
     let _one = serial();
-    const JOBS: usize = 10_000;
-    let s = Scenario::new("fs-two", Target::standalone(&redis_url()), JOBS);
+    let s = Scenario::new("fs-two", Target::standalone(&redis_url()), 10_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
-    s.apply("first", 2_000);
-    s.wait_processed("first", 2_000);
+    s.apply_until("first", 2_000, 2_000);
     s.apply("second", 2_000);
     eventually(Duration::from_secs(30), "the second run waits", || {
-        (condition(&s.ns.get("second"), "Reconciling")["reason"] == "QueueBusy").then_some(())
+        (s.ns.status("second").condition_reason("Reconciling") == "QueueBusy").then_some(())
     });
-    s.wait_complete("first", || op.logs());
-    s.wait_complete("second", || op.logs());
-    s.finish(
+    s.complete_runs(
         "two selector runs on one queue",
         &["first", "second"],
-        true,
         "10,000 jobs; the second waited QueueBusy, then took only what failed before its bound",
-    )
-    .print();
+        || op.logs(),
+    );
 }
 
 /// The Secret is switched to another database mid-run: the run stops with RunStateLost and
@@ -1137,8 +1122,7 @@ fn two_selector_runs_on_one_queue() {
 #[test]
 fn a_secret_switched_mid_run_then_switched_back() {
     let _one = serial();
-    const JOBS: usize = 5_000;
-    let mut s = Scenario::new("fs-switch", Target::standalone(&redis_url()), JOBS);
+    let mut s = Scenario::new("fs-switch", Target::standalone(&redis_url()), 5_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
     let key = "  runKey: incident-switch\n";
     s.apply_with("incident", 1_000, key);
@@ -1147,14 +1131,9 @@ fn a_secret_switched_mid_run_then_switched_back() {
     copy_bullmq_keys(s.queue(), 9);
     s.secret_url = Some(db_url(9));
     s.connection_yaml(); // rewrites the Secret
-    let jr = s.wait_condition("incident", "Failed", || op.logs());
-    assert_eq!(
-        condition(&jr, "Failed")["reason"],
-        "RunStateLost",
-        "{}",
-        jr["status"]
-    );
-    assert_ne!(jr["status"]["phase"], "Succeeded");
+    let st = s.wait_condition("incident", "Failed", || op.logs());
+    assert_eq!(st.condition_reason("Failed"), "RunStateLost", "{st:?}");
+    assert_ne!(st.phase.as_deref(), Some("Succeeded"));
     s.secret_url = None;
     s.apply_with("resumed", 1_000, key);
     s.wait_complete("resumed", || op.logs());
@@ -1175,19 +1154,16 @@ fn a_secret_switched_mid_run_then_switched_back() {
 #[test]
 fn redis_losing_acknowledged_writes_stops_the_run() {
     let _one = serial();
-    const JOBS: usize = 5_000;
     let mut redis = OwnRedis::start(&["--appendonly", "no"]);
-    let s = Scenario::new("fs-durable", Target::standalone(&redis.url()), JOBS);
+    let s = Scenario::new("fs-durable", Target::standalone(&redis.url()), 5_000);
     let op = Operator::start(&s.ns, &OP_ARGS);
-    s.apply("incident", 1_000);
-    s.wait_processed("incident", 1_000);
+    s.apply_until("incident", 1_000, 1_000);
     let _: () = redis::cmd("SAVE").query(&mut s.target.conn()).unwrap();
     s.wait_processed("incident", 2_500);
     redis.crash_and_restart();
-    let jr = s.wait_condition("incident", "Failed", || op.logs());
-    let failed = condition(&jr, "Failed");
-    assert_eq!(failed["reason"], "RunStateLost", "{}", jr["status"]);
-    println!("durability row: {}", failed["message"]);
+    let st = s.wait_condition("incident", "Failed", || op.logs());
+    assert_eq!(st.condition_reason("Failed"), "RunStateLost", "{st:?}");
+    println!("durability row: {:?}", st.condition_message("Failed"));
     let row = s.finish(
         "Redis loses acknowledged writes (RDB snapshot, crash)",
         &["incident"],

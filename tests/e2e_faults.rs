@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use jobretry_operator::crd::JobRetryStatus;
 use serde_json::Value;
 use support::*;
 
@@ -38,15 +39,10 @@ fn exists(key: &str) -> bool {
     n == 1
 }
 
-fn status_u64(jr: &Value, field: &str) -> u64 {
-    jr["status"][field].as_u64().unwrap_or(0)
-}
-
 /// The frozen bound in status, in ms.
 fn upper_ms(jr: &Value) -> Option<i64> {
-    let s = jr["status"]["selection"]["upperBound"].as_str()?;
-    let t: k8s_openapi::jiff::Timestamp = s.parse().unwrap();
-    Some(t.as_millisecond())
+    let bound = status_of(jr).selection?.upper_bound?;
+    Some(bound.0.as_millisecond())
 }
 
 fn time_ms(jr: &Value, path: &[&str]) -> i64 {
@@ -68,28 +64,27 @@ fn set_suspend(ns: &TestNs, jr: &str, suspend: bool) {
 /// Waits until `jr` is processing (status.processed at least `n`).
 fn wait_processed(ns: &TestNs, jr: &str, n: u64) {
     eventually(Duration::from_secs(60), "the run to progress", || {
-        (status_u64(&ns.get(jr), "processed") >= n).then_some(())
+        (ns.status(jr).processed.unwrap_or(0) >= n).then_some(())
     });
 }
 
 /// Polls `jr` until its phase is terminal, checking on the way that the processed count
-/// never goes backwards and the phase is never Succeeded; returns the last object.
-fn watch_until_terminal(ns: &TestNs, jr: &str, limit: Duration) -> Value {
+/// never goes backwards and the phase is never Succeeded; returns the last status.
+fn watch_until_terminal(ns: &TestNs, jr: &str, limit: Duration) -> JobRetryStatus {
     let start = Instant::now();
     let mut last = 0;
     loop {
-        let obj = ns.get(jr);
-        let processed = status_u64(&obj, "processed");
+        let st = ns.status(jr);
+        let processed = st.processed.unwrap_or(0);
         assert!(
             processed >= last,
             "processed went from {last} to {processed}"
         );
         last = processed;
-        let phase = obj["status"]["phase"].as_str().unwrap_or("");
-        if ["Succeeded", "PartiallySucceeded", "Failed"].contains(&phase) {
-            return obj;
+        if ["Succeeded", "PartiallySucceeded", "Failed"].contains(&st.phase_str()) {
+            return st;
         }
-        assert!(start.elapsed() < limit, "no terminal phase: {obj}");
+        assert!(start.elapsed() < limit, "no terminal phase: {st:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -120,7 +115,7 @@ fn a_run_that_waited_for_the_queue_keeps_the_bound_of_its_first_sight() {
     assert!(ns.apply("b.yaml", &selector_yaml("second", queue, slow)).ok);
     let waiting = eventually(Duration::from_secs(30), "the second run waits", || {
         let jr = ns.get("second");
-        (condition(&jr, "Reconciling")["reason"] == "QueueBusy").then_some(jr)
+        (status_of(&jr).condition_reason("Reconciling") == "QueueBusy").then_some(jr)
     });
     let bound = upper_ms(&waiting).expect("the bound is frozen while the run waits");
     let created = time_ms(&waiting, &["metadata", "creationTimestamp"]);
@@ -147,12 +142,11 @@ fn a_run_that_waited_for_the_queue_keeps_the_bound_of_its_first_sight() {
         first_refail.entry(id.clone()).or_insert(at);
         *times.entry(id).or_default() += 1;
     }
-    let retried_by_second: BTreeSet<String> = second["status"]["jobs"]
-        .as_array()
+    let retried_by_second: BTreeSet<String> = status_of(&second)
+        .jobs
         .into_iter()
-        .flatten()
-        .filter(|r| r["result"] == "Retried")
-        .map(|r| r["id"].as_str().unwrap().to_string())
+        .filter(|r| r.result == "Retried")
+        .map(|r| r.id)
         .collect();
     let want: BTreeSet<String> = first_refail
         .iter()
@@ -189,13 +183,13 @@ fn a_secret_switched_mid_run_stops_the_run_and_it_never_reports_success() {
     );
     wait_processed(&ns, "switched", 60);
     ns.secret("redis", &db_url(7));
-    let jr = watch_until_terminal(&ns, "switched", Duration::from_secs(60));
-    assert_eq!(jr["status"]["phase"], "Failed", "{jr}");
-    let failed = condition(&jr, "Failed");
-    assert_eq!(failed["reason"], "RunStateLost", "{jr}");
+    let st = watch_until_terminal(&ns, "switched", Duration::from_secs(60));
+    assert_eq!(st.phase_str(), "Failed", "{st:?}");
+    assert_eq!(st.condition_reason("Failed"), "RunStateLost", "{st:?}");
     assert!(
-        failed["message"].as_str().unwrap().contains("no record"),
-        "{failed}"
+        st.condition_message("Failed").contains("no record"),
+        "{:?}",
+        st.condition("Failed")
     );
     let left: i64 = redis::cmd("ZCARD")
         .arg(format!("bull:{queue}:failed"))
@@ -228,11 +222,10 @@ fn a_record_rolled_back_stops_the_run_and_says_how_many_jobs_it_covers() {
         .arg("REPLACE")
         .query(&mut db_conn(0))
         .unwrap();
-    let jr = watch_until_terminal(&ns, "rolled", Duration::from_secs(60));
-    assert_eq!(jr["status"]["phase"], "Failed", "{jr}");
-    let failed = condition(&jr, "Failed");
-    assert_eq!(failed["reason"], "RunStateLost");
-    let message = failed["message"].as_str().unwrap();
+    let st = watch_until_terminal(&ns, "rolled", Duration::from_secs(60));
+    assert_eq!(st.phase_str(), "Failed", "{st:?}");
+    assert_eq!(st.condition_reason("Failed"), "RunStateLost");
+    let message = st.condition_message("Failed");
     assert!(
         message.contains("processed jobs are not covered"),
         "{message}"
@@ -253,9 +246,9 @@ fn a_record_rolled_back_stops_the_run_and_says_how_many_jobs_it_covers() {
         .arg(5)
         .query(&mut db_conn(0))
         .unwrap();
-    let jr = watch_until_terminal(&ns, "by-id", Duration::from_secs(60));
-    assert_eq!(jr["status"]["phase"], "Failed", "{jr}");
-    assert_eq!(condition(&jr, "Failed")["reason"], "RunStateLost");
+    let st = watch_until_terminal(&ns, "by-id", Duration::from_secs(60));
+    assert_eq!(st.phase_str(), "Failed", "{st:?}");
+    assert_eq!(st.condition_reason("Failed"), "RunStateLost");
 }
 
 /// Defects: sub-millisecond bounds were truncated (wrong jobs at the boundary), the bound was
@@ -296,13 +289,9 @@ fn time_bounds_are_exact_to_the_millisecond_and_a_recreated_run_shows_its_real_b
     let _op = Operator::start(&ns, &[]);
     assert!(ns.wait_condition("window", "Complete", "60s").ok);
     let jr = ns.get("window");
-    let got: BTreeSet<String> = jr["status"]["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect();
+    let got: BTreeSet<String> = status_of(&jr).jobs.into_iter().map(|r| r.id).collect();
     assert_eq!(got, want, "{jr}");
+    // The bound as serialized (JSON text): it must carry its milliseconds.
     let shown = jr["status"]["selection"]["upperBound"].as_str().unwrap();
     assert_eq!(upper_ms(&jr), Some(at + 1), "{shown}");
     assert!(
@@ -366,5 +355,5 @@ fn suspending_or_deleting_a_running_selector_run_gives_the_queue_back_at_once() 
         "the next run waited {:?}",
         deleted.elapsed()
     );
-    assert_eq!(ns.get("next")["status"]["phase"], "Succeeded");
+    assert_eq!(ns.status("next").phase_str(), "Succeeded");
 }

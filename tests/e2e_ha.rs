@@ -18,7 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::json;
 use support::*;
 
 const PER_OBJECT: usize = 10_000;
@@ -83,21 +82,19 @@ fn lease_holder(ns: &TestNs) -> String {
 }
 
 fn processed(ns: &TestNs, name: &str) -> u64 {
-    ns.get(name)["status"]["processed"].as_u64().unwrap_or(0)
+    ns.status(name).processed.unwrap_or(0)
 }
 
 /// Jobs processed by all JobRetries of the namespace, in one request.
 fn total_processed(ns: &TestNs) -> u64 {
-    let out = ns.kubectl(&[
-        "get",
-        "jobretries",
-        "-o",
-        "jsonpath={.items[*].status.processed}",
-    ]);
+    let out = ns.kubectl(&["get", "jobretries", "-o", "json"]);
     assert!(out.ok, "{}", out.stderr);
-    out.stdout
-        .split_whitespace()
-        .map(|n| n.parse::<u64>().unwrap())
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|jr| status_of(jr).processed.unwrap_or(0))
         .sum()
 }
 
@@ -146,10 +143,14 @@ fn assert_one_complete_run(ns: &TestNs, b: &Replica) {
     for name in ["part0", "part1"] {
         let waited = ns.wait_condition(name, "Complete", "120s");
         assert!(waited.ok, "{name}: {}\n{}", waited.stderr, b.op.logs());
-        let st = &ns.get(name)["status"];
-        assert_eq!(st["counts"], json!({"Retried": PER_OBJECT}), "{name}");
-        assert_eq!(st["processed"], PER_OBJECT);
-        assert_eq!(st["phase"], "Succeeded");
+        let st = ns.status(name);
+        assert_eq!(
+            st.counts,
+            counts([("Retried", PER_OBJECT as u64)]),
+            "{name}"
+        );
+        assert_eq!(st.processed, Some(PER_OBJECT as u64));
+        assert_eq!(st.phase_str(), "Succeeded");
         let started = ns.kubectl(&[
             "get",
             "events",

@@ -7,7 +7,7 @@ mod support;
 use std::{collections::BTreeSet, time::Duration};
 
 use jobretry_operator::crd::{
-    JobRetry,
+    JobRetry, JobRetryStatus,
     SourceState::{self, Completed, Failed},
 };
 use serde_json::{Value, json};
@@ -17,18 +17,10 @@ fn job(key: &str, outcome: &str, opts: Value) -> Value {
     json!({"key": key, "name": format!("charge-{key}"), "data": {"key": key, "reason": "ECONNRESET"}, "opts": opts, "outcome": outcome})
 }
 
-fn rows(jr: &Value) -> Vec<(String, String, Option<i64>)> {
-    jr["status"]["jobs"]
-        .as_array()
-        .unwrap()
+fn rows(st: &JobRetryStatus) -> Vec<(String, String, Option<i64>)> {
+    st.jobs
         .iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_string(),
-                r["result"].as_str().unwrap().to_string(),
-                r["code"].as_i64(),
-            )
-        })
+        .map(|r| (r.id.clone(), r.result.clone(), r.code))
         .collect()
 }
 
@@ -77,9 +69,9 @@ fn retries_failed_jobs_by_id_and_a_worker_processes_exactly_those() {
     assert!(waited.ok, "kubectl wait failed: {}", waited.stderr);
 
     let jr = ns.get("incident");
-    let st = &jr["status"];
+    let st = status_of(&jr);
     assert_eq!(
-        rows(&jr),
+        rows(&st),
         vec![
             (prio.clone(), "Retried".into(), Some(1)),
             (exh.clone(), "Retried".into(), Some(1)),
@@ -89,26 +81,22 @@ fn retries_failed_jobs_by_id_and_a_worker_processes_exactly_those() {
         ]
     );
     assert_eq!(
-        st["counts"],
-        json!({"Retried": 3, "NotFound": 1, "NotInState": 1})
+        st.counts,
+        counts([("Retried", 3), ("NotFound", 1), ("NotInState", 1)])
     );
+    assert_eq!((st.matched, st.processed), (Some(5), Some(5)));
     assert_eq!(
-        (st["matched"].as_u64(), st["processed"].as_u64()),
-        (Some(5), Some(5))
-    );
-    assert_eq!(
-        (
-            st["retried"].as_u64(),
-            st["skipped"].as_u64(),
-            st["errors"].as_u64()
-        ),
+        (st.retried, st.skipped, st.errors),
         (Some(3), Some(2), Some(0))
     );
-    assert_eq!(st["phase"], "PartiallySucceeded");
-    assert_eq!(st["bullmqVersion"], "6.7.0");
-    assert_eq!(st["runKey"], format!("{}/incident", ns.name));
-    assert!(st["completionTime"].is_string() && st["startTime"].is_string());
-    assert_eq!(st["observedGeneration"], jr["metadata"]["generation"]);
+    assert_eq!(st.phase_str(), "PartiallySucceeded");
+    assert_eq!(st.bullmq_version.as_deref(), Some("6.7.0"));
+    assert_eq!(st.run_key, Some(format!("{}/incident", ns.name)));
+    assert!(st.completion_time.is_some() && st.start_time.is_some());
+    assert_eq!(
+        st.observed_generation,
+        jr["metadata"]["generation"].as_i64()
+    );
     // The exactly-once ledger: in the queue's keyspace, expiring after the default 7 days.
     let mut con = redis::Client::open(redis_url())
         .unwrap()
@@ -195,16 +183,16 @@ fn retries_completed_jobs_and_clears_their_return_value() {
             .ok
     );
     assert!(ns.wait_condition("redo", "Complete", "60s").ok);
-    let jr = ns.get("redo");
+    let st = ns.status("redo");
     assert_eq!(
-        rows(&jr),
+        rows(&st),
         vec![
             (c1.clone(), "Retried".into(), Some(1)),
             (c2.clone(), "Retried".into(), Some(1)),
             (f1.clone(), "NotInState".into(), Some(-3))
         ]
     );
-    assert_eq!(jr["status"]["matched"], 3, "an id listed twice is one job");
+    assert_eq!(st.matched, Some(3), "an id listed twice is one job");
 
     let inspected = node(
         "inspect.mjs",
@@ -256,7 +244,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
     let mut op = Operator::start(&ns, &[]);
     assert!(ns.apply_jr(&manifest("once", queue, Failed, &[&a])).ok);
     assert!(ns.wait_condition("once", "Complete", "60s").ok);
-    let status_before = ns.get("once")["status"].clone();
+    let status_before = ns.status("once");
     let full_dump = || stable_dump(&db);
     let before = full_dump();
     op.kill();
@@ -275,9 +263,8 @@ fn a_restarted_operator_changes_nothing_after_completion() {
         op2.logs()
     );
     std::thread::sleep(Duration::from_secs(2));
-    let preview = ns.get("preview");
     assert_eq!(
-        rows(&preview),
+        rows(&ns.status("preview")),
         vec![
             (a.clone(), "NotInState".into(), Some(-3)),
             (b.clone(), "WouldRetry".into(), None)
@@ -291,7 +278,7 @@ fn a_restarted_operator_changes_nothing_after_completion() {
         "a restart or dry run changed Redis keys: {changed:?}"
     );
     assert_eq!(
-        ns.get("once")["status"],
+        ns.status("once"),
         status_before,
         "the finished status must not change"
     );
@@ -309,22 +296,17 @@ fn a_missing_secret_stalls_with_a_readable_message_and_resumes_when_created() {
             .ok
     );
     assert!(ns.wait_condition("later", "Stalled", "30s").ok);
-    let st = &ns.get("later")["status"];
-    let stalled = st["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Stalled")
-        .unwrap();
-    assert_eq!(stalled["reason"], "SecretInvalid");
+    let st = ns.status("later");
+    let stalled = st.condition("Stalled").unwrap();
+    assert_eq!(stalled.reason, "SecretInvalid");
     assert_eq!(
-        stalled["message"],
+        stalled.message,
         format!("Secret {}/payments-redis not found", ns.name)
     );
-    assert_eq!(st["phase"], "Pending");
+    assert_eq!(st.phase_str(), "Pending");
     ns.secret("payments-redis", &redis_url());
     assert!(ns.wait_condition("later", "Complete", "90s").ok);
-    assert_eq!(ns.get("later")["status"]["counts"], json!({"Retried": 1}));
+    assert_eq!(ns.status("later").counts, counts([("Retried", 1)]));
 }
 
 #[test]

@@ -278,9 +278,9 @@ fn the_image_is_small_static_non_root_and_runs_the_operator() {
     assert_eq!(uid, 65532, "the operator runs as the image's user");
     let waited = ns.wait_condition("from-image", "Complete", "120s");
     assert!(waited.ok, "{}\n{}", waited.stderr, logs());
-    let st = ns.get("from-image")["status"].clone();
-    assert_eq!(st["phase"], "Succeeded", "{st}");
-    assert_eq!(st["counts"], json!({"Retried": 2}), "{st}");
+    let st = ns.status("from-image");
+    assert_eq!(st.phase_str(), "Succeeded", "{st:?}");
+    assert_eq!(st.counts, counts([("Retried", 2)]), "{st:?}");
     // A real Worker processes the two retried jobs.
     let processed = node(
         "process.mjs",

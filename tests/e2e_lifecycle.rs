@@ -26,11 +26,8 @@ fn manifest(name: &str, queue: &str, ids: &[String], per_second: u32) -> String 
 }
 
 fn processed(ns: &TestNs, name: &str) -> (u64, String) {
-    let st = ns.get(name)["status"].clone();
-    (
-        st["processed"].as_u64().unwrap_or(0),
-        st["phase"].as_str().unwrap_or("").to_string(),
-    )
+    let st = ns.status(name);
+    (st.processed.unwrap_or(0), st.phase.unwrap_or_default())
 }
 
 fn failed_count(queue: &str) -> i64 {
@@ -97,17 +94,13 @@ fn suspend_stops_between_batches_and_resume_finishes_exactly() {
         r#"{"spec":{"suspend":false}}"#,
     ]);
     assert!(ns.wait_condition("slow", "Complete", "60s").ok);
-    let st = ns.get("slow")["status"].clone();
-    assert_eq!(st["counts"], json!({"Retried": JOBS}));
-    assert_eq!(
-        st["jobsTruncated"], true,
+    let st = ns.status("slow");
+    assert_eq!(st.counts, counts([("Retried", JOBS as u64)]));
+    assert!(
+        st.jobs_truncated,
         "a run above the row limit keeps only non-success rows"
     );
-    assert!(
-        st.get("jobs")
-            .is_none_or(|j| j.as_array().unwrap().is_empty()),
-        "no success rows beyond the limit"
-    );
+    assert!(st.jobs.is_empty(), "no success rows beyond the limit");
     let size = ns
         .kubectl(&["get", "jobretry", "slow", "-o", "json"])
         .stdout
@@ -200,7 +193,7 @@ fn a_replaced_jobretry_starts_its_own_status_from_zero() {
     std::thread::sleep(Duration::from_millis(1800));
     let old = ns.get("again");
     let old_uid = old["metadata"]["uid"].as_str().unwrap().to_string();
-    let old_processed = old["status"]["processed"].as_u64().unwrap() as usize;
+    let old_processed = status_of(&old).processed.unwrap() as usize;
     let path = ns.dir.path().join("r.yaml");
     let out = ns.kubectl(&["replace", "--force", "-f", path.to_str().unwrap()]);
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
@@ -209,7 +202,7 @@ fn a_replaced_jobretry_starts_its_own_status_from_zero() {
         "the new object's first progress",
         || {
             let o = ns.get("again");
-            let p = o["status"]["processed"].as_u64().unwrap_or(0);
+            let p = status_of(&o).processed.unwrap_or(0);
             (o["metadata"]["uid"] != old_uid.as_str() && p > 0).then_some(p)
         },
     );
@@ -226,37 +219,33 @@ fn a_replaced_jobretry_starts_its_own_status_from_zero() {
         "{}",
         op.logs()
     );
-    let st = ns.get("again")["status"].clone();
-    let rows = st["jobs"].as_array().unwrap();
-    let seen: BTreeSet<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let st = ns.status("again");
+    let rows = &st.jobs;
+    let seen: BTreeSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(
-        (st["processed"].as_u64(), rows.len(), seen.len()),
+        (st.processed, rows.len(), seen.len()),
         (Some(N as u64), N, N),
-        "{st}"
+        "{st:?}"
     );
     let result = |id: &str| {
         rows.iter()
-            .find(|r| r["id"] == id)
-            .map(|r| r["result"].as_str().unwrap().to_string())
+            .find(|r| r.id == id)
+            .map(|r| r.result.clone())
             .unwrap()
     };
     for id in &ids[..old_processed] {
         assert_eq!(
             result(id),
             "AlreadyProcessed",
-            "job {id} was retried by the old object, under the same run key: {st}"
+            "job {id} was retried by the old object, under the same run key: {st:?}"
         );
     }
-    let counts = st["counts"].as_object().unwrap();
     assert!(
-        counts
+        st.counts
             .keys()
             .all(|k| k == "Retried" || k == "AlreadyProcessed"),
-        "{st}"
+        "{st:?}"
     );
-    assert!(
-        counts.get("Retried").is_some_and(|n| n.as_u64() > Some(0)),
-        "{st}"
-    );
+    assert!(st.counts.get("Retried").is_some_and(|&n| n > 0), "{st:?}");
     assert_eq!(failed_count(&queue), 0, "every job retried once");
 }

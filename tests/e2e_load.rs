@@ -139,8 +139,8 @@ fn a_thousand_jobretries_applied_at_once_all_complete() {
     assert_eq!(objects.len(), NAMESPACES * PER_NAMESPACE);
     for o in &objects {
         assert_eq!(
-            o["status"]["counts"],
-            serde_json::json!({"Retried": IDS}),
+            status_of(o).counts,
+            counts([("Retried", IDS as u64)]),
             "{}",
             o["metadata"]["name"]
         );

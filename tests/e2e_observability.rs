@@ -634,7 +634,7 @@ fn metrics_move_during_a_run_and_count_redis_errors_while_redis_is_stopped() {
         "no Started event: {}",
         started.stderr
     );
-    assert_eq!(ns.get("incident")["status"]["phase"], "Running");
+    assert_eq!(ns.status("incident").phase_str(), "Running");
 
     // The series move: a second later, more jobs and more script calls.
     std::thread::sleep(Duration::from_secs(1));
@@ -658,10 +658,10 @@ fn metrics_move_during_a_run_and_count_redis_errors_while_redis_is_stopped() {
     );
     assert_eq!(http_get(&addr, "/healthz").0, 200);
     let waiting = eventually(Duration::from_secs(30), "the run to wait for Redis", || {
-        let jr = ns.get("incident");
-        (condition(&jr, "Reconciling")["reason"] == "RedisUnavailable").then_some(jr)
+        let st = ns.status("incident");
+        (st.condition_reason("Reconciling") == "RedisUnavailable").then_some(st)
     });
-    assert_eq!(waiting["status"]["phase"], "Running");
+    assert_eq!(waiting.phase_str(), "Running");
     let retried_while_down = sample(&down, "jobretry_jobs_total{result=\"Retried\"}").unwrap();
     assert!(retried_while_down < JOBS as f64, "{down}");
 
@@ -669,9 +669,9 @@ fn metrics_move_during_a_run_and_count_redis_errors_while_redis_is_stopped() {
     redis.restart();
     let done = ns.wait_condition("incident", "Complete", "90s");
     assert!(done.ok, "{}\n{}", done.stderr, op.logs());
-    let st = ns.get("incident")["status"].clone();
-    assert_eq!(st["phase"], "Succeeded", "{st}");
-    assert_eq!(st["retried"], JOBS);
+    let st = ns.status("incident");
+    assert_eq!(st.phase_str(), "Succeeded", "{st:?}");
+    assert_eq!(st.retried, Some(JOBS as u64));
     let after = scrape_until(&addr, "jobretry_runs{phase=\"Succeeded\"}", 1.0);
     for (series, value) in [
         ("jobretry_jobs_total{result=\"Retried\"}", JOBS as f64),

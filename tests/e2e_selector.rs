@@ -15,10 +15,10 @@ use std::{
 
 use jobretry_operator::{
     bullmq::{
-        BatchRequest, JobOutcome, Ledger, PageOutcome, PageRequest, QueueKeys, QueueVersion,
+        BatchRequest, JobOutcome, Ledger, Page, PageOutcome, PageRequest, QueueKeys, QueueVersion,
         Selector, select::glob_matches,
     },
-    crd::SourceState,
+    crd::{JobRetryStatus, SourceState},
 };
 use serde_json::{Value, json};
 use support::*;
@@ -191,13 +191,28 @@ fn page(db: u8, queue: &str, req: &PageRequest) -> PageOutcome {
     })
 }
 
+/// One page call on a queue no other run holds.
+fn free_page(db: u8, queue: &str, req: &PageRequest) -> Page {
+    match page(db, queue, req) {
+        PageOutcome::Page(p) => p,
+        other => panic!("a free queue answered {other:?}"),
+    }
+}
+
+/// Empties database `db` and seeds `n` failed jobs named `a` (failed reason `x`) on `queue`;
+/// returns a bound taken after them.
+fn seed_plain(db: u8, queue: &str, n: usize) -> i64 {
+    flush(db);
+    let dir = tempfile::tempdir().unwrap();
+    seed_failed(db, queue, &vec![("a", "x"); n], dir.path());
+    now_ms()
+}
+
 /// Pages until done, feeding a dry run its own cursor back as the controller does.
 fn drain(db: u8, queue: &str, mut req: PageRequest) -> Drained {
     let mut d = Drained::default();
     loop {
-        let PageOutcome::Page(p) = page(db, queue, &req) else {
-            panic!("the queue is busy")
-        };
+        let p = free_page(db, queue, &req);
         d.pages += 1;
         d.scanned = p.scanned;
         d.rows.extend(p.rows);
@@ -473,17 +488,11 @@ fn a_dry_run_changes_nothing_and_previews_what_the_real_run_retries() {
 
 #[test]
 fn one_selector_run_per_queue_and_state_the_second_waits() {
-    let db = 7;
-    flush(db);
-    let dir = tempfile::tempdir().unwrap();
-    let queue = "sel-lock";
-    seed_failed(db, queue, &[("a", "x"); 20], dir.path());
-    let upper = now_ms();
+    let (db, queue) = (7, "sel-lock");
+    let upper = seed_plain(db, queue, 20);
     let all = Filter::default();
     let first = all.request(queue, "ns/first", false, upper, 5);
-    let PageOutcome::Page(p) = page(db, queue, &first) else {
-        panic!("free queue busy")
-    };
+    let p = free_page(db, queue, &first);
     assert!(!p.done);
     let second = all.request(queue, "ns/second", false, upper, 5);
     assert_eq!(
@@ -500,17 +509,10 @@ fn one_selector_run_per_queue_and_state_the_second_waits() {
 
 #[test]
 fn the_snapshot_holds_and_a_job_that_fails_again_is_never_taken_twice() {
-    let db = 8;
-    flush(db);
-    let dir = tempfile::tempdir().unwrap();
-    let queue = "sel-snap";
-    seed_failed(db, queue, &[("a", "x"); 12], dir.path());
-    let upper = now_ms();
-    let all = Filter::default();
-    let req = all.request(queue, "ns/snap", false, upper, 4);
-    let PageOutcome::Page(p) = page(db, queue, &req) else {
-        panic!("busy")
-    };
+    let (db, queue) = (8, "sel-snap");
+    let upper = seed_plain(db, queue, 12);
+    let req = Filter::default().request(queue, "ns/snap", false, upper, 4);
+    let p = free_page(db, queue, &req);
     let first: Vec<String> = p.rows.iter().map(|(id, _)| id.clone()).collect();
     assert_eq!(first.len(), 4);
     std::thread::sleep(Duration::from_millis(5));
@@ -585,13 +587,11 @@ fn selector_yaml(name: &str, queue: &str, selector: &str, extra: &str) -> String
     )
 }
 
-fn row_ids(jr: &Value, result: &str) -> Vec<String> {
-    jr["status"]["jobs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["result"] == result)
-        .map(|r| r["id"].as_str().unwrap().to_string())
+fn row_ids(st: &JobRetryStatus, result: &str) -> Vec<String> {
+    st.jobs
+        .iter()
+        .filter(|r| r.result == result)
+        .map(|r| r.id.clone())
         .collect()
 }
 
@@ -618,25 +618,22 @@ fn a_selector_jobretry_previews_then_retries_exactly_the_matching_jobs() {
     assert!(ns.wait_condition("preview", "Complete", "60s").ok);
     let upper = now_ms();
     let want = filter.expected(&jobs, upper);
-    let jr = ns.get("preview");
-    let preview = &jr["status"]["preview"];
-    assert_eq!(preview["matched"], want.len() as u64, "{jr}");
-    assert_eq!(row_ids(&jr, "WouldRetry"), want);
-    let names: u64 = preview["names"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["count"].as_u64().unwrap())
-        .sum();
+    let st = ns.status("preview");
+    let preview = st.preview.as_ref().unwrap_or_else(|| panic!("{st:?}"));
+    assert_eq!(preview.matched, want.len() as u64, "{st:?}");
+    assert_eq!(row_ids(&st, "WouldRetry"), want);
+    let names: u64 = preview.names.iter().map(|n| n.count).sum();
     assert_eq!(names, want.len() as u64);
     assert!(
-        preview["reasons"]
-            .as_array()
-            .unwrap()
+        preview
+            .reasons
             .iter()
-            .all(|r| r["value"].as_str().unwrap().contains("ECONNRESET"))
+            .all(|r| r.value.contains("ECONNRESET"))
     );
-    assert_eq!(jr["status"]["selection"]["scanned"], jobs.len() as u64);
+    assert_eq!(
+        st.selection.as_ref().map(|s| s.scanned),
+        Some(jobs.len() as u64)
+    );
     assert!(before == queue_dump(queue), "a dry run changed Redis");
     // The real run retries exactly what the preview said.
     let real = ns.apply(
@@ -645,16 +642,16 @@ fn a_selector_jobretry_previews_then_retries_exactly_the_matching_jobs() {
     );
     assert!(real.ok, "{}", real.stderr);
     assert!(ns.wait_condition("incident", "Complete", "60s").ok);
-    let jr = ns.get("incident");
-    let st = &jr["status"];
-    assert_eq!(st["phase"], "Succeeded", "{jr}");
+    let st = ns.status("incident");
+    assert_eq!(st.phase_str(), "Succeeded", "{st:?}");
     assert_eq!(
-        (st["matched"].as_u64(), st["retried"].as_u64()),
+        (st.matched, st.retried),
         (Some(want.len() as u64), Some(want.len() as u64))
     );
-    assert_eq!(row_ids(&jr, "Retried"), want, "rows in keyset order");
-    assert!(st["selection"]["upperBound"].is_string());
-    assert_eq!(st["selection"]["remaining"], 0);
+    assert_eq!(row_ids(&st, "Retried"), want, "rows in keyset order");
+    let selection = st.selection.as_ref().unwrap_or_else(|| panic!("{st:?}"));
+    assert!(selection.upper_bound.is_some());
+    assert_eq!(selection.remaining, 0);
     let table = ns.kubectl(&["get", "jobretry", "incident", "-o", "wide"]);
     assert!(
         table.stdout.contains("SKIPPED") && table.stdout.contains("SCANNED"),
@@ -693,19 +690,13 @@ fn a_preview_of_jobs_with_huge_names_still_fits_in_the_status() {
     assert!(dry.ok, "{}", dry.stderr);
     let waited = ns.wait_condition("huge", "Complete", "60s");
     assert!(waited.ok, "{}", waited.stderr);
-    let jr = ns.get("huge");
-    let preview = &jr["status"]["preview"];
-    assert_eq!(preview["matched"], 4, "{}", jr["status"]);
-    let mut shown: Vec<(String, u64)> = preview["names"]
-        .as_array()
-        .unwrap()
+    let st = ns.status("huge");
+    let preview = st.preview.as_ref().unwrap_or_else(|| panic!("{st:?}"));
+    assert_eq!(preview.matched, 4, "{st:?}");
+    let mut shown: Vec<(String, u64)> = preview
+        .names
         .iter()
-        .map(|n| {
-            (
-                n["value"].as_str().unwrap().to_string(),
-                n["count"].as_u64().unwrap(),
-            )
-        })
+        .map(|n| (n.value.clone(), n.count))
         .collect();
     shown.sort();
     // Each name cut to its documented 200 bytes, between characters; the 1 MiB one by size.
@@ -713,7 +704,7 @@ fn a_preview_of_jobs_with_huge_names_still_fits_in_the_status() {
     want.push(("(a name of 1048576 bytes)".to_string(), 1));
     want.sort();
     assert_eq!(shown, want);
-    assert_eq!(row_ids(&jr, "WouldRetry").len(), 4);
+    assert_eq!(row_ids(&st, "WouldRetry").len(), 4);
 }
 
 #[test]
@@ -729,7 +720,7 @@ fn a_second_selector_run_on_the_queue_waits_busy_then_runs() {
             .ok
     );
     eventually(Duration::from_secs(30), "the first run started", || {
-        (ns.get("first")["status"]["phase"] == "Running").then_some(())
+        (ns.status("first").phase_str() == "Running").then_some(())
     });
     let second = format!("{slow}  state: failed\n");
     assert!(
@@ -737,20 +728,17 @@ fn a_second_selector_run_on_the_queue_waits_busy_then_runs() {
             .ok
     );
     let busy = eventually(Duration::from_secs(30), "the second run waits", || {
-        let c = condition(&ns.get("second"), "Reconciling");
-        (c["reason"] == "QueueBusy").then_some(c)
+        let c = ns.status("second").condition("Reconciling").cloned();
+        c.filter(|c| c.reason == "QueueBusy")
     });
-    assert_eq!(busy["status"], "True");
-    assert!(
-        busy["message"].as_str().unwrap().contains("/first"),
-        "{busy}"
-    );
+    assert_eq!(busy.status, "True");
+    assert!(busy.message.contains("/first"), "{busy:?}");
     assert!(ns.wait_condition("first", "Complete", "60s").ok);
     assert!(ns.wait_condition("second", "Complete", "90s").ok);
-    assert_eq!(ns.get("first")["status"]["retried"], 40);
+    assert_eq!(ns.status("first").retried, Some(40));
     assert_eq!(
-        ns.get("second")["status"]["matched"],
-        0,
+        ns.status("second").matched,
+        Some(0),
         "nothing left for the second run"
     );
 }
@@ -794,6 +782,6 @@ fn a_forged_status_cannot_make_a_run_skip_jobs() {
         .query(&mut db_conn(0))
         .unwrap();
     assert_eq!(left, 0, "every job was retried");
-    let st = ns.get("forged")["status"].clone();
-    assert_eq!(st["processed"], 80, "{st}");
+    let st = ns.status("forged");
+    assert_eq!(st.processed, Some(80), "{st:?}");
 }

@@ -10,7 +10,8 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use jobretry_operator::crd::JobRetryStatus;
+use serde_json::json;
 use support::{helm::*, *};
 
 /// The RBAC of the test: `alice` and `bob` may create, read and change JobRetries in the
@@ -149,11 +150,10 @@ fn the_admission_policy_admits_a_jobretry_only_if_its_author_may_read_the_secret
     assert_eq!(ns.get("own")["spec"]["suspend"], json!(false));
 }
 
-fn reason(jr: &Value) -> (String, String) {
-    let c = condition(jr, "Ready");
+fn reason(st: &JobRetryStatus) -> (String, String) {
     (
-        c["reason"].as_str().unwrap_or_default().to_string(),
-        c["message"].as_str().unwrap_or_default().to_string(),
+        st.condition_reason("Ready").to_string(),
+        st.condition_message("Ready").to_string(),
     )
 }
 
@@ -166,7 +166,7 @@ fn with_a_required_label_the_operator_uses_only_labelled_secrets() {
     let op = Operator::start(&ns, &["--secret-label", "jobretry.io/redis=true"]);
     assert!(ns.apply_jr(&jobretry("l", queue, &[a.as_str()])).ok);
     let (why, message) = eventually(Duration::from_secs(30), "Ready=False SecretInvalid", || {
-        let r = reason(&ns.get("l"));
+        let r = reason(&ns.status("l"));
         (r.0 == "SecretInvalid").then_some(r)
     });
     assert_eq!(why, "SecretInvalid");
@@ -186,7 +186,7 @@ fn with_a_required_label_the_operator_uses_only_labelled_secrets() {
     // A label with another value is not the label.
     ns.kubectl(&["label", "secret", "redis", "jobretry.io/redis=false"]);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(reason(&ns.get("l")).0, "SecretInvalid");
+    assert_eq!(reason(&ns.status("l")).0, "SecretInvalid");
     let labelled = ns.kubectl(&[
         "label",
         "--overwrite",
@@ -197,7 +197,7 @@ fn with_a_required_label_the_operator_uses_only_labelled_secrets() {
     assert!(labelled.ok, "{}", labelled.stderr);
     let waited = ns.wait_condition("l", "Complete", "60s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
-    assert_eq!(ns.get("l")["status"]["counts"], json!({"Retried": 1}));
+    assert_eq!(ns.status("l").counts, counts([("Retried", 1)]));
 }
 
 /// Applies what the chart renders for release `release` in `ns` with `set`, and returns a
@@ -252,15 +252,13 @@ fn a_secret_the_operator_may_not_read_stalls_the_run_saying_what_to_grant() {
         Duration::from_secs(30),
         "Stalled=True SecretForbidden",
         || {
-            let jr = ns.get("locked");
-            let c = condition(&jr, "Stalled");
-            (c["status"] == "True" && c["reason"] == "SecretForbidden").then_some(jr)
+            let st = ns.status("locked");
+            (st.condition_status("Stalled") == "True"
+                && st.condition_reason("Stalled") == "SecretForbidden")
+                .then_some(st)
         },
     );
-    let message = condition(&stalled, "Stalled")["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let message = stalled.condition_message("Stalled");
     let n = &ns.name;
     assert!(
         message.contains(&format!(
@@ -273,7 +271,7 @@ fn a_secret_the_operator_may_not_read_stalls_the_run_saying_what_to_grant() {
         message.contains(&sa),
         "names the refused account: {message}"
     );
-    assert_eq!(stalled["status"]["phase"], "Pending");
+    assert_eq!(stalled.phase_str(), "Pending");
     assert_eq!(
         reason(&stalled).0,
         "SecretForbidden",
@@ -309,7 +307,7 @@ subjects:
     assert!(granted.ok, "{}", granted.stderr);
     let waited = ns.wait_condition("locked", "Complete", "60s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
-    let jr = ns.get("locked");
-    assert_eq!(jr["status"]["counts"], json!({"Retried": 1}));
-    assert_eq!(condition(&jr, "Stalled")["status"], "False");
+    let st = ns.status("locked");
+    assert_eq!(st.counts, counts([("Retried", 1)]));
+    assert_eq!(st.condition_status("Stalled"), "False");
 }

@@ -6,7 +6,7 @@ mod support;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use jobretry_operator::crd::{ConnectionMode, MAX_JOB_IDS};
+use jobretry_operator::crd::{ConnectionMode, JobRetryStatus, MAX_JOB_IDS};
 use serde_json::{Value, json};
 use support::*;
 
@@ -58,22 +58,16 @@ fn run_case(
     let _op = Operator::start(ns, &[]);
     let waited = ns.wait_condition("topo", "Complete", "90s");
     assert!(waited.ok, "{}\n{}", waited.stderr, _op.logs());
-    let st = ns.get("topo")["status"].clone();
+    let st = ns.status("topo");
     assert_eq!(
-        st["counts"],
-        json!({"Retried": 3, "NotFound": 1, "NotInState": 1}),
-        "{st}"
+        st.counts,
+        counts([("Retried", 3), ("NotFound", 1), ("NotInState", 1)]),
+        "{st:?}"
     );
-    let codes: Vec<(String, i64)> = st["jobs"]
-        .as_array()
-        .unwrap()
+    let codes: Vec<(String, i64)> = st
+        .jobs
         .iter()
-        .map(|r| {
-            (
-                r["id"].as_str().unwrap().to_string(),
-                r["code"].as_i64().unwrap(),
-            )
-        })
+        .map(|r| (r.id.clone(), r.code.unwrap()))
         .collect();
     assert_eq!(
         codes,
@@ -190,7 +184,7 @@ fn an_acl_user_limited_to_the_queue_keys_with_a_password_that_never_shows() {
     let waited = ns.wait_condition("acl", "Complete", "60s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
     let jr = ns.get("acl");
-    assert_eq!(jr["status"]["counts"], json!({"Retried": 1}));
+    assert_eq!(status_of(&jr).counts, counts([("Retried", 1)]));
     let events = ns.kubectl(&["get", "events", "-o", "json"]).stdout;
     for (what, text) in [
         ("status", jr.to_string()),
@@ -228,18 +222,19 @@ fn tls_with_a_private_ca_from_the_secret() {
         "Stalled=True while the CA is unknown",
         || {
             let jr = ns.get("tls");
-            (condition(&jr, "Stalled")["status"] == "True").then_some(jr)
+            (status_of(&jr).condition_status("Stalled") == "True").then_some(jr)
         },
     );
-    let stalled = condition(&jr, "Stalled");
-    let message = stalled["message"].as_str().unwrap();
-    assert_eq!(stalled["reason"], "RedisRefused", "{message}");
+    let st = status_of(&jr);
+    let message = st.condition_message("Stalled");
+    assert_eq!(st.condition_reason("Stalled"), "RedisRefused", "{message}");
     assert!(
         message.contains("TLS certificate could not be verified")
             && message.contains("under the key ca.crt"),
         "{message}"
     );
-    assert_eq!(jr["status"]["phase"], "Pending");
+    assert_eq!(st.phase_str(), "Pending");
+    // The object as served (raw JSON text): no field may hold the password.
     assert!(!jr.to_string().contains(password), "the password leaked");
     assert!(waiting_ids(&plain, queue).is_empty(), "nothing retried");
     ns.kubectl(&["delete", "secret", "redis"]);
@@ -255,7 +250,7 @@ fn tls_with_a_private_ca_from_the_secret() {
     assert!(created.ok, "{}", created.stderr);
     let waited = ns.wait_condition("tls", "Complete", "90s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
-    assert_eq!(ns.get("tls")["status"]["counts"], json!({"Retried": 1}));
+    assert_eq!(ns.status("tls").counts, counts([("Retried", 1)]));
     let waiting = waiting_ids(&plain, queue);
     assert_eq!(waiting, vec![a]);
     assert!(
@@ -321,7 +316,7 @@ fn sentinel_over_tls_with_a_private_ca_from_the_secret() {
     assert!(ns.apply_jr(&stls).ok);
     let waited = ns.wait_condition("stls", "Complete", "60s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
-    assert_eq!(ns.get("stls")["status"]["counts"], json!({"Retried": 1}));
+    assert_eq!(ns.status("stls").counts, counts([("Retried", 1)]));
     let waiting = waiting_ids(&plain, queue);
     assert_eq!(
         waiting,
@@ -458,14 +453,16 @@ fn a_redis_with_only_the_commands_of_redis_5_0() {
     let _op = Operator::start(&ns, &[]);
     let waited = ns.wait_condition("sel", "Complete", "60s");
     assert!(waited.ok, "{}\n{}", waited.stderr, _op.logs());
-    let st = ns.get("sel")["status"].clone();
-    assert_eq!(st["counts"], json!({"Retried": 3}), "{st}");
+    let st = ns.status("sel");
+    assert_eq!(st.counts, counts([("Retried", 3)]), "{st:?}");
 }
 
-fn reason_of(jr: &Value, t: &str) -> (String, String) {
-    let c = condition(jr, t);
-    let text = |k: &str| c[k].as_str().unwrap_or("").to_string();
-    (text("status"), text("reason"))
+/// Waits (`what`) until `name` is Stalled; returns its status.
+fn wait_stalled(ns: &TestNs, name: &str, what: &str) -> JobRetryStatus {
+    eventually(Duration::from_secs(30), what, || {
+        let st = ns.status(name);
+        (st.condition_status("Stalled") == "True").then_some(st)
+    })
 }
 
 /// A wrong password or a missing ACL permission is not Redis trouble that passes by itself:
@@ -506,12 +503,13 @@ fn a_wrong_password_or_a_missing_permission_stalls_until_fixed() {
     ns.secret("redis", &url(queue, "not-the-password"));
     let op = Operator::start(&ns, &[]);
     assert!(ns.apply_jr(&jobretry("wrongpass", queue, &[a.as_str()])).ok);
-    let jr = eventually(Duration::from_secs(30), "stalled on the password", || {
-        let jr = ns.get("wrongpass");
-        (reason_of(&jr, "Stalled").0 == "True").then_some(jr)
-    });
-    assert_eq!(reason_of(&jr, "Stalled").1, "RedisAccessDenied", "{jr}");
-    assert_eq!(jr["status"]["phase"], "Pending");
+    let st = wait_stalled(&ns, "wrongpass", "stalled on the password");
+    assert_eq!(
+        st.condition_reason("Stalled"),
+        "RedisAccessDenied",
+        "{st:?}"
+    );
+    assert_eq!(st.phase_str(), "Pending");
     ns.secret("redis", &url(queue, &good));
     let waited = ns.wait_condition("wrongpass", "Complete", "90s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
@@ -523,13 +521,14 @@ fn a_wrong_password_or_a_missing_permission_stalls_until_fixed() {
         ns.apply_jr(&jobretry("noperm", queue, &[b.as_str()]).secret("other"))
             .ok
     );
-    let jr = eventually(Duration::from_secs(30), "stalled on the ACL", || {
-        let jr = ns.get("noperm");
-        (reason_of(&jr, "Stalled").0 == "True").then_some(jr)
-    });
-    assert_eq!(reason_of(&jr, "Stalled").1, "RedisAccessDenied", "{jr}");
+    let st = wait_stalled(&ns, "noperm", "stalled on the ACL");
+    assert_eq!(
+        st.condition_reason("Stalled"),
+        "RedisAccessDenied",
+        "{st:?}"
+    );
     user(&other, &good, &format!("~bull:{queue}:*"));
     let waited = ns.wait_condition("noperm", "Complete", "90s");
     assert!(waited.ok, "{}\n{}", waited.stderr, op.logs());
-    assert_eq!(ns.get("noperm")["status"]["counts"], json!({"Retried": 1}));
+    assert_eq!(ns.status("noperm").counts, counts([("Retried", 1)]));
 }

@@ -17,11 +17,10 @@
 import { createInterface } from 'node:readline';
 import IORedis from 'ioredis';
 import {
-  bullmqConnection,
   intOpt,
   loadBullmq,
-  log,
   openQueue,
+  openWorker,
   parseCli,
   preflight,
   runMain,
@@ -67,21 +66,16 @@ runMain(
     const queue = await openQueue(bullmq, values, onCleanup);
     await queue.obliterate({ force: true });
     let processed = 0;
-    const worker = new bullmq.Worker(
-      values.queue,
+    openWorker(
+      bullmq,
+      values,
+      onCleanup,
       async (job) => {
         processed += 1;
         return job.data.i;
       },
-      {
-        connection: bullmqConnection(values, onCleanup),
-        prefix: values.prefix,
-        concurrency,
-        removeOnComplete: { count: 1000 },
-      },
+      { concurrency, removeOnComplete: { count: 1000 } },
     );
-    worker.on('error', (err) => log(`worker error: ${err.message}`));
-    onCleanup(() => worker.close());
     let stop = false;
     let added = 0;
     const producer = (async () => {

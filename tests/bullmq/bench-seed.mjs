@@ -14,11 +14,11 @@
 
 import {
   TOPOLOGY_OPTIONS,
-  bullmqConnection,
   intOpt,
   loadBullmq,
   log,
   openQueue,
+  openWorker,
   parseCli,
   preflight,
   runMain,
@@ -59,17 +59,17 @@ runMain(
     const queue = await openQueue(bullmq, values, onCleanup);
 
     const t0 = Date.now();
-    const worker = new bullmq.Worker(
-      values.queue,
+    const worker = openWorker(
+      bullmq,
+      values,
+      onCleanup,
       async (job) => {
         const i = job.data.i;
         if (every > 0 && i % every === 0) throw new Error(`bench failure ${i}: read ${rare}`);
         throw new Error(`bench failure ${i}`);
       },
-      { connection: bullmqConnection(values, onCleanup), prefix: values.prefix, concurrency },
+      { concurrency },
     );
-    worker.on('error', (err) => log(`worker error: ${err.message}`));
-    onCleanup(() => worker.close());
 
     for (let from = 0; from < total; from += chunk) {
       const n = Math.min(chunk, total - from);

@@ -390,6 +390,21 @@ export async function openQueue(bullmq, values, onCleanup, extra = {}) {
   return queue;
 }
 
+/**
+ * A Worker on the queue of `values` running `processor`, on its own connection; its errors are
+ * logged and it is closed at cleanup. `extra` adds Worker options (concurrency, ...).
+ */
+export function openWorker(bullmq, values, onCleanup, processor, extra = {}) {
+  const worker = new bullmq.Worker(values.queue, processor, {
+    connection: bullmqConnection(values, onCleanup),
+    prefix: values.prefix,
+    ...extra,
+  });
+  worker.on('error', (err) => log(`worker error: ${err.message}`));
+  onCleanup(() => worker.close());
+  return worker;
+}
+
 /** Reads a job (or null) in the shape shared by inspect.mjs. */
 export async function describeJob(bullmq, queue, id) {
   const job = await bullmq.Job.fromId(queue, id);

@@ -1,5 +1,7 @@
 //! A JobRetry's status read into the crate's typed `JobRetryStatus`, and its conditions.
 
+use std::collections::BTreeMap;
+
 use jobretry_operator::crd::JobRetryStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde_json::Value;
@@ -14,17 +16,6 @@ pub fn status_of(jr: &Value) -> JobRetryStatus {
         s => serde_json::from_value(s.clone())
             .unwrap_or_else(|e| panic!("status does not read as JobRetryStatus ({e}): {s}")),
     }
-}
-
-/// The condition `t` of a JobRetry (as JSON), or null.
-pub fn condition(jr: &Value, t: &str) -> Value {
-    jr["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == t)
-        .cloned()
-        .unwrap_or(Value::Null)
 }
 
 /// What the tests ask of a status.
@@ -61,4 +52,9 @@ impl TestNs {
     pub fn status(&self, jr: &str) -> JobRetryStatus {
         status_of(&self.get(jr))
     }
+}
+
+/// Exact counts per result, as `status.counts` holds them: `counts([("Retried", 2)])`.
+pub fn counts<const N: usize>(pairs: [(&str, u64); N]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|&(k, n)| (k.to_string(), n)).collect()
 }
