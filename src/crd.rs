@@ -504,6 +504,12 @@ pub enum Reason {
     /// The run's own state in Redis (its record) is missing or behind what its status says:
     /// the connection now reaches other data, or Redis lost acknowledged writes (Failed).
     RunStateLost,
+    /// A policy's loop guard suspended it: too many of a run's jobs had been retried by an
+    /// earlier run of the policy (condition Suspended, until the spec changes or a resume).
+    RefailRateHigh,
+    /// A policy's schedule or time zone passed the schema but cannot be evaluated (e.g. a
+    /// reversed range): Stalled until the spec is fixed.
+    ScheduleInvalid,
 }
 
 impl Reason {
@@ -517,7 +523,7 @@ impl Reason {
         use Reason::*;
         !matches!(
             self,
-            Succeeded | PartiallySucceeded | Progressing | Suspended
+            Succeeded | PartiallySucceeded | Progressing | Suspended | RefailRateHigh
         )
     }
 }
@@ -565,12 +571,14 @@ impl JobResult {
     }
 }
 
+pub mod cron;
+pub mod policy;
 pub mod reference;
 
 #[cfg(test)]
 mod tests;
 
-/// The CRD as the YAML committed under `crds/` and in the Helm chart.
+/// The JobRetry CRD as the YAML committed under `crds/` and in the Helm chart.
 pub fn crd_yaml() -> Result<String, serde_norway::Error> {
     use kube::CustomResourceExt;
     let body = serde_norway::to_string(&JobRetry::crd())?;

@@ -12,5 +12,6 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod plugin;
+pub mod policy;
 pub mod status;
 pub mod telemetry;

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use clap::Parser;
 use jobretry_operator::{
-    client, config::Config, controller, http, leader::Leader, metrics::Metrics, telemetry,
+    client, config::Config, controller, http, leader::Leader, metrics::Metrics, policy, telemetry,
 };
 use tokio::{signal::unix, sync::watch, time::timeout};
 use tracing::{error, info, warn};
@@ -57,10 +57,24 @@ async fn run(config: Config) -> Result<(), Stop> {
     };
     let gate = leader.gate();
     let (drain_tx, mut drain_rx) = watch::channel(false);
+    let mut policy_drain = drain_rx.clone();
     let drain = async move {
         let _ = drain_rx.wait_for(|d| *d).await;
     };
+    let policy_drain = async move {
+        let _ = policy_drain.wait_for(|d| *d).await;
+    };
     let drain_limit = config.shutdown_timeout();
+    // The policy controller (JobRetryPolicy: recurring runs) beside the JobRetry controller,
+    // behind the same gate; it only creates and deletes JobRetries and writes its status.
+    let policies = policy::run(
+        client.clone(),
+        config.clone(),
+        health.clone(),
+        gate.clone(),
+        policy_drain,
+    );
+    let policies = tokio::spawn(policies);
     let mut controller = tokio::spawn(controller::run(client, config, health, gate.clone(), drain));
     let outcome = tokio::select! {
         () = signals.next() => Ok(()),
@@ -89,6 +103,7 @@ async fn run(config: Config) -> Result<(), Stop> {
             std::process::exit(130);
         }
     };
+    let _ = timeout(RELEASE_TIMEOUT, policies).await;
     if drained {
         info!("running slices ended and wrote their status");
     } else {

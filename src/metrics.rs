@@ -25,7 +25,7 @@ use strum::IntoEnumIterator;
 
 use crate::{
     bullmq::Category,
-    crd::{JobResult, Phase, Reason},
+    crd::{JobResult, Phase, Reason, policy::RunCause},
     error::{ErrorCategory, SecretCategory},
 };
 
@@ -43,6 +43,7 @@ macro_rules! label_value {
 
 label_value!(
     JobResult,
+    RunCause,
     Phase,
     Reason,
     Script,
@@ -64,6 +65,11 @@ struct PhaseLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: Reason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: RunCause,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,6 +165,27 @@ impl Collector for RunsCollector {
     }
 }
 
+/// One gauge read at each scrape.
+struct GaugeCollector {
+    name: &'static str,
+    help: &'static str,
+    read: Box<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl fmt::Debug for GaugeCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl Collector for GaugeCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let gauge = prometheus_client::metrics::MetricType::Gauge;
+        let descriptor = encoder.encode_descriptor(self.name, self.help, None, gauge)?;
+        ConstGauge::new((self.read)()).encode(descriptor)
+    }
+}
+
 /// The operator's metrics; [`Metrics::default`] registers every one of them, each error
 /// category declared at 0.
 #[derive(Debug)]
@@ -179,6 +206,8 @@ struct Families {
     reconcile_seconds: Histogram,
     script_seconds: Family<ScriptLabel, Histogram, ScriptBuckets>,
     leader: Gauge,
+    policy_runs: Family<CauseLabel, Counter>,
+    guard_trips: Counter,
 }
 
 impl Default for Families {
@@ -195,6 +224,8 @@ impl Default for Families {
             ]),
             script_seconds: Family::new_with_constructor(ScriptBuckets),
             leader: Gauge::default(),
+            policy_runs: Family::default(),
+            guard_trips: Counter::default(),
         }
     }
 }
@@ -227,6 +258,13 @@ impl Families {
         );
         let help = "1 while this replica holds the leader Lease (and runs retries), else 0";
         r.register("leader", help, self.leader.clone());
+        let help = "JobRetry runs the policy controller created, by cause (schedule, failures)";
+        r.register("policy_runs_created", help, self.policy_runs.clone());
+        let help = "Times a policy's loop guard suspended it";
+        r.register("policy_guard_trips", help, self.guard_trips.clone());
+        for cause in RunCause::iter() {
+            let _ = self.policy_runs.get_or_create(&CauseLabel { cause });
+        }
         for category in ErrorCategory::iter() {
             let _ = self
                 .reconcile_errors
@@ -313,6 +351,32 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .register_collector(Box::new(RunsCollector(Box::new(count))));
+    }
+
+    /// A policy created a run for `cause`.
+    pub fn policy_run_created(&self, cause: RunCause) {
+        let label = CauseLabel { cause };
+        self.families.policy_runs.get_or_create(&label).inc();
+    }
+
+    /// A policy's loop guard tripped.
+    pub fn guard_tripped(&self) {
+        self.families.guard_trips.inc();
+    }
+
+    /// Exports how many policies their loop guard holds now, as `count` reports it at each
+    /// scrape (from the policy controller's cache: right on every replica).
+    pub fn observe_policies(&self, count: impl Fn() -> i64 + Send + Sync + 'static) {
+        let help = "JobRetryPolicies their loop guard holds suspended now";
+        let collector = GaugeCollector {
+            name: "policies_guard_tripped",
+            help,
+            read: Box::new(count),
+        };
+        self.registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .register_collector(Box::new(collector));
     }
 
     /// Whether this replica leads (holds the Lease and may run retries).

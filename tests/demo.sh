@@ -31,9 +31,10 @@ tests/platform/up.sh "$STATE"
 # shellcheck source=/dev/null
 . "$STATE/env"
 
-say "installing the JobRetry CRD; namespace payments with the Redis Secret"
-kubectl apply --server-side -f crds/jobretries.jobretry.io.yaml
+say "installing the JobRetry and JobRetryPolicy CRDs; namespace payments with the Redis Secret"
+kubectl apply --server-side -f crds/
 wait_established jobretries.jobretry.io
+wait_established jobretrypolicies.jobretry.io
 kubectl create namespace payments
 kubectl -n payments create secret generic payments-redis --from-literal=url="$JOBRETRY_TEST_REDIS_URL"
 

@@ -582,14 +582,25 @@ fn operator_runs_with_chart_rbac_only(ns: &TestNs, set: &[&str]) -> String {
     // The grants, as the API server's authorizer answers them: what the run above needed,
     // and nothing more.
     // (resource and flags, the verbs granted, the verbs refused)
-    const GRANTS: [(&str, &str, &str); 8] = [
+    // JobRetries: the policy controller creates a policy's runs and deletes old ones.
+    const GRANTS: [(&str, &str, &str); 10] = [
         (
             "jobretries.jobretry.io",
+            "get list watch create delete",
+            "update patch",
+        ),
+        (
+            "jobretries.jobretry.io --subresource=status",
+            "patch",
+            "update",
+        ),
+        (
+            "jobretrypolicies.jobretry.io",
             "get list watch",
             "delete update patch create",
         ),
         (
-            "jobretries.jobretry.io --subresource=status",
+            "jobretrypolicies.jobretry.io --subresource=status",
             "patch",
             "update",
         ),

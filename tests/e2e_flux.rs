@@ -9,43 +9,8 @@
 
 mod support;
 
-use std::{path::PathBuf, process::Command};
-
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
-
-fn kstatus_bin() -> PathBuf {
-    if let Ok(bin) = std::env::var("JOBRETRY_TEST_KSTATUS") {
-        return bin.into();
-    }
-    let out = run(&mut Command::new(
-        repo().join("tests/platform/build-kstatus.sh"),
-    ));
-    assert!(out.ok, "build-kstatus.sh: {}", out.stderr);
-    out.stdout.trim().into()
-}
-
-/// kstatus' verdict on `obj`: (status, message).
-fn kstatus(obj: &Value) -> (String, String) {
-    let mut child = Command::new(kstatus_bin())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(obj.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kstatus-read failed on {obj}");
-    let line = String::from_utf8(out.stdout).unwrap();
-    let mut cells = line.trim_end().splitn(3, '\t').skip(1);
-    let status = cells.next().unwrap_or_default().to_string();
-    (status, cells.next().unwrap_or_default().to_string())
-}
 
 #[test]
 fn kstatus_reads_every_phase_the_operator_writes() {

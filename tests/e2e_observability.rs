@@ -354,6 +354,7 @@ fn chart_renders_a_metrics_service_a_service_monitor_and_the_dashboard() {
         "Jobs retried per second, by result",
         "Redis script latency",
         "Errors per second, by category",
+        "Policy runs created, by cause",
     ] {
         assert!(titles.contains(&wanted), "no panel {wanted}: {titles:?}");
     }
@@ -426,7 +427,7 @@ fn alerts_pass_promtool_and_each_fires_on_synthetic_series() {
         checked.stdout, checked.stderr
     );
     assert!(
-        checked.stdout.contains("SUCCESS: 3 rules found"),
+        checked.stdout.contains("SUCCESS: 4 rules found"),
         "{}",
         checked.stdout
     );
@@ -692,7 +693,10 @@ fn metrics_move_during_a_run_and_count_redis_errors_while_redis_is_stopped() {
         for pair in labels.split('}').next().unwrap().split(',') {
             let label = pair.split('=').next().unwrap();
             assert!(
-                ["result", "phase", "category", "script", "reason", "le"].contains(&label),
+                [
+                    "result", "phase", "category", "script", "reason", "cause", "le"
+                ]
+                .contains(&label),
                 "label {label}: only low-cardinality labels: {line}"
             );
         }

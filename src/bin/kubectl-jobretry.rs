@@ -12,7 +12,10 @@ use std::{
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jobretry_operator::{
-    crd::{JobRetry, Phase},
+    crd::{
+        JobRetry, Phase,
+        policy::{JobRetryPolicy, POLICY_LABEL},
+    },
     plugin::{
         self, Cli, Command, PluginError, PreviewArgs, RunArgs, api_error,
         render::{self, Progress},
@@ -20,8 +23,8 @@ use jobretry_operator::{
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::{
-    Api, Client,
-    api::{DeleteParams, PostParams},
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 
@@ -47,17 +50,75 @@ async fn dispatch(cli: Cli) -> Result<(), PluginError> {
         return Ok(());
     }
     let (client, namespace) = connect(&cli).await?;
-    let api: Api<JobRetry> = Api::namespaced(client, &namespace);
+    let api: Api<JobRetry> = Api::namespaced(client.clone(), &namespace);
+    let policies: Api<JobRetryPolicy> = Api::namespaced(client, &namespace);
     match &cli.command {
         Command::Preview(args) => preview(&api, &namespace, args, now).await,
         Command::Run(args) => start(&api, &namespace, args, now).await,
+        Command::Status(args) if args.policy => {
+            policy_status(&api, &policies, &namespace, &args.name).await
+        }
         Command::Status(args) => {
             let jr = (api.get(&args.name).await)
                 .map_err(|e| api_error(e, &namespace, Some(&args.name)))?;
             print!("{}", render::status(&jr));
             Ok(())
         }
+        Command::Trigger(args) => {
+            let policy = get_policy(&policies, &namespace, &args.name).await?;
+            let name = create(&api, &namespace, &plugin::triggered(&policy, now)).await?;
+            println!(
+                "jobretry.jobretry.io/{name} created (a run of policy {})",
+                args.name
+            );
+            Ok(())
+        }
+        Command::Resume(args) => {
+            get_policy(&policies, &namespace, &args.name).await?;
+            let patch = Patch::Merge(plugin::resume_patch(now));
+            (policies
+                .patch(&args.name, &PatchParams::default(), &patch)
+                .await)
+                .map_err(|e| api_error(e, &namespace, Some(&args.name)))?;
+            println!("jobretrypolicy.jobretry.io/{} resumed at {now}", args.name);
+            Ok(())
+        }
     }
+}
+
+async fn get_policy(
+    policies: &Api<JobRetryPolicy>,
+    namespace: &str,
+    name: &str,
+) -> Result<JobRetryPolicy, PluginError> {
+    (policies.get(name).await).map_err(|e| match api_error(e, namespace, Some(name)) {
+        PluginError::NotFound { .. } => PluginError::Refused(format!(
+            "JobRetryPolicy {name} not found in namespace {namespace}"
+        )),
+        other => other,
+    })
+}
+
+/// Prints a policy's state and its runs (the JobRetries it controls).
+async fn policy_status(
+    api: &Api<JobRetry>,
+    policies: &Api<JobRetryPolicy>,
+    namespace: &str,
+    name: &str,
+) -> Result<(), PluginError> {
+    let policy = get_policy(policies, namespace, name).await?;
+    let labels = ListParams::default().labels(&format!("{POLICY_LABEL}={name}"));
+    let runs = (api.list(&labels).await).map_err(|e| api_error(e, namespace, None))?;
+    let uid = policy.metadata.uid.clone();
+    let owned: Vec<JobRetry> = (runs.items.into_iter())
+        .filter(|r| {
+            r.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref())
+        })
+        .collect();
+    print!("{}", render::policy(&policy, &owned));
+    Ok(())
 }
 
 /// A client for the kubeconfig's (or `--kubeconfig`'s) context and the namespace to use.

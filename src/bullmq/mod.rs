@@ -3,6 +3,7 @@
 //! one error type of all of it.
 
 pub mod connection;
+pub mod count;
 pub mod engine;
 pub mod error;
 pub mod keys;

@@ -35,7 +35,7 @@ pub struct Context {
     /// Per object (uid): what a run keeps between reconciles besides its status.
     pub memory: ObjectMemory,
     /// Open Redis connections by target, reused across reconciles and objects.
-    connections: Mutex<HashMap<u64, RedisConn>>,
+    connections: Connections,
     /// Runs selector pages.
     pub selector: Selector,
     /// Connection Secrets read in the last seconds.
@@ -64,7 +64,7 @@ impl Context {
             metrics,
             store,
             memory: ObjectMemory::default(),
-            connections: Mutex::default(),
+            connections: Connections::default(),
             selector: Selector::default(),
             secrets: SecretCache::default(),
             gate,
@@ -73,22 +73,38 @@ impl Context {
 
     /// A connection to `target`: a cached one, or a new one that is then cached.
     pub async fn connection(&self, target: &RedisTarget) -> Result<RedisConn, bullmq::Error> {
-        let key = target.cache_key();
-        let cached = self.connections().get(&key).cloned();
-        if let Some(conn) = cached {
-            return Ok(conn);
-        }
-        let conn = target.connect().await?;
-        self.connections().insert(key, conn.clone());
-        Ok(conn)
+        self.connections.get(target).await
     }
 
     /// Forgets the cached connection to `target` (after a Redis error).
     pub fn drop_connection(&self, target: &RedisTarget) {
-        self.connections().remove(&target.cache_key());
+        self.connections.forget(target);
+    }
+}
+
+/// Open Redis connections by target, reused across reconciles, objects and controllers.
+#[derive(Default)]
+pub struct Connections(Mutex<HashMap<u64, RedisConn>>);
+
+impl Connections {
+    /// A connection to `target`: a cached one, or a new one that is then cached.
+    pub async fn get(&self, target: &RedisTarget) -> Result<RedisConn, bullmq::Error> {
+        let key = target.cache_key();
+        let cached = self.map().get(&key).cloned();
+        if let Some(conn) = cached {
+            return Ok(conn);
+        }
+        let conn = target.connect().await?;
+        self.map().insert(key, conn.clone());
+        Ok(conn)
     }
 
-    fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<u64, RedisConn>> {
-        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    /// Forgets the cached connection to `target` (after a Redis error).
+    pub fn forget(&self, target: &RedisTarget) {
+        self.map().remove(&target.cache_key());
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, RedisConn>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 
 use super::{
     context::Context,
@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     bullmq::{self, QueueKeys, QueueVersion, RedisConn, RedisTarget},
-    crd::{JobRetry, Phase},
+    crd::{JobRetry, Phase, policy::JobRetryPolicy},
 };
 
 /// What a reconcile read.
@@ -31,6 +31,22 @@ pub struct Loaded {
     pub memory: Memory,
     /// When it was read: the rate limit's pause is judged at this instant.
     pub at: Instant,
+    /// The policy whose run this is, if a JobRetryPolicy controls the object.
+    pub policy: Option<PolicyLink>,
+}
+
+/// What a policy's run takes from its policy: the per-job retry cap, counted per policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyLink {
+    /// The controlling policy, read now: its uid (the per-job counts are kept under it) and
+    /// `maxRetriesPerJob` (0: no cap).
+    Found {
+        uid: String,
+        max_retries_per_job: u32,
+    },
+    /// The object names a controlling policy that is gone (deleted, its runs are being
+    /// deleted too) or was replaced: the run does not go on without its cap.
+    Gone,
 }
 
 /// The object's queue, as far as it was opened.
@@ -93,6 +109,7 @@ pub async fn load(cached: &JobRetry, ctx: &Context) -> Result<Option<(Loaded, Qu
     let uid = obj.uid().ok_or(Error::MissingObjectKey("metadata.uid"))?;
     let memory = ctx.memory.memory(&uid);
     let run_key = obj.run_key();
+    let policy = policy_link(&obj, &ns, ctx).await?;
     let loaded = Loaded {
         obj,
         api,
@@ -101,6 +118,7 @@ pub async fn load(cached: &JobRetry, ctx: &Context) -> Result<Option<(Loaded, Qu
         run_key,
         memory,
         at: Instant::now(),
+        policy,
     };
     let queue = match may_run(&loaded, ctx) {
         true => open_queue(&loaded, ctx).await?,
@@ -126,12 +144,34 @@ pub async fn deleted(obj: JobRetry, ctx: &Context) -> Result<Option<(Loaded, Que
         run_key,
         memory,
         at: Instant::now(),
+        policy: None,
     };
     let queue = match holds_lock(&loaded) && ctx.gate.holds() {
         true => open_queue(&loaded, ctx).await?,
         false => Queue::Closed,
     };
     Ok(Some((loaded, queue)))
+}
+
+/// The policy that controls `obj` (its controller owner reference names a JobRetryPolicy),
+/// read afresh: its cap may change between slices. `None`: no policy controls it.
+async fn policy_link(obj: &JobRetry, ns: &str, ctx: &Context) -> Result<Option<PolicyLink>, Error> {
+    let kind = JobRetryPolicy::kind(&());
+    let owner = obj
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == kind);
+    let Some(owner) = owner else {
+        return Ok(None);
+    };
+    let api: Api<JobRetryPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(Some(match api.get_opt(&owner.name).await? {
+        Some(p) if p.uid().as_deref() == Some(owner.uid.as_str()) => PolicyLink::Found {
+            uid: owner.uid.clone(),
+            max_retries_per_job: p.spec.max_retries_per_job,
+        },
+        _ => PolicyLink::Gone,
+    }))
 }
 
 /// Whether the object's queue is opened now: this replica leads, the rate limit's pause is
@@ -141,7 +181,10 @@ fn may_run(loaded: &Loaded, ctx: &Context) -> bool {
     let paused = loaded.memory.not_before.is_some_and(|t| t > loaded.at);
     let planned = spec.job_ids.is_some() != spec.selector.is_some();
     let needed = !spec.suspend || holds_lock(loaded);
-    ctx.gate.holds() && !paused && planned && needed
+    // A policy's run whose policy is gone waits (for the garbage collector): without the
+    // policy's cap it could retry jobs the policy parked.
+    let capped = loaded.policy != Some(PolicyLink::Gone);
+    ctx.gate.holds() && !paused && planned && needed && capped
 }
 
 /// Whether the object's run may hold its queue's lock: a real selector run that started.

@@ -5,7 +5,7 @@
 //! what a slice's result means for the run (status, requeue, events) is the pure state
 //! machine's (`machine.rs`).
 
-mod cache;
+pub mod cache;
 pub mod census;
 mod context;
 pub mod error;
@@ -17,7 +17,7 @@ pub mod plan;
 mod reconcile;
 mod record;
 pub mod rules;
-mod secret;
+pub mod secret;
 
 use std::{
     sync::{Arc, Weak},
@@ -36,7 +36,7 @@ use kube::{
 };
 use tracing::{debug, info, warn};
 
-pub use self::context::Context;
+pub use self::context::{Connections, Context};
 use self::{error::Error, reconcile::run_span};
 use crate::{config::Config, crd::JobRetry, http::Health, leader::Gate};
 

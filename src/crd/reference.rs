@@ -1,16 +1,28 @@
-//! The API reference (`docs/api-reference.md`), generated from the CRD the Rust types make:
+//! The API reference (`docs/api-reference.md`), generated from the CRDs the Rust types make:
 //! one table row per field with its type, limits, default and doc comment, then the CEL rules
 //! and printer columns. `cargo run --bin crdgen -- --markdown > docs/api-reference.md`
 //! writes it; a unit test fails while the committed file is stale.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use super::JobRetry;
+use super::{JobRetry, policy::JobRetryPolicy};
 
-/// The whole reference page as Markdown.
+/// The whole reference page as Markdown: each kind's section.
 pub fn markdown() -> String {
-    let crd = JobRetry::crd();
+    let mut out = String::from(
+        "# API reference\n\n\
+         <!-- Generated from the CRDs by `cargo run --bin crdgen -- --markdown > docs/api-reference.md`; do not edit by hand. -->\n",
+    );
+    for crd in [JobRetry::crd(), JobRetryPolicy::crd()] {
+        out.push_str(&section(&crd));
+    }
+    out
+}
+
+/// One kind's section: names, spec and status fields with their rules, printer columns.
+fn section(crd: &CustomResourceDefinition) -> String {
     let version = &crd.spec.versions[0];
     let root = version
         .schema
@@ -20,9 +32,8 @@ pub fn markdown() -> String {
         .unwrap_or_default();
     let names = &crd.spec.names;
     let mut out = format!(
-        "# JobRetry API reference\n\n\
-         <!-- Generated from the CRD by `cargo run --bin crdgen -- --markdown > docs/api-reference.md`; do not edit by hand. -->\n\n\
-         `{}/{}`, kind `{}`, plural `{}`, short name `{}`, namespaced, category `{}`.\n\n{}\n",
+        "\n## {}\n\n`{}/{}`, kind `{}`, plural `{}`, short name `{}`, namespaced, category `{}`.\n\n{}\n",
+        names.kind,
         crd.spec.group,
         version.name,
         names.kind,
@@ -34,7 +45,7 @@ pub fn markdown() -> String {
     for part in ["spec", "status"] {
         let schema = &root["properties"][part];
         out.push_str(&format!(
-            "\n## {part}\n\n{}\n\n",
+            "\n### {part}\n\n{}\n\n",
             text(&schema["description"])
         ));
         out.push_str("| field | type | default | description |\n| --- | --- | --- | --- |\n");
@@ -45,7 +56,7 @@ pub fn markdown() -> String {
             out.push_str(&rules.join(""));
         }
     }
-    out.push_str("\n## Printer columns\n\n| column | from | shown |\n| --- | --- | --- |\n");
+    out.push_str("\n### Printer columns\n\n| column | from | shown |\n| --- | --- | --- |\n");
     for c in version.additional_printer_columns.iter().flatten() {
         let shown = if c.priority.unwrap_or(0) > 0 {
             "with `-o wide`"

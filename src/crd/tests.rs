@@ -17,26 +17,31 @@ fn spec(yaml: &str) -> Value {
 }
 
 #[test]
-fn committed_crd_matches_the_rust_types() {
-    let committed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/jobretries.jobretry.io.yaml"
-    ))
-    .unwrap_or_default();
-    assert!(
-        committed == crd_yaml().unwrap(),
-        "crds/jobretries.jobretry.io.yaml is stale: regenerate it with `cargo run --bin crdgen > crds/jobretries.jobretry.io.yaml` \
-         (and copy it to charts/jobretry-operator/crds/)"
-    );
-    let chart = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/charts/jobretry-operator/crds/jobretries.jobretry.io.yaml"
-    ))
-    .unwrap_or_default();
-    assert!(
-        chart == committed,
-        "the chart's CRD differs: cp crds/jobretries.jobretry.io.yaml charts/jobretry-operator/crds/"
-    );
+fn committed_crds_match_the_rust_types() {
+    let kinds = [
+        ("jobretries.jobretry.io.yaml", crd_yaml().unwrap(), ""),
+        (
+            "jobretrypolicies.jobretry.io.yaml",
+            policy::crd_yaml().unwrap(),
+            " -- --policy",
+        ),
+    ];
+    for (file, generated, flag) in kinds {
+        let read = |dir: &str| {
+            std::fs::read_to_string(format!("{}/{dir}/{file}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap_or_default()
+        };
+        let committed = read("crds");
+        assert!(
+            committed == generated,
+            "crds/{file} is stale: regenerate it with `cargo run --bin crdgen{flag} > crds/{file}` \
+             (and copy it to charts/jobretry-operator/crds/)"
+        );
+        assert!(
+            read("charts/jobretry-operator/crds") == committed,
+            "the chart's CRD differs: cp crds/{file} charts/jobretry-operator/crds/"
+        );
+    }
 }
 
 #[test]

@@ -19,9 +19,12 @@ use k8s_openapi::{
     jiff::{SpanRelativeTo, Timestamp},
 };
 
+use kube::ResourceExt;
+
 use crate::crd::{
     Connection, ConnectionMode, JobRetry, JobRetrySpec, QueueRef, RateLimit, SecretKeyRef,
     Selector, SourceState,
+    policy::{JobRetryPolicy, RESUME_AT_ANNOTATION},
 };
 
 /// `kubectl jobretry`: preview, start and follow JobRetry runs.
@@ -48,8 +51,21 @@ pub enum Command {
     Preview(PreviewArgs),
     /// Create the selector JobRetry that retries the jobs (or print it with --output).
     Run(RunArgs),
-    /// Print a JobRetry's phase, counts and per-job rows.
+    /// Print a JobRetry's phase, counts and per-job rows; with --policy, a policy's state and
+    /// its runs.
     Status(StatusArgs),
+    /// Create a run of a JobRetryPolicy now, from its template (like `kubectl create job
+    /// --from=cronjob/...`): `<policy>-manual-<unix seconds>`, a run of the policy like any other.
+    Trigger(PolicyArgs),
+    /// Let a JobRetryPolicy that its loop guard suspended run again (sets the annotation
+    /// jobretry.io/resume-at to now; the operator clears a trip older than it).
+    Resume(PolicyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    /// Name of the JobRetryPolicy.
+    pub name: String,
 }
 
 /// Which jobs, of which queue: the selector flags `preview` and `run` share.
@@ -140,8 +156,22 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Name of the JobRetry.
+    /// Name of the JobRetry (of the JobRetryPolicy with --policy).
     pub name: String,
+    /// NAME is a JobRetryPolicy: print its state and list its runs.
+    #[arg(long)]
+    pub policy: bool,
+}
+
+/// The run `kubectl jobretry trigger` creates of `policy` at `now`.
+pub fn triggered(policy: &JobRetryPolicy, now: Timestamp) -> JobRetry {
+    let name = crate::policy::child::manual_name(&policy.name_any(), now);
+    crate::policy::child::run(policy, &name, now, crate::crd::policy::RunCause::Manual)
+}
+
+/// The merge patch `kubectl jobretry resume` sends: the resume annotation set to `now`.
+pub fn resume_patch(now: Timestamp) -> serde_json::Value {
+    serde_json::json!({"metadata": {"annotations": {RESUME_AT_ANNOTATION: now.to_string()}}})
 }
 
 /// A duration written as a user would: `90s`, `30m`, `2h`, `1d`, `1h30m` (a day is 24 hours).

@@ -1,7 +1,7 @@
 //! What `kubectl jobretry` prints, from a JobRetry as the API server returns it (pure): the
 //! preview, the status table, progress and the closing summary.
 
-use crate::crd::{JobRetry, JobRetryStatus, Phase, ValueCount};
+use crate::crd::{JobRetry, JobRetryStatus, Phase, ValueCount, policy::JobRetryPolicy};
 
 /// Columns separated by three spaces, each as wide as its widest cell (as `kubectl get`).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -207,4 +207,55 @@ pub fn is_done(jr: &JobRetry) -> bool {
         .as_ref()
         .and_then(|s| s.phase.as_deref()?.parse::<Phase>().ok())
         .is_some_and(Phase::is_terminal)
+}
+
+/// A policy's state and its runs, newest first, as `kubectl jobretry status --policy` prints.
+pub fn policy(p: &JobRetryPolicy, runs: &[JobRetry]) -> String {
+    let st = p.status.clone().unwrap_or_default();
+    let suspend = st
+        .suspend
+        .as_deref()
+        .unwrap_or(if p.spec.suspend { "true" } else { "false" });
+    let mut out = format!(
+        "Name:      {}\nQueue:     {} ({})\nSchedule:  {}\nSuspend:   {suspend}\nLast run:  {}\nRuns:      {} created, {} jobs retried, {} parked\n",
+        p.metadata.name.as_deref().unwrap_or_default(),
+        p.spec.job_retry_template.spec.queue.name,
+        p.spec.job_retry_template.spec.state.as_str(),
+        p.spec.schedule.as_deref().unwrap_or("-"),
+        time_of(&st.last_schedule_time),
+        st.runs_created,
+        st.jobs_retried,
+        st.jobs_parked,
+    );
+    if let Some(g) = &st.guard {
+        out.push_str(&format!(
+            "Guard:     tripped at {} ({}% of a run's jobs had been retried before); `kubectl jobretry resume {}` or change the spec\n",
+            g.tripped_at.0,
+            g.refailed_percent,
+            p.metadata.name.as_deref().unwrap_or_default()
+        ));
+    }
+    let mut runs: Vec<&JobRetry> = runs.iter().collect();
+    runs.sort_by_key(|r| std::cmp::Reverse(r.metadata.creation_timestamp.clone().map(|t| t.0)));
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let s = r.status.clone().unwrap_or_default();
+            let parked = s.counts.get("Parked").copied().unwrap_or(0);
+            vec![
+                name_of(r).to_string(),
+                s.phase.unwrap_or_else(|| "Pending".into()),
+                s.matched.unwrap_or(0).to_string(),
+                s.retried.unwrap_or(0).to_string(),
+                parked.to_string(),
+                time_of(&s.start_time),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &["RUN", "PHASE", "MATCHED", "RETRIED", "PARKED", "STARTED"],
+        &rows,
+    ));
+    out
 }

@@ -16,7 +16,7 @@ fn built(args: &str) -> Result<JobRetry, PluginError> {
     match cli(args).command {
         Command::Run(r) => jobretry(&r.select, Some(&r), Some("payments"), now()),
         Command::Preview(p) => jobretry(&p.select, None, Some("payments"), now()),
-        Command::Status(_) => panic!("not a create command"),
+        _ => panic!("not a create command"),
     }
 }
 
@@ -369,4 +369,24 @@ fn every_suggested_command_names_the_namespace() {
         "timed out after 30s; the run goes on: follow it with `kubectl jobretry status -n payments incident-4712`"
     );
     assert_eq!(timeout.exit_code(), 1);
+}
+
+#[test]
+fn trigger_makes_a_manual_run_of_the_policy_and_resume_stamps_now() {
+    let policy: crate::crd::policy::JobRetryPolicy = serde_norway::from_str(
+        "apiVersion: jobretry.io/v1alpha1\nkind: JobRetryPolicy\nmetadata: {name: p, namespace: payments, uid: u-1}\nspec:\n  jobRetryTemplate: {spec: {queue: {name: payments}, connection: {secretRef: {name: r}}, selector: {maxJobs: 7}}}\n  schedule: '@hourly'\n",
+    )
+    .unwrap();
+    assert!(matches!(cli("trigger p -n payments").command, Command::Trigger(a) if a.name == "p"));
+    let run = triggered(&policy, now());
+    let stamp = now().as_second();
+    assert_eq!(run.metadata.name, Some(format!("p-manual-{stamp}")));
+    assert_eq!(run.spec.run_key, Some(format!("payments/p/manual-{stamp}")));
+    assert_eq!(run.spec.selector.unwrap().max_jobs, 7);
+    assert_eq!(run.metadata.owner_references.unwrap()[0].uid, "u-1");
+    assert_eq!(
+        resume_patch(now())["metadata"]["annotations"][RESUME_AT_ANNOTATION],
+        "2026-11-30T12:00:00Z"
+    );
+    assert!(matches!(cli("status --policy p").command, Command::Status(a) if a.policy));
 }

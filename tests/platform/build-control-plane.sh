@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Build a real kube-apiserver and etcd from their published Go modules and
-# cache them outside the repo, keyed by version:
+# Build a real kube-apiserver, kube-controller-manager (its garbage collector
+# deletes what owner references tie to a deleted object) and etcd from their
+# published Go modules and cache them outside the repo, keyed by version:
 #
-#   ${JOBRETRY_CACHE:-$HOME/.cache/jobretry-operator}/control-plane/k8s-<v>-etcd-<v>/{kube-apiserver,etcd}
+#   ${JOBRETRY_CACHE:-$HOME/.cache/jobretry-operator}/control-plane/k8s-<v>-etcd-<v>/{kube-apiserver,kube-controller-manager,etcd}
 #
 # Usage: build-control-plane.sh        (prints the binary dir on stdout)
 # Env:   JOBRETRY_CACHE  cache root (default ~/.cache/jobretry-operator)
@@ -19,11 +20,10 @@ set -euo pipefail
 OUT="$PLATFORM_BIN_DIR"
 BUILD="$OUT/.build"
 
-cached_ok() {
-  [[ -x $OUT/kube-apiserver && -x $OUT/etcd ]] &&
-    "$OUT/kube-apiserver" --version >/dev/null 2>&1 &&
-    "$OUT/etcd" --version >/dev/null 2>&1
-}
+# Whether binary $1 is cached and runs.
+runs() { [[ -x $OUT/$1 ]] && "$OUT/$1" --version >/dev/null 2>&1; }
+
+cached_ok() { runs kube-apiserver && runs kube-controller-manager && runs etcd; }
 
 if [[ ${FORCE_REBUILD:-0} != 1 ]] && cached_ok; then
   log "control plane cached: $("$OUT/kube-apiserver" --version), etcd ${ETCD_VERSION}"
@@ -31,21 +31,25 @@ if [[ ${FORCE_REBUILD:-0} != 1 ]] && cached_ok; then
   exit 0
 fi
 
+if [[ ${FORCE_REBUILD:-0} == 1 ]]; then
+  rm -f "$OUT/etcd" "$OUT/kube-apiserver" "$OUT/kube-controller-manager"
+fi
 command -v go >/dev/null || die "go is required to build the control plane"
-mkdir -p "$BUILD/kube-apiserver" "$BUILD/etcd"
+mkdir -p "$BUILD/kube-apiserver" "$BUILD/kube-controller-manager" "$BUILD/etcd"
 
 # Use the installed Go; both modules declare go 1.24, which it satisfies.
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 
-build_kube_apiserver() {
-  local dir="$BUILD/kube-apiserver" start=$SECONDS ldflags
-  log "building kube-apiserver ${K8S_VERSION} in ${dir}"
-  k8s_go_mod jobretry.local/build/kube-apiserver >"$dir/go.mod"
+# Builds k8s.io/kubernetes/cmd/$1 into $OUT/$1.
+build_k8s() {
+  local bin=$1 dir="$BUILD/$1" start=$SECONDS ldflags
+  log "building ${bin} ${K8S_VERSION} in ${dir}"
+  k8s_go_mod "jobretry.local/build/${bin}" >"$dir/go.mod"
   ldflags=$(k8s_ldflags)
   (cd "$dir" && go build -p 2 -trimpath -ldflags "$ldflags" \
-    -o "$dir/kube-apiserver.new" k8s.io/kubernetes/cmd/kube-apiserver)
-  mv -f "$dir/kube-apiserver.new" "$OUT/kube-apiserver"
-  log "kube-apiserver built in $((SECONDS - start))s"
+    -o "$dir/${bin}.new" "k8s.io/kubernetes/cmd/${bin}")
+  mv -f "$dir/${bin}.new" "$OUT/${bin}"
+  log "${bin} built in $((SECONDS - start))s"
 }
 
 build_etcd() {
@@ -75,8 +79,9 @@ EOF
   log "etcd built in $((SECONDS - start))s"
 }
 
-build_etcd
-build_kube_apiserver
+runs etcd || build_etcd
+runs kube-apiserver || build_k8s kube-apiserver
+runs kube-controller-manager || build_k8s kube-controller-manager
 cached_ok || die "built binaries do not run --version"
 log "control plane ready in ${OUT}"
 echo "$OUT"

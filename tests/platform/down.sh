@@ -44,5 +44,6 @@ stop_pidfiles redis- "$STATE/redis-sentinel.pid"
 stop_pidfiles redis-server "$STATE/redis-sentinel-replica.pid" "$STATE/redis-sentinel-master.pid"
 stop_pidfiles redis-server "$STATE"/redis-cluster-*.pid
 stop redis redis-server
+stop kube-controller-manager kube-controller-manager
 stop kube-apiserver kube-apiserver
 stop etcd etcd

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start the local test platform in the background: etcd, a real
-# kube-apiserver (no controller-manager, no scheduler, no kubelet) and a
-# redis-server, each on a free 127.0.0.1 port.
+# kube-apiserver, a kube-controller-manager running only the garbage collector
+# (owner references: deleting a JobRetryPolicy deletes its runs, as in a real
+# cluster; no scheduler, no kubelet) and a redis-server, each on a free
+# 127.0.0.1 port.
 #
 # Usage: up.sh STATE_DIR
 #
@@ -161,6 +163,17 @@ wait_for 120 "kube-apiserver /readyz" readyz_ok || exit 1
 if ! wait_for 20 "namespace default" kc get namespace default; then
   kc create namespace default >/dev/null
 fi
+
+# ---- kube-controller-manager: the garbage collector only ---------------------
+# No HTTPS endpoint (--secure-port 0), no leader election, its own admin
+# credentials (no per-controller ServiceAccounts: no token controller runs).
+start_bg "$STATE" kube-controller-manager "$BIN/kube-controller-manager" \
+  --kubeconfig "$STATE/kubeconfig" \
+  --controllers garbagecollector \
+  --leader-elect=false \
+  --secure-port 0 \
+  --use-service-account-credentials=false \
+  --v 1
 
 # ---- redis ----------------------------------------------------------------
 start_bg "$STATE" redis redis-server \

@@ -54,31 +54,32 @@ pub fn kubectl_json(args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {all:?}: {e}: {out}"))
 }
 
-/// Installs the committed CRD once per process and waits until it is served.
+/// Installs the committed CRDs (JobRetry, JobRetryPolicy) once per process and waits until
+/// they are served.
 pub fn ensure_crd() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let crd = repo().join("crds/jobretries.jobretry.io.yaml");
+        let crds = repo().join("crds");
         kubectl_ok(&[
             "apply",
             "--server-side",
             "--force-conflicts",
             "-f",
-            crd.to_str().unwrap(),
+            crds.to_str().unwrap(),
         ]);
         // Right after the CRD is created its status has no conditions yet, and `kubectl
         // wait` then fails at once ("status.conditions accessor error") instead of waiting:
         // seen on a brand-new API server. Ask again until it answers.
-        eventually(Duration::from_secs(60), "the CRD is established", || {
-            kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=10s",
-                "crd/jobretries.jobretry.io",
-            ])
-            .ok
-            .then_some(())
-        });
+        for crd in [
+            "crd/jobretries.jobretry.io",
+            "crd/jobretrypolicies.jobretry.io",
+        ] {
+            eventually(Duration::from_secs(60), "the CRD is established", || {
+                kubectl(&["wait", "--for=condition=Established", "--timeout=10s", crd])
+                    .ok
+                    .then_some(())
+            });
+        }
     });
 }
 

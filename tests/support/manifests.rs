@@ -6,6 +6,7 @@ use std::time::Duration;
 use jobretry_operator::crd::{
     Connection, ConnectionMode, JobRetry, JobRetrySpec, QueueRef, RateLimit, SecretKeyRef,
     Selector, SourceState,
+    policy::{JobRetryPolicy, JobRetryPolicySpec, RunTemplateSpec},
 };
 use serde_json::Value;
 
@@ -117,7 +118,7 @@ impl JobRetryExt for JobRetry {
 }
 
 /// The manifest as JSON, as `kubectl apply -f` takes it: no status, no null fields.
-pub fn manifest_value(jr: &JobRetry) -> Value {
+pub fn manifest_value(obj: &impl serde::Serialize) -> Value {
     fn drop_nulls(v: &mut Value) {
         match v {
             Value::Object(m) => {
@@ -128,15 +129,42 @@ pub fn manifest_value(jr: &JobRetry) -> Value {
             _ => {}
         }
     }
-    let mut v = serde_json::to_value(jr).unwrap();
+    let mut v = serde_json::to_value(obj).unwrap();
     v.as_object_mut().unwrap().remove("status");
     drop_nulls(&mut v);
     v
 }
 
 /// [`manifest_value`] as text.
-pub fn manifest(jr: &JobRetry) -> String {
-    serde_json::to_string_pretty(&manifest_value(jr)).unwrap()
+pub fn manifest(obj: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(&manifest_value(obj)).unwrap()
+}
+
+/// A JobRetryPolicy as a user would write it: runs over queue `queue`'s failed jobs that
+/// `selector` picks (Secret `redis`), on `schedule` (every field not set keeps its default).
+pub fn policy(
+    name: &str,
+    queue: &str,
+    selector: Selector,
+    schedule: Option<&str>,
+) -> JobRetryPolicy {
+    let run = bare("unused", queue).spec;
+    let template = RunTemplateSpec {
+        queue: run.queue,
+        connection: run.connection,
+        state: run.state,
+        selector,
+        reset_attempts_made: false,
+        reset_attempts_started: false,
+        dry_run: false,
+        rate_limit: None,
+    };
+    let mut spec: JobRetryPolicySpec = serde_json::from_value(serde_json::json!({
+        "jobRetryTemplate": {"spec": template},
+    }))
+    .unwrap();
+    spec.schedule = schedule.map(str::to_string);
+    JobRetryPolicy::new(name, spec)
 }
 
 /// Several manifests in one file (a `List`, which kubectl applies item by item).
@@ -156,6 +184,12 @@ impl TestNs {
     pub fn apply_jr_ok(&self, jr: &JobRetry) {
         let out = self.apply_jr(jr);
         assert!(out.ok, "{}", out.stderr);
+    }
+
+    /// Writes the policy to `<name>.json` and `kubectl apply -f`s it, as a user would.
+    pub fn apply_policy(&self, p: &JobRetryPolicy) -> Out {
+        let name = p.metadata.name.as_deref().unwrap();
+        self.apply(&format!("{name}.json"), &manifest(p))
     }
 }
 

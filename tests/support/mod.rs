@@ -13,6 +13,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod fixtures;
+mod gitops;
 pub mod helm;
 mod kube;
 mod manifests;
@@ -20,7 +21,7 @@ mod operator;
 mod redis;
 mod status;
 
-pub use self::{fixtures::*, kube::*, manifests::*, operator::*, redis::*, status::*};
+pub use self::{fixtures::*, gitops::*, kube::*, manifests::*, operator::*, redis::*, status::*};
 
 use std::{
     path::PathBuf,

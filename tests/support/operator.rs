@@ -33,6 +33,11 @@ impl Operator {
     /// election unless `extra` asks for it, its HTTP endpoint on a free port unless `extra`
     /// names one.
     pub fn start(ns: &TestNs, extra: &[&str]) -> Self {
+        Self::start_env(ns, extra, &[])
+    }
+
+    /// As [`Operator::start`], with environment variables `env` set for it.
+    pub fn start_env(ns: &TestNs, extra: &[&str], env: &[(&str, &str)]) -> Self {
         // One operator per test needs no election (a restarted one would wait for the Lease
         // of the one it replaces); tests that elect pass lease flags.
         let elect = extra
@@ -40,6 +45,7 @@ impl Operator {
             .any(|a| a.starts_with("--leader-elect") || a.starts_with("--lease-"));
         let mut cmd = Command::new(OPERATOR_BIN);
         cmd.env("KUBECONFIG", kubeconfig())
+            .envs(env.iter().copied())
             .args(["--watch-namespace", &ns.name])
             .args(if elect {
                 &[][..]

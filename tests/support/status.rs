@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use jobretry_operator::crd::JobRetryStatus;
+use jobretry_operator::crd::{JobRetryStatus, policy::JobRetryPolicyStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde_json::Value;
 
@@ -47,10 +47,44 @@ impl StatusExt for JobRetryStatus {
     }
 }
 
+impl StatusExt for JobRetryPolicyStatus {
+    fn condition(&self, t: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == t)
+    }
+    fn phase_str(&self) -> &str {
+        ""
+    }
+}
+
 impl TestNs {
     /// The JobRetry's status, typed.
     pub fn status(&self, jr: &str) -> JobRetryStatus {
         status_of(&self.get(jr))
+    }
+
+    /// The JobRetryPolicy's status, typed (the default before the operator wrote one).
+    pub fn policy_status(&self, name: &str) -> JobRetryPolicyStatus {
+        let out = self.kubectl(&["get", "jobretrypolicy", name, "-o", "json"]);
+        assert!(out.ok, "{}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        match &v["status"] {
+            Value::Null => JobRetryPolicyStatus::default(),
+            s => serde_json::from_value(s.clone()).unwrap_or_else(|e| {
+                panic!("status does not read as JobRetryPolicyStatus ({e}): {s}")
+            }),
+        }
+    }
+
+    /// The names of the JobRetries a policy created (by its label), sorted.
+    pub fn runs_of(&self, policy: &str) -> Vec<String> {
+        let label = format!("jobretry.io/policy={policy}");
+        let out = self.kubectl(&["get", "jobretries", "-l", &label, "-o", "name"]);
+        assert!(out.ok, "{}", out.stderr);
+        let mut names: Vec<String> = (out.stdout.lines())
+            .map(|l| l.trim_start_matches("jobretry.jobretry.io/").to_string())
+            .collect();
+        names.sort();
+        names
     }
 }
 
