@@ -296,7 +296,7 @@ pub struct JobRetryStatus {
     /// Jobs moved back to waiting (or prioritized).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried: Option<u64>,
-    /// Processed jobs not retried because BullMQ's retry does not apply: NotFound, NotInState or AlreadyProcessed.
+    /// Processed jobs not retried because BullMQ's retry does not apply: NotFound, NotInState or AlreadyProcessed; and, in a policy's run, Parked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<u64>,
     /// Processed jobs whose retry Redis refused (Error rows); nothing was changed for them.
@@ -305,6 +305,9 @@ pub struct JobRetryStatus {
     /// Progress of a selector run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<SelectionStatus>,
+    /// A JobRetryPolicy's run: matched jobs (parked ones aside) that an earlier run of the same policy had retried, counted in the same Redis call as the run's retries; what the policy's loop guard judges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refailed: Option<u64>,
     /// What a selector dry run found: what the real run would retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<Preview>,
@@ -385,7 +388,7 @@ pub struct ValueCount {
 pub struct JobResultRow {
     /// The BullMQ job id.
     pub id: String,
-    /// Retried, WouldRetry, NotFound, NotInState, AlreadyProcessed or Error.
+    /// Retried, WouldRetry, NotFound, NotInState, AlreadyProcessed, Error or Parked.
     pub result: String,
     /// BullMQ's result code where BullMQ defines one (1, -1, -3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -557,6 +560,8 @@ pub enum JobResult {
     NotInState,
     AlreadyProcessed,
     Error,
+    /// A policy's run: its policy's runs retried the job `maxRetriesPerJob` times already.
+    Parked,
 }
 
 impl JobResult {

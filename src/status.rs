@@ -53,6 +53,13 @@ pub fn job_row(id: &str, outcome: &JobOutcome, state: &str) -> JobResultRow {
             None,
             Some(cut(msg, MESSAGE_BYTES).to_string()),
         ),
+        JobOutcome::Parked => (
+            JobResult::Parked,
+            None,
+            Some(
+                "the policy's runs retried the job maxRetriesPerJob times; left where it is".into(),
+            ),
+        ),
     };
     JobResultRow {
         id: id.to_string(),
@@ -215,7 +222,8 @@ pub fn set_totals(status: &mut JobRetryStatus) {
     status.skipped = Some(
         count(JobResult::NotFound)
             + count(JobResult::NotInState)
-            + count(JobResult::AlreadyProcessed),
+            + count(JobResult::AlreadyProcessed)
+            + count(JobResult::Parked),
     );
     status.errors = Some(count(JobResult::Error));
 }

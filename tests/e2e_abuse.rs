@@ -121,6 +121,7 @@ fn request(queue: &str, names: &[&str], reason: Option<&str>, dry: bool) -> Page
         reason_contains: reason.map(str::to_string),
         names: names.iter().map(|n| n.to_string()).collect(),
         expected_scanned: 0,
+        guard: None,
     }
 }
 

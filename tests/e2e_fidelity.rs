@@ -358,6 +358,7 @@ async fn select_all(
         reason_contains: None,
         names: vec![],
         expected_scanned: 0,
+        guard: None,
     };
     let selector = Selector::default();
     let mut out = Vec::new();

@@ -292,11 +292,26 @@ fn the_guard_suspends_a_policy_whose_retries_fail_again_until_resumed() {
             .args(["-n", &ns.name, "resume", "loop"]),
     );
     assert!(resumed.ok, "{}", resumed.stderr);
-    eventually(Duration::from_secs(30), "the trip is cleared", || {
-        ns.policy_status("loop").guard.is_none().then_some(())
+    // The trip is cleared and the tick missed while held runs (at most one, as CronJob
+    // does after a suspend); its jobs still fail every time, so the guard trips again on it.
+    let third = eventually(Duration::from_secs(30), "a run after the resume", || {
+        let runs = ns.runs_of("loop");
+        (runs.len() == 3).then(|| runs[2].clone())
     });
-    tick_and_run(&ns, &clock, "loop");
-    assert_eq!(ns.runs_of("loop").len(), 3);
+    assert!(ns.wait_condition(&third, "Complete", "60s").ok);
+    let ps = eventually(
+        Duration::from_secs(30),
+        "the guard judged the new run",
+        || {
+            let ps = ns.policy_status("loop");
+            (ps.guard.as_ref()?.run.as_deref() == Some(third.as_str())).then_some(ps)
+        },
+    );
+    assert_eq!(ps.runs_created, 3);
+    assert_eq!(
+        metric(&addr, "jobretry_policy_guard_trips_total"),
+        Some(2.0)
+    );
     worker.close();
 }
 
@@ -326,7 +341,10 @@ fn on_failures_fires_once_the_threshold_is_crossed_and_once_per_window() {
         (!runs.is_empty()).then_some(runs)
     });
     let took = crossed.elapsed();
-    assert!(took < Duration::from_secs(8), "fired {took:?} after the threshold");
+    assert!(
+        took < Duration::from_secs(8),
+        "fired {took:?} after the threshold"
+    );
     assert_eq!(runs.len(), 1);
     assert!(ns.wait_condition(&runs[0], "Complete", "60s").ok);
     assert_eq!(ns.status(&runs[0]).counts, counts([("Retried", 5)]));
@@ -344,7 +362,7 @@ fn on_failures_fires_once_the_threshold_is_crossed_and_once_per_window() {
 fn forbid_skips_a_tick_while_a_run_is_active_and_replace_stops_it() {
     let ns = TestNs::new("policy-conc");
     let clock = TestClock::new(&ns);
-    let op = operator(&ns, &clock, &[]);
+    let _op = operator(&ns, &clock, &[]);
     failed_ids(&ns, 40);
     let mut p = every_minute(&ns, "slow");
     p.spec.job_retry_template.spec.selector.names = None;
@@ -360,8 +378,7 @@ fn forbid_skips_a_tick_while_a_run_is_active_and_replace_stops_it() {
     clock.next_minute();
     nudge(&ns, "slow");
     std::thread::sleep(Duration::from_secs(3));
-    let logs: String = op.logs().lines().filter(|l| l.contains("polic") || l.contains("slow-")).collect::<Vec<_>>().join("\n");
-    assert_eq!(ns.runs_of("slow"), vec![first.clone()], "{logs}");
+    assert_eq!(ns.runs_of("slow"), vec![first.clone()]);
     // Replace: the next tick deletes the active run (between batches) and starts its own.
     let mut replace = p.clone();
     replace.spec.concurrency_policy = ConcurrencyPolicy::Replace;

@@ -156,6 +156,7 @@ impl Filter {
             reason_contains: self.reason.clone(),
             names: self.names.clone(),
             expected_scanned: 0,
+            guard: None,
         }
     }
 }
@@ -194,7 +195,7 @@ fn page(db: u8, queue: &str, req: &PageRequest) -> PageOutcome {
 /// One page call on a queue no other run holds.
 fn free_page(db: u8, queue: &str, req: &PageRequest) -> Page {
     match page(db, queue, req) {
-        PageOutcome::Page(p) => p,
+        PageOutcome::Page(p) => *p,
         other => panic!("a free queue answered {other:?}"),
     }
 }

@@ -33,6 +33,9 @@ pub enum JobOutcome {
     AlreadyProcessed { owner: String },
     /// Redis refused this job's retry; nothing was changed for it.
     Error(String),
+    /// A policy's run: the policy's runs retried the job `maxRetriesPerJob` times already;
+    /// not retried, left where it is.
+    Parked,
 }
 
 /// What a queue looks like from outside.
@@ -137,6 +140,7 @@ pub(crate) fn decode(reply: &str, own: &str) -> Result<JobOutcome, Error> {
     Ok(match (head, rest) {
         ("1", "") => JobOutcome::Retried,
         ("W", "") => JobOutcome::WouldRetry,
+        ("P", "") => JobOutcome::Parked,
         ("-", "1") => JobOutcome::NotFound,
         ("-", "3") => JobOutcome::NotInState,
         ("L", value) => match value.split_once('@').map_or("", |(_, o)| o) {

@@ -49,6 +49,13 @@ impl QueueKeys {
         self.key(&format!("jobretry:record:run:{run_key}"))
     }
 
+    /// A policy's per-job retry counts of one period (`period`: a number the caller counts
+    /// periods by): `P:Q:jobretry:policy:<policy uid>:retries:<period>`, in the queue's hash
+    /// slot like the ledger.
+    pub fn policy_retries(&self, policy: &str, period: i64) -> String {
+        self.key(&format!("jobretry:policy:{policy}:retries:{period}"))
+    }
+
     /// The lock that lets one selector run at a time work on the queue's `state`:
     /// `P:Q:jobretry:lock:state:<state>`.
     pub fn lock(&self, state: &str) -> String {

@@ -220,7 +220,37 @@ pub struct PageArgs<'a> {
     pub expected_scanned: u64,
     pub work_budget: u64,
     pub bytes_budget: u64,
+    /// A policy run's per-job cap and counts (None: not a policy run).
+    pub guard: Option<&'a PolicyGuard>,
     pub names: &'a [String],
+}
+
+/// What a policy's run passes to its pages: its policy's per-job cap and where the counts
+/// of the current and the previous period are kept (keys of [`QueueKeys::policy_retries`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyGuard {
+    /// `maxRetriesPerJob`; 0: counted, no cap.
+    pub max_per_job: u32,
+    pub retries_now: String,
+    pub retries_before: String,
+    /// Of `retries_now`, set with each increment (two periods: a count lives one to two
+    /// periods after the job's last automated retry).
+    pub ttl: Duration,
+}
+
+impl PolicyGuard {
+    /// The guard of policy `policy` (its uid) on the queue of `keys`, with the cap `max`, in
+    /// periods of `period` at the time `now_ms` (milliseconds since the epoch).
+    pub fn new(keys: &QueueKeys, policy: &str, max: u32, period: Duration, now_ms: i64) -> Self {
+        let p = (period.as_millis().max(1)) as i64;
+        let n = now_ms.div_euclid(p);
+        Self {
+            max_per_job: max,
+            retries_now: keys.policy_retries(policy, n),
+            retries_before: keys.policy_retries(policy, n - 1),
+            ttl: period * 2,
+        }
+    }
 }
 
 impl PageArgs<'_> {
@@ -230,8 +260,16 @@ impl PageArgs<'_> {
         let lower = self
             .lower
             .map_or_else(|| "-inf".to_string(), |l| l.to_string());
+        // Not a policy run: keys of no policy, never touched.
+        let unused = self.run.queue.keys.policy_retries("", 0);
+        let (now, before) = match self.guard {
+            Some(g) => (g.retries_now.as_str(), g.retries_before.as_str()),
+            None => (unused.as_str(), unused.as_str()),
+        };
         call.key("record", self.record)
             .key("lock", self.lock.as_str())
+            .key("retriesNow", now)
+            .key("retriesBefore", before)
             .arg("holder", self.holder)
             .arg("lockTtl", millis(self.lock_ttl))
             .arg("lower", lower)
@@ -244,7 +282,13 @@ impl PageArgs<'_> {
             .arg("reason", self.reason_contains)
             .arg("scanned", self.expected_scanned)
             .arg("workBudget", self.work_budget)
-            .arg("bytesBudget", self.bytes_budget);
+            .arg("bytesBudget", self.bytes_budget)
+            .arg(
+                "guardMax",
+                self.guard
+                    .map_or(String::new(), |g| g.max_per_job.to_string()),
+            )
+            .arg("guardTtl", self.guard.map_or(1, |g| millis(g.ttl)));
         for glob in self.names {
             call.arg("names", glob);
         }

@@ -20,6 +20,8 @@
   KEYS (after core.lua's 1-11):
     12 record        hash: the run record
     13 lock          string: the queue-and-state lock
+    14 retriesNow    hash: a policy's per-job retry counts, this period (job id -> count)
+    15 retriesBefore hash: the same, the period before (read, never written)
   ARGV (after core.lua's 1-7):
     8  holder        the lock holder: the run key; "" = take no lock (dry runs)
     9  lockTtl       lock TTL in ms
@@ -36,12 +38,20 @@
                      is lost (another server, or lost writes): reply "lost"
     19 workBudget    matching work units per call
     20 bytesBudget   bytes of names and reasons copied per call
-    21… names        name globs: `*` any run of characters, `?` one character (a byte and
+    21 guardMax      a policy run's per-job cap: a matched job its policy's runs retried this
+                     many times (the two periods' counts together) is Parked, not retried, and
+                     counts neither toward maxJobs nor as refailed; "0" = counted, no cap;
+                     "" = not a policy run: KEYS 14-15 are never touched
+    22 guardTtl      TTL in ms of retriesNow, set with each increment
+    23… names        name globs: `*` any run of characters, `?` one character (a byte and
                      the continuation bytes 0x80-0xBF after it); a job matches if any glob
                      matches its whole name; none = any name
 
-  The record (real runs): cs, cid (cursor), scanned, matched, unexamined, upper (frozen at the
-  first call, wins over ARGV 11), done, and n:<code> (results by code: "1", "-1", "-3", "E").
+  The record (real runs): cs, cid (cursor), scanned, matched, unexamined, refailed, upper
+  (frozen at the first call, wins over ARGV 11), done, and n:<code> (results by code: "1",
+  "-1", "-3", "E", "P"). A policy run's retried jobs are counted in retriesNow in the same
+  call as their retry; a job the run's ledger holds is not matched again, so a re-applied or
+  restarted run never counts a job twice.
   Its presence makes a re-created object with the same run key go on where the run stopped.
 
   Reply: { status ("more" | "done" | "busy" | "lost"), cursor score, cursor id, scanned
@@ -53,7 +63,9 @@
            oldest and newest finishedOn of this call's matches ("" if none),
            { code, count, ... } of the whole run (real runs; empty for dry runs),
            the upper bound the run uses (the record's), unexamined (real runs: total; dry
-           runs: this call's) }
+           runs: this call's), refailed (matched jobs its policy's runs had retried before;
+           real runs: total; dry runs: this call's) }
+  Per-job result "P": Parked (guardMax reached); nothing was written for the job.
   "busy": another run holds the lock; element 2 names it; nothing was written.
   "lost": { "lost", scanned in the record ("" if there is none), matched in the record };
           nothing was written.
@@ -65,6 +77,9 @@ local maxJobs, budget = tonumber(ARGV[12]), tonumber(ARGV[13])
 local reasonNeedle = ARGV[17]
 local expectedScanned = tonumber(ARGV[18]) or 0
 local workBudget, bytesBudget = tonumber(ARGV[19]), tonumber(ARGV[20])
+local guarded = ARGV[21] ~= ""
+local guardMax, guardTtl = tonumber(ARGV[21]) or 0, tonumber(ARGV[22])
+local retriesNow, retriesBefore = KEYS[14], KEYS[15]
 local byte, sub = string.byte, string.sub
 local STAR, ANY = 42, 63
 
@@ -100,7 +115,7 @@ local function compileGlob(g)
 end
 
 local globs = {}
-for i = 21, #ARGV do globs[#globs + 1] = compileGlob(ARGV[i]) end
+for i = 23, #ARGV do globs[#globs + 1] = compileGlob(ARGV[i]) end
 
 -- Whether glob G matches all of s: greedy, with one backtrack point (the last `*`), so at
 -- most #s * #G steps. Returns the verdict (nil: `limit` steps did not decide) and the steps.
@@ -156,7 +171,12 @@ local function cut(s, n)
   return sub(s, 1, e)
 end
 
-local refused = checkKeyTypes({ {recordKey, "hash"}, {lockKey, "string"} })
+local extraKeys = { {recordKey, "hash"}, {lockKey, "string"} }
+if guarded then
+  extraKeys[3] = {retriesNow, "hash"}
+  extraKeys[4] = {retriesBefore, "hash"}
+end
+local refused = checkKeyTypes(extraKeys)
 if refused then return refused end
 
 -- The run's results so far by code, from the record: exact whatever status writes a crash lost.
@@ -174,9 +194,10 @@ end
 
 -- Where the run stands.
 local cs, cid, scanned, matched, upper = ARGV[14], ARGV[15], 0, tonumber(ARGV[16]) or 0, ARGV[11]
-local unexamined = 0
+local unexamined, refailed, parked = 0, 0, 0
 if not R.dryRun then
-  local rec = rcall("HMGET", recordKey, "cs", "cid", "scanned", "matched", "upper", "done", "unexamined")
+  local rec = rcall("HMGET", recordKey, "cs", "cid", "scanned", "matched", "upper", "done", "unexamined",
+    "refailed", "n:P")
   if not rec[5] then
     -- The status says the run had progressed, but its record is not here.
     if expectedScanned > 0 then return { "lost", "", 0 } end
@@ -184,10 +205,11 @@ if not R.dryRun then
   else
     cs, cid, scanned, matched, upper = rec[1] or "", rec[2] or "", tonumber(rec[3]), tonumber(rec[4]), rec[5]
     unexamined = tonumber(rec[7]) or 0
+    refailed, parked = tonumber(rec[8]) or 0, tonumber(rec[9]) or 0
     if scanned < expectedScanned then return { "lost", rec[3], rec[4] } end
   end
   if rec[6] == "1" then
-    return { "done", cs, cid, scanned, matched, 0, {}, {}, {}, "", "", totals(), upper, unexamined }
+    return { "done", cs, cid, scanned, matched, 0, {}, {}, {}, "", "", totals(), upper, unexamined, refailed }
   end
 end
 
@@ -279,12 +301,18 @@ local done = #page < 2 * budget
 local callUnexamined = 0
 -- The ledger entries of the whole page in one read (a job this run key retried before is
 -- skipped: it failed again, behind the cursor, stamped by a worker whose clock runs behind).
-local seenBefore = {}
+local seenBefore, countNow, countBefore = {}, {}, {}
 if #page > 0 then
   local pageIds = {}
   for i = 1, #page, 2 do pageIds[#pageIds + 1] = page[i] end
   seenBefore = chunked("HMGET", R.ledger, pageIds)
+  -- A policy run: how often its policy's runs retried each job of the page, in one read a period.
+  if guarded then
+    countNow = chunked("HMGET", retriesNow, pageIds)
+    countBefore = chunked("HMGET", retriesBefore, pageIds)
+  end
 end
+local counted = {}
 for i = 1, #page, 2 do
   local id, score = page[i], page[i + 1]
   if tonumber(score) >= upperN then done = true break end
@@ -297,9 +325,13 @@ for i = 1, #page, 2 do
     callUnexamined = callUnexamined + 1
   elseif take and not seenBefore[(i + 1) / 2] then
     matched = matched + 1
+    local k = (i + 1) / 2
+    local prior = (tonumber(countNow[k]) or 0) + (tonumber(countBefore[k]) or 0)
     local ok, f = pcall(rcall, "HMGET", key, unpack(JOB_FIELDS))
     local r, move
-    if not ok then
+    if guarded and guardMax > 0 and prior >= guardMax then
+      r, parked = "P", parked + 1
+    elseif not ok then
       r = "E" .. "job key " .. key .. " is not a hash"
     else
       r, move = planMove(R, id, f)
@@ -307,6 +339,10 @@ for i = 1, #page, 2 do
     results[#results + 1] = id
     results[#results + 1] = r
     if move then moves[#moves + 1] = move end
+    if guarded and r ~= "P" then
+      if prior >= 1 then refailed = refailed + 1 end
+      if r == "1" then counted[#counted + 1] = id end
+    end
     if R.dryRun then
       local n, why = cut(name or "", 200), cut(reason or "", 200)
       names[n] = (names[n] or 0) + 1
@@ -314,7 +350,7 @@ for i = 1, #page, 2 do
     end
     if oldest == "" then oldest = score end
     newest = score
-    if matched >= maxJobs then done = true break end
+    if matched - parked >= maxJobs then done = true break end
   end
 end
 
@@ -325,6 +361,11 @@ if #moves > 0 then
 end
 if not R.dryRun then
   if q then applyMoves(R, moves, q) end
+  -- The policy's count of each job retried now, in the same call as its retry.
+  if #counted > 0 then
+    for _, id in ipairs(counted) do rcall("HINCRBY", retriesNow, id, 1) end
+    rcall("PEXPIRE", retriesNow, guardTtl)
+  end
   -- Results by code: one HINCRBY per code (in the order codes first occur), not per job.
   local codes, counts = {}, {}
   for i = 2, #results, 2 do
@@ -336,7 +377,7 @@ if not R.dryRun then
   for _, code in ipairs(codes) do rcall("HINCRBY", recordKey, "n:" .. code, counts[code]) end
   unexamined = unexamined + callUnexamined
   rcall("HSET", recordKey, "cs", cs, "cid", cid, "scanned", scanned, "matched", matched,
-    "upper", upper, "done", done and "1" or "0", "unexamined", unexamined)
+    "upper", upper, "done", done and "1" or "0", "unexamined", unexamined, "refailed", refailed)
   rcall("PEXPIRE", recordKey, R.ttl)
   if holder ~= "" then
     if done then rcall("DEL", lockKey) else rcall("SET", lockKey, holder, "PX", lockTtl) end
@@ -355,4 +396,5 @@ if not done then
   remaining = rcall("ZCOUNT", stateKey, cs == "" and ARGV[10] or "(" .. cs, "(" .. upper)
 end
 return { done and "done" or "more", cs, cid, scanned, matched, remaining, results,
-  flat(names), flat(reasons), oldest, newest, R.dryRun and {} or totals(), upper, unexamined }
+  flat(names), flat(reasons), oldest, newest, R.dryRun and {} or totals(), upper, unexamined,
+  refailed }

@@ -15,7 +15,7 @@ use super::{
     engine::{JobOutcome, decode},
     error::Error,
     keys::QueueKeys,
-    scripts::{self, BatchRequest, Cursor, PageArgs, RunArgs, UnlockArgs},
+    scripts::{self, BatchRequest, Cursor, PageArgs, PolicyGuard, RunArgs, UnlockArgs},
 };
 
 /// What one page call is asked to do.
@@ -38,6 +38,8 @@ pub struct PageRequest {
     pub reason_contains: Option<String>,
     /// Globs on the job name (`*`, `?`); any may match; none = any name.
     pub names: Vec<String>,
+    /// A policy's run: its per-job cap and counts.
+    pub guard: Option<PolicyGuard>,
     /// Real runs: the jobs the run's status says its record had scanned. A record that is
     /// missing or behind it is reported as [`PageOutcome::Lost`].
     pub expected_scanned: u64,
@@ -79,12 +81,15 @@ pub struct Page {
     /// read it, or name/reason too large to match in one bounded call): a real run's total,
     /// a dry run's count in this call.
     pub unexamined: u64,
+    /// Matched jobs the run's policy had retried before (policy runs: the run's total; dry
+    /// runs: this call's).
+    pub refailed: u64,
 }
 
 /// The answer of a page call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PageOutcome {
-    Page(Page),
+    Page(Box<Page>),
     /// Another run (named) holds the queue-and-state lock; nothing was written.
     Busy(String),
     /// The run's record is missing (`scanned` None) or behind what its status says: the
@@ -137,6 +142,7 @@ impl Selector {
             expected_scanned: if dry { 0 } else { req.expected_scanned },
             work_budget: WORK_BUDGET,
             bytes_budget: BYTES_BUDGET,
+            guard: req.guard.as_ref(),
             names: &req.names,
         };
         let reply: Vec<Value> = (args.call().invocation(&self.script))
@@ -209,8 +215,8 @@ fn decode_page(reply: Vec<Value>, own: &str) -> Result<PageOutcome, Error> {
             scanned: text(scanned)?.parse().ok(),
             matched: number(matched)?,
         }),
-        (Some(s @ ("more" | "done")), [_, fields @ ..]) if fields.len() == 13 => {
-            decode_fields(s == "done", fields, own).map(PageOutcome::Page)
+        (Some(s @ ("more" | "done")), [_, fields @ ..]) if fields.len() == 14 => {
+            decode_fields(s == "done", fields, own).map(|p| PageOutcome::Page(Box::new(p)))
         }
         _ => Err(Error::Protocol(format!(
             "page reply with status {} and {} elements",
@@ -228,7 +234,7 @@ fn counted(v: &Value) -> Result<Vec<(String, u64)>, Error> {
         .collect()
 }
 
-/// The 13 elements after the status of a "more" or "done" reply (see `select.lua`).
+/// The 14 elements after the status of a "more" or "done" reply (see `select.lua`).
 fn decode_fields(done: bool, fields: &[Value], own: &str) -> Result<Page, Error> {
     let [
         cs,
@@ -244,6 +250,7 @@ fn decode_fields(done: bool, fields: &[Value], own: &str) -> Result<Page, Error>
         totals,
         upper,
         unexamined,
+        refailed,
     ] = fields
     else {
         return Err(Error::Protocol(format!(
@@ -280,6 +287,7 @@ fn decode_fields(done: bool, fields: &[Value], own: &str) -> Result<Page, Error>
             .collect::<Result<_, Error>>()?,
         upper: number_i64(upper)?,
         unexamined: number(unexamined)?,
+        refailed: number(refailed)?,
     })
 }
 

@@ -106,7 +106,7 @@ async fn run_pages(mut run: Box<PageRun>, loaded: &Loaded, ctx: &Context, p: &mu
         let started = Instant::now();
         let q = &mut run.queue;
         let page = match ctx.selector.page(&mut q.conn, &q.keys, &run.req).await {
-            Ok(PageOutcome::Page(page)) => page,
+            Ok(PageOutcome::Page(page)) => *page,
             Ok(PageOutcome::Busy(holder)) => {
                 let state = run.req.run.state;
                 break End::Error(RunError::QueueBusy { holder, state });
@@ -162,6 +162,9 @@ fn take_page(
         pages.counts = Some(counts.collect());
     }
     p.scope.matched = Some(page.matched);
+    if run.req.guard.is_some() && !dry_run {
+        p.scope.refailed = Some(page.refailed);
+    }
     // A real run's record counts what it scanned; a dry run counts it here.
     let (mut scanned, mut unexamined) = (page.scanned, page.unexamined);
     if let Some(d) = pages.dry.as_mut() {

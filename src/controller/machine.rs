@@ -239,6 +239,7 @@ fn next_status(old: &JobRetryStatus, progress: &Progress, now: Timestamp) -> Job
     let preview = pages.and_then(|p| p.preview.clone());
     status.preview = preview.or(status.preview.take());
     status.matched = scope.matched.or(status.matched);
+    status.refailed = scope.refailed.or(status.refailed);
     status.run_key = scope.run_key.clone().or(status.run_key.take());
     if scope.bullmq_version.is_some() {
         status.bullmq_version = scope.bullmq_version.clone();

@@ -13,12 +13,12 @@ use k8s_openapi::{
 
 use super::{
     error::{LostState, RunError},
-    load::{Loaded, OpenQueue, Queue},
+    load::{Loaded, OpenQueue, PolicyLink, Queue},
     memory::DryScan,
     rules,
 };
 use crate::{
-    bullmq::{BatchRequest, Ledger, PageRequest},
+    bullmq::{BatchRequest, Ledger, PageRequest, PolicyGuard},
     config::Config,
     crd::{JobRetrySpec, SelectionStatus},
 };
@@ -42,6 +42,8 @@ pub struct Scope {
     /// The queue's BullMQ version, once the queue is open: the run has started.
     pub bullmq_version: Option<String>,
     pub selection: Option<SelectionStatus>,
+    /// A policy's real run: matched jobs its policy's runs had retried before (the run's total).
+    pub refailed: Option<u64>,
 }
 
 /// The step a reconcile takes.
@@ -140,9 +142,31 @@ pub fn plan(loaded: &Loaded, queue: Queue, cfg: &Config, now: Timestamp) -> Plan
     scope.bullmq_version = Some(q.version.label.clone());
     let step = match ids {
         Some(ids) => plan_ids(loaded, q, ids, cfg),
-        None => plan_pages(loaded, q, &scope, cfg),
+        None => plan_pages(loaded, q, &scope, cfg, now),
     };
     Plan { scope, step }
+}
+
+/// How long a period of a policy's per-job retry counts lasts: a page reads the counts of
+/// this period and the one before, so a count lives one to two days after the job's last
+/// automated retry (then the job may be retried again, up to the cap once more).
+pub const POLICY_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
+/// A policy's run: its policy's per-job cap and counts, on the queue of `q`.
+fn guard(loaded: &Loaded, q: &OpenQueue, now: Timestamp) -> Option<PolicyGuard> {
+    match &loaded.policy {
+        Some(PolicyLink::Found {
+            uid,
+            max_retries_per_job,
+        }) => Some(PolicyGuard::new(
+            &q.keys,
+            uid,
+            *max_retries_per_job,
+            POLICY_PERIOD,
+            now.as_millisecond(),
+        )),
+        _ => None,
+    }
 }
 
 /// The run's settings for the engine.
@@ -201,7 +225,7 @@ fn plan_ids(loaded: &Loaded, q: OpenQueue, ids: Vec<String>, cfg: &Config) -> St
 /// A selector run's pages, within its frozen bound. Real runs take their position from the
 /// record in Redis, dry runs from the operator's memory (a dry run writes nothing, so one
 /// whose memory is gone scans again from the start).
-fn plan_pages(loaded: &Loaded, q: OpenQueue, scope: &Scope, cfg: &Config) -> Step {
+fn plan_pages(loaded: &Loaded, q: OpenQueue, scope: &Scope, cfg: &Config, now: Timestamp) -> Step {
     let spec = &loaded.obj.spec;
     let Some(sel) = spec.selector.as_ref() else {
         return Step::Hold(RunError::SelectorUnsupported);
@@ -227,6 +251,7 @@ fn plan_pages(loaded: &Loaded, q: OpenQueue, scope: &Scope, cfg: &Config) -> Ste
         reason_contains: sel.failed_reason_contains.clone(),
         names: sel.names.clone().unwrap_or_default(),
         expected_scanned: if loaded.started() { scanned } else { 0 },
+        guard: guard(loaded, &q, now),
     };
     Step::Pages(Box::new(PageRun {
         queue: q,

@@ -332,6 +332,10 @@ pub struct GuardTrip {
     /// The run that tripped it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// The resume annotation's value when it tripped: a new value clears the trip even when
+    /// the clock of whoever set it runs behind the operator's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_at: Option<String>,
 }
 
 /// The JobRetryPolicy CRD as the YAML committed under `crds/` and in the Helm chart.

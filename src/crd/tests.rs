@@ -231,7 +231,8 @@ fn every_name_of_the_api_is_one_derived_list() {
             "NotFound",
             "NotInState",
             "AlreadyProcessed",
-            "Error"
+            "Error",
+            "Parked"
         ]
     );
     assert!(JobResult::Retried.is_success() && !JobResult::NotFound.is_success());

@@ -141,18 +141,23 @@ fn held(policy: &JobRetryPolicy, status: &JobRetryPolicyStatus) -> bool {
     status.guard.as_ref().is_some_and(|t| !cleared(policy, t))
 }
 
-/// Whether a trip is over: the spec changed since, or a resume was asked after it.
+/// Whether a trip is over: the spec changed since, or a resume was asked after it (a time
+/// after the trip, or a new stamp: the asker's clock may run behind the operator's).
 fn cleared(policy: &JobRetryPolicy, trip: &GuardTrip) -> bool {
     let generation = policy.metadata.generation.unwrap_or(0);
-    generation != trip.generation || resume_at(policy).is_some_and(|r| r > trip.tripped_at.0)
+    let stamp = resume_stamp(policy);
+    let later = stamp
+        .and_then(|s| s.parse::<Timestamp>().ok())
+        .is_some_and(|r| r > trip.tripped_at.0);
+    let renewed = stamp.is_some() && stamp != trip.resume_at.as_deref();
+    generation != trip.generation || later || renewed
 }
 
-/// The resume annotation's time, if set and readable.
-fn resume_at(policy: &JobRetryPolicy) -> Option<Timestamp> {
+/// The resume annotation's value, if set.
+fn resume_stamp(policy: &JobRetryPolicy) -> Option<&str> {
     let a = policy.metadata.annotations.as_ref()?;
-    a.get(crate::crd::policy::RESUME_AT_ANNOTATION)?
-        .parse()
-        .ok()
+    a.get(crate::crd::policy::RESUME_AT_ANNOTATION)
+        .map(String::as_str)
 }
 
 /// The decision.
@@ -239,6 +244,7 @@ fn guard_verdict(policy: &JobRetryPolicy, r: &Run, now: Timestamp) -> Option<Gua
         generation: policy.metadata.generation.unwrap_or(0),
         refailed_percent: (r.refailed * 100 / sample) as u32,
         run: Some(r.name.clone()),
+        resume_at: resume_stamp(policy).map(str::to_string),
     })
 }
 

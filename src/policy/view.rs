@@ -23,6 +23,6 @@ fn run(obj: &JobRetry) -> Option<Run> {
         matched: st.matched.unwrap_or(0),
         retried: st.retried.unwrap_or(0),
         parked: count("Parked"),
-        refailed: 0, // MERGE: the run's refailed count (Redis side)
+        refailed: st.refailed.unwrap_or(0),
     })
 }

@@ -165,8 +165,19 @@ impl Operator {
 }
 
 impl Drop for Operator {
+    /// Kills the operator; when the test is failing, prints the last lines of its log
+    /// (with `JOBRETRY_TEST_LOG_TAIL` lines, default 40).
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let n: usize = (std::env::var("JOBRETRY_TEST_LOG_TAIL").ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(40);
+            let logs = self.logs();
+            let lines: Vec<&str> = logs.lines().collect();
+            let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+            eprintln!("--- last {n} lines of {} ---\n{tail}", self.log.display());
+        }
     }
 }
 

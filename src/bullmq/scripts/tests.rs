@@ -180,6 +180,7 @@ fn the_page_call_is_what_core_and_select_lua_document() {
         expected_scanned: 8,
         work_budget: 100,
         bytes_budget: 200,
+        guard: None,
         names: &names,
     };
     let call = args.call();
@@ -188,9 +189,46 @@ fn the_page_call_is_what_core_and_select_lua_document() {
     assert_eq!(
         tail,
         [
-            "ns/a", "1000", "-inf", "99", "10", "1", "5", "7", "4", "", "8", "100", "200", "a*",
-            "b?"
+            "ns/a", "1000", "-inf", "99", "10", "1", "5", "7", "4", "", "8", "100", "200", "", "1",
+            "a*", "b?"
         ]
+    );
+    // A policy's run: its cap, its counts' TTL (two periods) and the keys of two periods.
+    let day = Duration::from_secs(86_400);
+    let guard = PolicyGuard::new(&keys, "uid-1", 3, day, 86_400_000 * 20_000 + 5);
+    let call = PageArgs {
+        guard: Some(&guard),
+        ..args
+    }
+    .call();
+    check(&[CORE, SELECT], &call);
+    let at = |name: &str| {
+        call.args
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_eq!(
+        (at("guardMax"), at("guardTtl")),
+        ("3".into(), "172800000".into())
+    );
+    let key = |name: &str| {
+        call.keys
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_eq!(
+        key("retriesNow"),
+        "bull:q:jobretry:policy:uid-1:retries:20000"
+    );
+    assert_eq!(
+        key("retriesBefore"),
+        "bull:q:jobretry:policy:uid-1:retries:19999"
     );
 }
 

@@ -41,6 +41,7 @@ fn decodes_a_page_and_a_busy_reply() {
         Value::Array(vec![s("1"), s("7"), s("E"), s("1")]),
         s("1700000009000"),
         Value::Int(2),
+        Value::Int(5),
     ];
     let PageOutcome::Page(p) = decode_page(reply, "me").unwrap() else {
         panic!("not a page")

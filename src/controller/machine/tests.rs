@@ -57,6 +57,7 @@ fn slice(rows: Vec<JobResultRow>, end: End) -> Progress {
         run_key: Some("payments/incident".into()),
         bullmq_version: Some("6.7.0".into()),
         selection: None,
+        refailed: None,
     };
     Progress {
         rows,

@@ -320,12 +320,18 @@ fn the_guard_trips_on_a_run_of_refailed_jobs_and_a_spec_change_or_resume_clears_
     changed.metadata.generation = Some(2);
     let d3 = decide_at(&changed, &[second.clone()], "2026-12-06T11:15:01Z", None);
     assert!(d3.status.guard.is_none() && d3.create.is_some());
-    // So does a resume stamped after the trip; one stamped before it does not.
+    // So does a resume stamped after the trip, or any new stamp (a clock behind ours); the
+    // stamp the policy had when it tripped does not.
+    let mut stamped = held.clone();
+    let mut tripped_status = stamped.status.clone().unwrap();
+    tripped_status.guard.as_mut().unwrap().resume_at = Some("2026-12-06T10:20:00Z".into());
+    stamped.status = Some(tripped_status);
     for (stamp, clears) in [
         ("2026-12-06T10:40:00Z", true),
+        ("2026-12-06T10:25:00Z", true),
         ("2026-12-06T10:20:00Z", false),
     ] {
-        let mut resumed = held.clone();
+        let mut resumed = stamped.clone();
         resumed.metadata.annotations = Some(
             [(
                 crate::crd::policy::RESUME_AT_ANNOTATION.to_string(),
