@@ -79,6 +79,8 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "Service",
             "ServiceAccount",
             "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
             "ValidatingAdmissionPolicyBinding"
         ]
     );
@@ -135,6 +137,8 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "Service",
             "ServiceAccount",
             "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
             "ValidatingAdmissionPolicyBinding"
         ]
     );
@@ -178,6 +182,8 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "RoleBinding",
             "Service",
             "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
             "ValidatingAdmissionPolicyBinding"
         ]
     );

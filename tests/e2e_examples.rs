@@ -13,6 +13,7 @@ mod support;
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde_json::{Value, json};
@@ -75,7 +76,9 @@ fn case(file: &str) -> Option<Case> {
             ],
             Standalone,
         ),
-        "retry-by-selector.yaml" | "dry-run.yaml" => c(ECONNRESET_MIX, Standalone),
+        "retry-by-selector.yaml" | "dry-run.yaml" | "policy-econnreset.yaml" => {
+            c(ECONNRESET_MIX, Standalone)
+        }
         "completed-with-resets.yaml" => c(
             &[
                 ("", "send-receipt", "complete", "", true),
@@ -139,14 +142,31 @@ fn localize(text: &str, ns: &str, url: &str, ca: Option<&str>) -> String {
     out.join("\n") + "\n"
 }
 
-/// The JobRetry's name: the `name:` under the second document's metadata.
-fn jobretry_name(text: &str) -> String {
-    let doc = text
-        .split("\n---\n")
-        .find(|d| d.contains("kind: JobRetry"))
-        .expect("a JobRetry document");
-    let v: serde_norway::Value = serde_norway::from_str(doc).unwrap();
-    v["metadata"]["name"].as_str().unwrap().to_string()
+/// The kind and name of the file's JobRetry or JobRetryPolicy document.
+fn run_document(text: &str) -> (String, String) {
+    text.split("\n---\n")
+        .filter_map(|d| serde_norway::from_str::<serde_norway::Value>(d).ok())
+        .find_map(|v| {
+            let kind = v["kind"].as_str()?;
+            matches!(kind, "JobRetry" | "JobRetryPolicy").then(|| {
+                let name = v["metadata"]["name"].as_str().unwrap().to_string();
+                (kind.to_string(), name)
+            })
+        })
+        .expect("a JobRetry or JobRetryPolicy document")
+}
+
+/// The JobRetry whose outcome the file documents: the file's own, or a policy's first run
+/// (the earliest tick), as `kubectl get jobretries -l jobretry.io/policy=NAME` lists it.
+fn run_name(ns: &TestNs, text: &str) -> String {
+    match run_document(text) {
+        (kind, name) if kind == "JobRetryPolicy" => {
+            eventually(Duration::from_secs(90), "the policy's first run", || {
+                ns.runs_of(&name).into_iter().next()
+            })
+        }
+        (_, name) => name,
+    }
 }
 
 /// Seeds the case's jobs in `queue` through a real BullMQ Worker; returns seed.mjs's rows.
@@ -242,7 +262,7 @@ fn check_example(path: &Path) {
     std::fs::write(&local, &manifest).unwrap();
     let applied = kubectl(&["apply", "-f", local.to_str().unwrap()]);
     assert!(applied.ok, "{file}: {}{}", applied.stdout, applied.stderr);
-    let name = jobretry_name(&text);
+    let name = run_name(&ns, &text);
     let waited = ns.wait_condition(&name, "Complete", "90s");
     assert!(
         waited.ok,
@@ -264,6 +284,14 @@ fn check_example(path: &Path) {
         got, want,
         "{file}: the status is not the documented outcome: {st:?}"
     );
+    let (kind, policy) = run_document(&text);
+    if kind == "JobRetryPolicy" {
+        let retried = st.retried.unwrap_or_default();
+        eventually(Duration::from_secs(30), "the policy counts its run", || {
+            let ps = ns.policy_status(&policy);
+            (ps.runs_created >= 1 && ps.jobs_retried == retried).then_some(())
+        });
+    }
     if want.preview.is_some() {
         assert_eq!(
             before,
@@ -337,7 +365,7 @@ fn example_files() -> Vec<PathBuf> {
 #[test]
 fn every_example_reaches_its_documented_outcome() {
     let files = example_files();
-    assert!(files.len() >= 7, "examples/: {files:?}");
+    assert!(files.len() >= 8, "examples/: {files:?}");
     for f in &files {
         assert!(
             f.extension().is_some_and(|e| e == "yaml"),

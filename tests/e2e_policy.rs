@@ -388,20 +388,92 @@ fn forbid_skips_a_tick_while_a_run_is_active_and_replace_stops_it() {
     eventually(Duration::from_secs(30), "the run was replaced", || {
         (ns.runs_of("slow") == vec![third.clone()]).then_some(())
     });
-    // Nothing half-done: every job is in exactly one of BullMQ's sets or lists.
+    let before = whole_jobs(&ns.name, 40);
+    // Deleting the policy while its run is halfway: the garbage collector deletes the run, the
+    // operator stops it between batches, and no job is left half-retried.
+    let running = eventually(Duration::from_secs(30), "the new run under way", || {
+        let st = ns.status(&third);
+        (st.retried.unwrap_or_default() >= 2).then_some(st)
+    });
+    let out = ns.kubectl(&["delete", "jobretrypolicy", "slow", "--wait=false"]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        running.phase.as_deref() == Some("Running") && running.completion_time.is_none(),
+        "the run was not halfway when its policy was deleted: {running:?}"
+    );
+    eventually(
+        Duration::from_secs(60),
+        "the garbage collector deleted the run",
+        || ns.runs_of("slow").is_empty().then_some(()),
+    );
+    let stopped = whole_jobs(&ns.name, 40);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        whole_jobs(&ns.name, 40),
+        stopped,
+        "jobs were still retried after the run was deleted"
+    );
+    assert!(
+        stopped.0 >= before.0 && stopped.1 <= before.1,
+        "{before:?} -> {stopped:?}"
+    );
+}
+
+/// Every one of the `n` jobs of `queue` is whole: in exactly one of BullMQ's lists or sets,
+/// a waiting job retried (no finishedOn), a failed job still finished (finishedOn set).
+/// Returns (waiting, failed).
+fn whole_jobs(queue: &str, n: usize) -> (usize, usize) {
     let mut con = conn(&redis_url());
-    let listed: u64 = ["wait", "active"]
-        .iter()
-        .map(|l| {
-            redis::cmd("LLEN")
-                .arg(format!("bull:{}:{l}", ns.name))
-                .query::<u64>(&mut con)
-                .unwrap()
-        })
-        .sum::<u64>()
-        + in_state(&ns.name, "failed")
-        + in_state(&ns.name, "completed");
-    assert_eq!(listed, 40);
+    let key = |k: &str| format!("bull:{queue}:{k}");
+    let list = |con: &mut redis::Connection, k: &str| -> Vec<String> {
+        redis::cmd("LRANGE")
+            .arg(key(k))
+            .arg(0)
+            .arg(-1)
+            .query(con)
+            .unwrap()
+    };
+    let set = |con: &mut redis::Connection, k: &str| -> Vec<String> {
+        redis::cmd("ZRANGE")
+            .arg(key(k))
+            .arg(0)
+            .arg(-1)
+            .query(con)
+            .unwrap()
+    };
+    let wait = list(&mut con, "wait");
+    let failed = set(&mut con, "failed");
+    let mut all: Vec<String> = [
+        wait.clone(),
+        list(&mut con, "active"),
+        failed.clone(),
+        set(&mut con, "completed"),
+    ]
+    .concat();
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((total, all.len()), (n, n), "jobs in two places, or lost");
+    let finished = |con: &mut redis::Connection, id: &str| -> bool {
+        redis::cmd("HEXISTS")
+            .arg(key(id))
+            .arg("finishedOn")
+            .query(con)
+            .unwrap()
+    };
+    for id in &wait {
+        assert!(
+            !finished(&mut con, id),
+            "job {id} waits but is still finished"
+        );
+    }
+    for id in &failed {
+        assert!(
+            finished(&mut con, id),
+            "job {id} is failed without finishedOn"
+        );
+    }
+    (wait.len(), failed.len())
 }
 
 #[test]

@@ -113,6 +113,7 @@ fn payments() -> TestNs {
         dir: tempfile::tempdir().unwrap(),
     };
     assert!(ns.kubectl(&["delete", "jobretries", "--all"]).ok);
+    assert!(ns.kubectl(&["delete", "jobretrypolicies", "--all"]).ok);
     let _ = ns.kubectl(&["delete", "secret", "payments-redis"]);
     ns.secret("payments-redis", &redis_url());
     drop_queue("payments");
@@ -219,6 +220,19 @@ fn the_readme_commands_run_as_written() {
         })
         .collect();
     seed(ns.dir.path(), "payments", &json!({ "jobs": jobs }));
+    // The policy the block's last three commands name: the ECONNRESET failures, each night.
+    let mut sel = selector(1000);
+    sel.failed_reason_contains = Some("ECONNRESET".into());
+    let mut transient = policy("payments-transient", "payments", sel, Some("0 3 * * *"));
+    transient
+        .spec
+        .job_retry_template
+        .spec
+        .connection
+        .secret_ref
+        .name = "payments-redis".into();
+    let applied = ns.apply_policy(&transient);
+    assert!(applied.ok, "{}", applied.stderr);
     let plugin = shells
         .iter()
         .find(|(_, b)| b.contains("kubectl jobretry preview"))
@@ -241,6 +255,36 @@ fn the_readme_commands_run_as_written() {
             assert!(
                 o.contains("kind: JobRetry") && o.contains("ECONNRESET"),
                 "{o}"
+            );
+        } else if cmd.contains(" trigger ") {
+            assert!(
+                o.contains("jobretry.jobretry.io/payments-transient-manual-")
+                    && o.contains("created (a run of policy payments-transient)"),
+                "{o}"
+            );
+        } else if cmd.contains("--policy") {
+            assert!(
+                o.contains("Name:      payments-transient")
+                    && o.contains("Schedule:  0 3 * * *")
+                    && o.contains("payments-transient-manual-"),
+                "{o}"
+            );
+        } else if cmd.contains(" resume ") {
+            assert!(
+                o.contains("jobretrypolicy.jobretry.io/payments-transient resumed at"),
+                "{o}"
+            );
+            let stamp = ns.kubectl(&[
+                "get",
+                "jrp",
+                "payments-transient",
+                "-o",
+                "jsonpath={.metadata.annotations.jobretry\\.io/resume-at}",
+            ]);
+            assert!(
+                stamp.ok && !stamp.stdout.trim().is_empty(),
+                "{}",
+                stamp.stderr
             );
         } else if cmd.contains(" status ") {
             assert!(

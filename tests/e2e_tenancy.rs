@@ -14,8 +14,8 @@ use jobretry_operator::crd::JobRetryStatus;
 use serde_json::json;
 use support::{helm::*, *};
 
-/// The RBAC of the test: `alice` and `bob` may create, read and change JobRetries in the
-/// namespace; only `bob` may read Secret `r2-good`.
+/// The RBAC of the test: `alice` and `bob` may create, read and change JobRetries and
+/// JobRetryPolicies in the namespace; only `bob` may read Secret `r2-good`.
 fn grant(ns: &TestNs) {
     let rbac = format!(
         r#"apiVersion: rbac.authorization.k8s.io/v1
@@ -23,7 +23,7 @@ kind: Role
 metadata: {{name: jobretry-author, namespace: {ns}}}
 rules:
   - apiGroups: [jobretry.io]
-    resources: [jobretries]
+    resources: [jobretries, jobretrypolicies]
     verbs: [create, get, list, update, patch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
@@ -56,7 +56,8 @@ subjects:
     assert!(applied.ok, "{}", applied.stderr);
 }
 
-/// The chart's admission policy and its binding, applied as the chart renders them.
+/// The chart's admission policies (one for JobRetries, one for JobRetryPolicies) and their
+/// bindings, applied as the chart renders them.
 fn install_policy(ns: &TestNs) {
     let rendered = render("tenancy", &ns.name, &[]);
     let policy: Vec<String> = docs(&rendered)
@@ -70,8 +71,8 @@ fn install_policy(ns: &TestNs) {
         .collect();
     assert_eq!(
         policy.len(),
-        2,
-        "the chart renders a policy and its binding"
+        4,
+        "the chart renders two policies (JobRetry, JobRetryPolicy) and their bindings"
     );
     let path = ns.dir.path().join("policy.yaml");
     std::fs::write(&path, policy.join("---\n")).unwrap();
@@ -148,6 +149,60 @@ fn the_admission_policy_admits_a_jobretry_only_if_its_author_may_read_the_secret
         patched.stderr
     );
     assert_eq!(ns.get("own")["spec"]["suspend"], json!(false));
+
+    // The same rule for a JobRetryPolicy, whose runs the operator creates under its own
+    // account: alice may not name the Secret in a policy's template either; bob may.
+    let mut sel = selector(10);
+    sel.names = Some(vec!["charge-*".into()]);
+    let mut steal = policy("steal-policy", &ns.name, sel, Some("*/5 * * * *"));
+    steal
+        .spec
+        .job_retry_template
+        .spec
+        .connection
+        .secret_ref
+        .name = "r2-good".to_string();
+    std::fs::write(ns.dir.path().join("steal-policy.yaml"), manifest(&steal)).unwrap();
+    let mut own = steal;
+    own.metadata.name = Some("own-policy".to_string());
+    std::fs::write(ns.dir.path().join("own-policy.yaml"), manifest(&own)).unwrap();
+    let expected = format!(
+        "user alice may not get Secret {}/r2-good, which spec.jobRetryTemplate.spec.connection.secretRef names",
+        ns.name
+    );
+    let refusal = eventually(
+        Duration::from_secs(30),
+        "the policy admission to refuse alice",
+        || {
+            let out = create_as(&ns, &alice, "steal-policy.yaml", &["--dry-run=server"]);
+            (!out.ok).then_some(out.stderr)
+        },
+    );
+    assert!(refusal.contains(&expected), "{refusal}");
+    let out = create_as(&ns, &alice, "steal-policy.yaml", &[]);
+    assert!(!out.ok && out.stderr.contains(&expected), "{}", out.stderr);
+    assert!(
+        !ns.kubectl(&["get", "jobretrypolicy", "steal-policy"]).ok,
+        "no policy was created"
+    );
+    let out = create_as(&ns, &bob, "own-policy.yaml", &[]);
+    assert!(out.ok, "{}", out.stderr);
+    let patched = run(std::process::Command::new("kubectl")
+        .env("KUBECONFIG", &alice)
+        .args([
+            "-n",
+            &ns.name,
+            "patch",
+            "jobretrypolicy",
+            "own-policy",
+            "--type=merge",
+        ])
+        .args(["-p", r#"{"spec":{"suspend":true}}"#]));
+    assert!(
+        !patched.ok && patched.stderr.contains(&expected),
+        "{}",
+        patched.stderr
+    );
 }
 
 fn reason(st: &JobRetryStatus) -> (String, String) {

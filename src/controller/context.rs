@@ -52,12 +52,8 @@ impl Context {
         store: Store<JobRetry>,
         gate: Arc<Gate>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "jobretry-operator".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: recorder(&client),
             client,
             engine: RetryEngine::default(),
             config,
@@ -107,4 +103,14 @@ impl Connections {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, RedisConn>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The Event recorder of every controller in this binary: reporting controller
+/// `jobretry-operator`, instance the pod's name.
+pub fn recorder(client: &Client) -> Recorder {
+    let reporter = Reporter {
+        controller: "jobretry-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    Recorder::new(client.clone(), reporter)
 }

@@ -36,7 +36,7 @@ use kube::{
 };
 use tracing::{debug, info, warn};
 
-pub use self::context::{Connections, Context};
+pub use self::context::{Connections, Context, recorder};
 use self::{error::Error, reconcile::run_span};
 use crate::{config::Config, crd::JobRetry, http::Health, leader::Gate};
 

@@ -4,10 +4,7 @@ use std::sync::Arc;
 
 use kube::{
     Client,
-    runtime::{
-        events::{Recorder, Reporter},
-        reflector::Store,
-    },
+    runtime::{events::Recorder, reflector::Store},
 };
 
 use crate::{
@@ -46,12 +43,8 @@ impl Context {
         runs: Store<JobRetry>,
         gate: Arc<Gate>,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "jobretry-operator".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: crate::controller::recorder(&client),
             clock: Clock::from_env(),
             client,
             config,
