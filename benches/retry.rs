@@ -14,6 +14,8 @@
 //!              apply → `Complete`
 //!   s2         the same with `failedReasonContains: ECONNRESET`, which 1 job in 100 has
 //!              (the seed makes every 100th job fail with that text in its message)
+//!   s1a        s1 with `audit.jobLog` on (and a reason): each retried job also gets its
+//!              audit line, in the same call; checked after the run on a sample of jobs
 //!   v-<name>-<B>  the Lua file benches/lua/<name>.lua, invoked exactly like retry_batch
 //!              invokes src/bullmq/retry.lua, batch size B (for profiling script variants)
 //!
@@ -228,6 +230,40 @@ fn verify(cfg: &Cfg, path: &str) {
         wait == retried && failed == cfg.jobs - retried && prio == 0 && paused == 0,
         "{path}: after the run wait={wait} failed={failed} prioritized={prio} paused={paused}, expected wait={retried}",
     );
+    // s1a: every retried job has its one audit line (the first and last 100 waiting jobs
+    // checked); the other paths write none.
+    let mut c = conn(&cfg.db(RUN));
+    let mut ids: Vec<String> = redis::cmd("LRANGE")
+        .arg(k("wait"))
+        .arg(0)
+        .arg(99)
+        .query(&mut c)
+        .unwrap();
+    let tail: Vec<String> = redis::cmd("LRANGE")
+        .arg(k("wait"))
+        .arg(-100)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    ids.extend(tail);
+    for id in ids {
+        let lines: Vec<String> = redis::cmd("LRANGE")
+            .arg(k(&format!("{id}:logs")))
+            .arg(0)
+            .arg(-1)
+            .query(&mut c)
+            .unwrap();
+        let audited =
+            lines.len() == 1 && lines[0].starts_with("jobretry: retried from failed by run=");
+        assert!(
+            if path == "s1a" {
+                audited
+            } else {
+                lines.is_empty()
+            },
+            "{path}: job {id}'s log is {lines:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- node paths (a), (b)
@@ -279,6 +315,7 @@ async fn production_request<C: Connection>(c: &mut C, keys: &QueueKeys) -> Batch
             owner: "benchowner000000".into(),
         },
         ledger_ttl: LEDGER_TTL,
+        audit: None,
         record: keys.record("bench/c1"),
     }
 }
@@ -412,7 +449,11 @@ fn controller_run(cfg: &Cfg, ids: &[String], run: usize) -> Sample {
 fn selector_run(cfg: &Cfg, path: &str, run: usize) -> Sample {
     let mut sel = selector(cfg.jobs as u64);
     sel.failed_reason_contains = (path == "s2").then(|| REASON_TEXT.to_string());
-    let jr = selector_jobretry("sel", QUEUE, sel);
+    let mut jr = selector_jobretry("sel", QUEUE, sel);
+    if path == "s1a" {
+        jr.spec.reason = Some("bench: audit line on".into());
+        jr.spec.audit = Some(jobretry_operator::crd::Audit { job_log: true });
+    }
     let (mut sample, statuses) = apply_and_wait(cfg, &format!("jr-bench-{path}-{run}"), vec![jr]);
     let st = &statuses[0];
     let want = cfg.expected(path);
@@ -444,6 +485,7 @@ fn describe(path: &str) -> String {
         "c2" => "(c2) controller, 10 x JobRetry".into(),
         "s1" => "(s1) controller, selector, no filter".into(),
         "s2" => format!("(s2) selector, 1% {REASON_TEXT}"),
+        "s1a" => "(s1a) s1 with audit.jobLog on".into(),
         p if p.starts_with("c1-") => format!("(c1) retry_batch, batch {}", &p[3..]),
         p if p.starts_with("v-") => {
             let (name, b) = p[2..].rsplit_once('-').unwrap();
@@ -523,7 +565,7 @@ fn main() {
     let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     for run in 0..cfg.runs {
         for path in &cfg.paths {
-            if ["c2", "s1", "s2"].contains(&path.as_str()) && cfg.kubeconfig.is_none() {
+            if ["c2", "s1", "s2", "s1a"].contains(&path.as_str()) && cfg.kubeconfig.is_none() {
                 eprintln!("[bench] {path} skipped: JR_BENCH_KUBECONFIG is not set");
                 continue;
             }
@@ -533,7 +575,7 @@ fn main() {
                 "a" => node_timed(&cfg, "bench-retry-jobs.mjs", &["--count", "1000"]),
                 "b" => node_timed(&cfg, "bench-job-retry.mjs", &["--inflight", "50"]),
                 "c2" => controller_run(&cfg, &ids, run),
-                "s1" | "s2" => selector_run(&cfg, path, run),
+                "s1" | "s2" | "s1a" => selector_run(&cfg, path, run),
                 p if p.starts_with("c1-") => engine_run(&cfg, &ids, p[3..].parse().unwrap(), None),
                 p if p.starts_with("v-") => {
                     let (name, b) = p[2..].rsplit_once('-').unwrap();

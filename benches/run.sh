@@ -9,7 +9,7 @@
 #     invocation skips the ~1 min seeding. JR_BENCH_RESEED=1 seeds again.
 #   * npm ci in tests/bullmq when node_modules is missing
 #   * cargo build --release (the operator binary for c2) and the bench target
-#   * the local control plane (tests/platform/up.sh STATE_DIR/platform) for c2, s1, s2;
+#   * the local control plane (tests/platform/up.sh STATE_DIR/platform) for c2, s1, s2, s1a;
 #     JR_BENCH_PATHS without them skips it
 # Everything it started is stopped on exit. Knobs (see benches/retry.rs):
 #   JR_BENCH_PATHS (default a,b,c1-500,c1-1000,c1-2000,c2,s1,s2), JR_BENCH_RUNS (3),
@@ -76,7 +76,7 @@ log "bench redis-server $(redis-server --version | awk '{print $3}') on port $PO
 
 # ---- control plane for c2, s1, s2 ------------------------------------------------------
 export JR_BENCH_KUBECONFIG="" JR_BENCH_PLATFORM_STATE=""
-if [[ ,$PATHS, =~ ,(c2|s1|s2), ]]; then
+if [[ ,$PATHS, =~ ,(c2|s1|s2|s1a), ]]; then
   PLATFORM="$STATE/platform"
   log "starting the control plane (tests/platform/up.sh $PLATFORM)"
   "$REPO/tests/platform/up.sh" "$PLATFORM"

@@ -32,7 +32,17 @@ const IMMUTABLE_FIELDS: &[&str] = &[
     "dryRun",
     "rateLimit",
     "runKey",
+    "reason",
+    "audit",
 ];
+
+/// The annotation that records who asked for a run, as the API server authenticated them:
+/// set at admission by the chart's MutatingAdmissionPolicy (where the cluster has that API),
+/// otherwise checked against the requesting user by its ValidatingAdmissionPolicy; never
+/// changed after creation. A policy's runs carry their policy's.
+pub const REQUESTER_ANNOTATION: &str = "jobretry.io/requester";
+/// Upper bound of `spec.reason`, in characters.
+pub const MAX_REASON_CHARS: usize = 256;
 
 /// Builds the CEL transition rule that keeps every spec field but `suspend` unchanged: a field may be neither added, removed nor changed.
 pub fn immutability_rule() -> String {
@@ -66,6 +76,8 @@ pub fn immutability_rule() -> String {
     printcolumn = r#"{"name":"ERRORS","type":"integer","jsonPath":".status.errors"}"#,
     printcolumn = r#"{"name":"SCANNED","type":"integer","jsonPath":".status.selection.scanned","priority":1}"#,
     printcolumn = r#"{"name":"REMAINING","type":"integer","jsonPath":".status.selection.remaining","priority":1}"#,
+    printcolumn = r#"{"name":"REQUESTER","type":"string","jsonPath":".status.requester","priority":1}"#,
+    printcolumn = r#"{"name":"REASON","type":"string","jsonPath":".spec.reason","priority":1}"#,
     printcolumn(
         name = "AGE",
         type_ = "date",
@@ -116,6 +128,22 @@ pub struct JobRetrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub run_key: Option<String>,
+    /// Why the run is asked for (at most 256 characters): shown in `kubectl get jr -o wide`, in the run's Events and in each retried job's audit line (`audit.jobLog`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub reason: Option<String>,
+    /// What the run records about itself where BullMQ users look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Audit>,
+}
+
+/// Where a run leaves its trace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Audit {
+    /// Append one line to each retried job's BullMQ log (`Job.getLogs`, bull-board, Taskforce), in the same atomic Redis call as its retry, exactly as BullMQ's `Job.log` appends (the job's `keepLogs` trims it): who retried it (run, run key, requester), why (`reason`) and what the retry erased (the previous failedReason or returnvalue cut to 200 bytes, finishedOn, and the attempts counters a reset flag clears). Off unless set; a dry run and a skipped job get no line.
+    #[serde(default)]
+    pub job_log: bool,
 }
 
 /// A BullMQ queue.
@@ -278,6 +306,9 @@ pub struct JobRetryStatus {
     /// The run key in effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_key: Option<String>,
+    /// Who asked for the run, as the API server authenticated them (the `jobretry.io/requester` annotation recorded at admission; a policy's run: its policy's), frozen when the run is first seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
     /// The BullMQ version whose semantics the run follows, as detected or given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bullmq_version: Option<String>,
@@ -399,6 +430,20 @@ pub struct JobResultRow {
 }
 
 impl JobRetry {
+    /// Who asked for the run: the [`REQUESTER_ANNOTATION`] recorded at admission.
+    pub fn requester(&self) -> Option<&str> {
+        let notes = self.metadata.annotations.as_ref()?;
+        notes
+            .get(REQUESTER_ANNOTATION)
+            .map(String::as_str)
+            .filter(|r| !r.is_empty())
+    }
+
+    /// Whether each retried job gets an audit line (`spec.audit.jobLog`).
+    pub fn audits(&self) -> bool {
+        self.spec.audit.as_ref().is_some_and(|a| a.job_log)
+    }
+
     /// The run key: `spec.runKey`, else `<namespace>/<name>`.
     pub fn run_key(&self) -> String {
         let given = self.spec.run_key.as_deref().filter(|k| !k.is_empty());

@@ -108,6 +108,7 @@ fn request(queue: &str, names: &[&str], reason: Option<&str>, dry: bool) -> Page
                 owner: "abuse".into(),
             },
             ledger_ttl: Duration::from_secs(600),
+            audit: None,
             record: keys.record(&run_key),
         },
         run_key,

@@ -80,6 +80,8 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "ServiceAccount",
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
             "ValidatingAdmissionPolicyBinding",
             "ValidatingAdmissionPolicyBinding"
         ]
@@ -138,6 +140,8 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "ServiceAccount",
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
             "ValidatingAdmissionPolicyBinding",
             "ValidatingAdmissionPolicyBinding"
         ]
@@ -183,6 +187,8 @@ fn chart_lints_and_renders_both_rbac_modes() {
             "Service",
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
             "ValidatingAdmissionPolicyBinding",
             "ValidatingAdmissionPolicyBinding"
         ]
@@ -275,6 +281,45 @@ fn chart_lints_and_renders_both_rbac_modes() {
     );
     assert!(!kinds(&narrowed).contains(&"ValidatingAdmissionPolicy".to_string()));
 
+    // The requester's MutatingAdmissionPolicy: rendered where the cluster serves its API
+    // (`auto`), or when asked; its exemption is the operator's ServiceAccount.
+    let map_api = "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy";
+    let mutating = |extra: &[&str]| {
+        let mut args = vec!["template", "jr", chart, "--namespace", "operators"];
+        args.extend_from_slice(extra);
+        let d = docs(&helm_ok(&args));
+        d.into_iter()
+            .filter(|d| {
+                d["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with("MutatingAdmissionPolicy"))
+            })
+            .collect::<Vec<Value>>()
+    };
+    assert!(
+        mutating(&[]).is_empty(),
+        "no MutatingAdmissionPolicy API, none rendered"
+    );
+    let with_api = mutating(&["--api-versions", map_api]);
+    assert_eq!(with_api.len(), 2, "the policy and its binding");
+    assert_eq!(
+        with_api[0]["spec"]["matchConditions"][0]["expression"],
+        "request.userInfo.username != \"system:serviceaccount:operators:jr-jobretry-operator\""
+    );
+    assert!(
+        mutating(&[
+            "--api-versions",
+            map_api,
+            "--set",
+            "admissionPolicy.recordRequester=false"
+        ])
+        .is_empty()
+    );
+    assert_eq!(
+        mutating(&["--set", "admissionPolicy.recordRequester=true"]).len(),
+        2
+    );
+
     // values.schema.json refuses what the operator cannot run with.
     for bad in [
         "replicaCount=-1",
@@ -288,6 +333,7 @@ fn chart_lints_and_renders_both_rbac_modes() {
         "operator.secretLabel=a=b=c",
         "operator.maxConcurrentRuns=-1",
         "noSuchValue=1",
+        "admissionPolicy.recordRequester=sometimes",
     ] {
         let out = helm(&["template", "jr", chart, "--set", bad]);
         assert!(!out.ok, "helm template --set {bad} should fail");
@@ -429,6 +475,16 @@ fn rendered_manifests_apply_to_the_real_api_server() {
         np["spec"]["egress"][1]["to"],
         json!([{"ipBlock": {"cidr": "10.1.0.0/16"}}])
     );
+    // The admission policies are cluster-wide and name this release's ServiceAccount as the
+    // operator: take them away again, so that they judge no other test's objects.
+    for r in [&release, &release_ns] {
+        kubectl_ok(&[
+            "delete",
+            "validatingadmissionpolicies,validatingadmissionpolicybindings",
+            "-l",
+            &format!("app.kubernetes.io/instance={r}"),
+        ]);
+    }
 }
 
 /// `kubectl auth can-i` as `user`; exits 1 for "no", so the answer is read from stdout.

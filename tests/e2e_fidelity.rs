@@ -16,6 +16,11 @@
 //! the oldest to the newest job's finishedOn, bounds exact to the millisecond) retries every
 //! job of the case's source state in keyset order, and the client's own `Job.retry` does the
 //! same jobs in the same order; the databases must be equal again.
+//!
+//! The audit line joins it too: our side runs once more with `audit.jobLog` on, and the
+//! reference is the client's own `Job.retry` of each job followed by its own `Job.log` of the
+//! line we wrote for it (same key, and the job's `keepLogs` trim, case `kept-logs`): the
+//! databases must be equal, and every retried job's log must end with our line.
 
 mod support;
 
@@ -26,8 +31,8 @@ use std::{
 };
 
 use jobretry_operator::bullmq::{
-    BatchRequest, Error, JobOutcome, Ledger, PageOutcome, PageRequest, QueueKeys, QueueVersion,
-    RetryEngine, Selector, VersionError, version::Semver,
+    AuditRun, BatchRequest, Error, JobOutcome, Ledger, PageOutcome, PageRequest, QueueKeys,
+    QueueVersion, RetryEngine, Selector, VersionError, version::Semver,
 };
 use jobretry_operator::crd::SourceState;
 use serde_json::Value;
@@ -49,6 +54,14 @@ const GIVEN: u8 = 14;
 const FIXED: u8 = 15;
 /// The ledger test's own database (tests run in parallel).
 const LEDGER_DB: u8 = 10;
+/// With `audit.jobLog` on: where we retry (version given), and where the client retries
+/// each job and then appends our line with its own `Job.log`.
+const AUDITED: u8 = 9;
+const LOGGED: u8 = 8;
+/// The run name, requester and reason in our audit lines.
+const AUDIT_RUN: &str = "diff/audited";
+const AUDIT_REQUESTER: &str = "system:serviceaccount:ops:diff";
+const AUDIT_REASON: &str = "différentiel: \"audit\"";
 
 thread_local! {
     /// The Redis a thread's matrix runs on: the selector matrix runs beside the id matrix on a
@@ -145,7 +158,7 @@ fn clone_state() {
     let mut con = fdb_conn(BUILD);
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
     for k in keys {
-        for db in [THEIRS, DETECTED, GIVEN, FIXED] {
+        for db in [THEIRS, DETECTED, GIVEN, FIXED, AUDITED, LOGGED] {
             let _: i64 = redis::cmd("COPY")
                 .arg(&k)
                 .arg(&k)
@@ -267,6 +280,17 @@ enum Ours {
 }
 
 fn ours(db: u8, plan: &Value, spec_version: Option<&str>, selector: bool) -> Ours {
+    ours_with(db, plan, spec_version, selector, false)
+}
+
+/// As [`ours`], with `audit.jobLog` on when `audit`.
+fn ours_with(
+    db: u8,
+    plan: &Value,
+    spec_version: Option<&str>,
+    selector: bool,
+    audit: bool,
+) -> Ours {
     let ids: Vec<String> = plan["ids"]
         .as_array()
         .unwrap()
@@ -313,6 +337,16 @@ fn ours(db: u8, plan: &Value, spec_version: Option<&str>, selector: bool) -> Our
                 owner: "diff".into(),
             },
             ledger_ttl: std::time::Duration::from_secs(600),
+            audit: audit.then(|| {
+                AuditRun {
+                    state,
+                    run: AUDIT_RUN,
+                    run_key: RUN_KEY,
+                    requester: Some(AUDIT_REQUESTER),
+                    reason: Some(AUDIT_REASON),
+                }
+                .line()
+            }),
             record: keys.record(RUN_KEY),
         };
         let done = if selector {
@@ -513,7 +547,7 @@ fn judge(
 /// Builds, retries both ways and compares every case of one client; returns one table cell
 /// per case (detected, given) and the failures.
 fn compare(client: &Client, dir: &Path, selector: bool) -> (BTreeMap<String, String>, Vec<String>) {
-    for db in [BUILD, THEIRS, DETECTED, GIVEN, FIXED] {
+    for db in [BUILD, THEIRS, DETECTED, GIVEN, FIXED, AUDITED, LOGGED] {
         let _: () = redis::cmd("FLUSHDB").query(&mut fdb_conn(db)).unwrap();
     }
     let built = fixture(
@@ -579,7 +613,8 @@ fn compare(client: &Client, dir: &Path, selector: bool) -> (BTreeMap<String, Str
             ran.push((plan, detected, ours(db, plan, spec, selector)));
         }
     }
-    let dumps: BTreeMap<u8, Dump> = [BUILD, THEIRS, DETECTED, GIVEN, FIXED]
+    let audited = audit_pass(client, file, plans, selector);
+    let dumps: BTreeMap<u8, Dump> = [BUILD, THEIRS, DETECTED, GIVEN, FIXED, AUDITED, LOGGED]
         .into_iter()
         .map(|d| (d, dump(d)))
         .collect();
@@ -608,7 +643,132 @@ fn compare(client: &Client, dir: &Path, selector: bool) -> (BTreeMap<String, Str
             .or_default()
             .push(code);
     }
+    for (plan, got) in &audited {
+        let code = judge_audit(client, plan, got, &dumps).unwrap_or_else(|e| {
+            failures.push(e);
+            'X'
+        });
+        cells
+            .entry(plan["case"].as_str().unwrap().to_string())
+            .or_default()
+            .push(code);
+    }
     (cells, failures)
+}
+
+/// The audit pass of one client: our retry with `audit.jobLog` on (version given) in
+/// AUDITED; then, in LOGGED, the client's own `Job.retry` of every job followed by its own
+/// `Job.log` of the line we wrote for that job (the last of its log in AUDITED).
+fn audit_pass<'a>(
+    client: &Client,
+    plans_file: &str,
+    plans: &'a [Value],
+    selector: bool,
+) -> Vec<(&'a Value, Ours)> {
+    let mut ran = Vec::new();
+    let mut lines = serde_json::Map::new();
+    let mut con = fdb_conn(AUDITED);
+    for plan in plans.iter().filter(|p| p["unavailable"].is_null()) {
+        let got = ours_with(AUDITED, plan, Some(&client.spec_version), selector, true);
+        if let Ours::Results(r) = &got {
+            let mut case = serde_json::Map::new();
+            for (id, r) in plan["ids"].as_array().unwrap().iter().zip(r) {
+                let id = id.as_str().unwrap();
+                let key = format!("bull:{}:{id}:logs", plan["queue"].as_str().unwrap());
+                let last: Option<String> = redis::cmd("LINDEX")
+                    .arg(&key)
+                    .arg(-1)
+                    .query(&mut con)
+                    .unwrap();
+                if let (&"Retried", Some(line)) = (r, last) {
+                    case.insert(id.to_string(), line.into());
+                }
+            }
+            lines.insert(plan["case"].as_str().unwrap().to_string(), case.into());
+        }
+        ran.push((plan, got));
+    }
+    let lines_file = format!("{plans_file}.lines.json");
+    std::fs::write(&lines_file, Value::Object(lines).to_string()).unwrap();
+    let args = [
+        "--redis",
+        &fdb_url(LOGGED),
+        "--queue",
+        "diff",
+        "--plans",
+        plans_file,
+        "--log-lines",
+        &lines_file,
+    ];
+    fixture(&client.reference, &args);
+    ran
+}
+
+/// Judges the audit cell of a case: with `audit.jobLog` on, Redis must end exactly as after
+/// the client's own `Job.retry` and `Job.log` of our line (where our retry equals BullMQ's),
+/// each retried job's line naming the run; a refused run changes nothing.
+fn judge_audit(
+    client: &Client,
+    plan: &Value,
+    got: &Ours,
+    dumps: &BTreeMap<u8, Dump>,
+) -> Result<char, String> {
+    let case = plan["case"].as_str().unwrap();
+    let want = expect(client, false, plan);
+    let fail = |e: String| format!("{case} @ {} (audit): {e}", client.title);
+    let (reference, code) = match (got, want) {
+        (Ours::Results(_), Expect::Equal) => (LOGGED, '='),
+        // 5.58.2-5.79.1 fail half-way where we follow 5.79.2: no BullMQ reference to log on.
+        (Ours::Results(_), Expect::EqualFixed) => return Ok('~'),
+        (Ours::Refused(kind, _), w) if *kind == w => (
+            BUILD,
+            match w {
+                Expect::IncompatibleOptions => 'O',
+                Expect::QueueData => 'D',
+                _ => 'U',
+            },
+        ),
+        (got, w) => return Err(fail(format!("expected {w:?}, got {got:?}"))),
+    };
+    let diffs = differences(&dumps[&reference], &dumps[&AUDITED], plan);
+    if !diffs.is_empty() {
+        return Err(fail(format!(
+            "Redis differs:\n    {}",
+            diffs.join("\n    ")
+        )));
+    }
+    let head = format!(
+        "jobretry: retried from {} by run={} runKey={} requester={} reason={}; erased",
+        plan["state"].as_str().unwrap_or("failed"),
+        Value::from(AUDIT_RUN),
+        Value::from(RUN_KEY),
+        Value::from(AUDIT_REQUESTER),
+        Value::from(AUDIT_REASON),
+    );
+    // Each retried job's log ends with our line (equal to LOGGED alone would also hold if we
+    // had written none).
+    if let Ours::Results(results) = got {
+        let mut con = fdb_conn(AUDITED);
+        for (id, r) in plan["ids"].as_array().unwrap().iter().zip(results) {
+            let key = format!(
+                "bull:{}:{}:logs",
+                plan["queue"].as_str().unwrap(),
+                id.as_str().unwrap()
+            );
+            let last: Option<String> = redis::cmd("LINDEX")
+                .arg(&key)
+                .arg(-1)
+                .query(&mut con)
+                .unwrap();
+            let lined = last.is_some_and(|l| l.starts_with(&head));
+            if lined != (*r == "Retried") {
+                return Err(fail(format!(
+                    "job {id} ({r}): audit line {lined}, want {head:?}"
+                )));
+            }
+        }
+    }
+    Ok(code)
 }
 
 #[test]
@@ -679,7 +839,8 @@ fn differential(selector: bool, title: &str) {
         table.push(format!("{case:<22}|{row}"));
     }
     println!(
-        "\nDifferential: {title} (version detected, given)\n\
+        "\nDifferential: {title} (version detected, given, and given with audit.jobLog on: \
+         equal to the client's Job.retry then its own Job.log of our line)\n\
          = equal to BullMQ (keys, fields, lists, scores, events, expiry, result codes)\n\
          ~ equal to 5.79.2 where this release fails half-way (the deliberate divergence)\n\
          U refused, nothing changed: no version recorded (VersionUnknown)\n\
@@ -745,6 +906,7 @@ fn no_job_can_be_mistaken_for_a_ledger() {
                 owner: "diff".into(),
             },
             ledger_ttl: std::time::Duration::from_secs(600),
+            audit: None,
             record: keys.record(RUN_KEY),
         };
         let ids = vec!["2".to_string()];

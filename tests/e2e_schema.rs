@@ -172,3 +172,36 @@ fn refuses_job_ids_the_object_cannot_store_and_stores_the_largest_that_fit() {
     let out = create("largest", 10_000, 40);
     assert!(out.ok, "{}", out.stderr);
 }
+
+#[test]
+fn refuses_a_reason_over_256_characters_and_a_later_change_of_it() {
+    // 257 two-byte characters: the limit counts characters, not bytes.
+    let long = "ж".repeat(257);
+    let msg = refused("longwhy", &format!("{VALID}  reason: \"{long}\"\n"));
+    assert!(
+        msg.contains("spec.reason") && msg.contains("may not be more than 256"),
+        "{msg}"
+    );
+    let fits = format!(
+        "{VALID}  reason: \"{}\"\n  audit: {{jobLog: true}}\n",
+        "ж".repeat(256)
+    );
+    let created = ns().apply("why.yaml", &fits.replace("NAME", "why"));
+    assert!(created.ok, "{}", created.stderr);
+    let edited = ns().kubectl(&[
+        "patch",
+        "jobretry",
+        "why",
+        "--type=merge",
+        "-p",
+        "{\"spec\":{\"reason\":\"another\",\"audit\":{\"jobLog\":false}}}",
+    ]);
+    assert!(
+        !edited.ok
+            && edited
+                .stderr
+                .contains("spec is immutable after creation except spec.suspend"),
+        "{}",
+        edited.stderr
+    );
+}

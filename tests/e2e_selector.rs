@@ -143,6 +143,7 @@ impl Filter {
                     owner: "selector-test".into(),
                 },
                 ledger_ttl: Duration::from_secs(600),
+                audit: None,
                 record: keys.record(run_key),
             },
             run_key: run_key.into(),

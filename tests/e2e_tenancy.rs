@@ -56,8 +56,9 @@ subjects:
     assert!(applied.ok, "{}", applied.stderr);
 }
 
-/// The chart's admission policies (one for JobRetries, one for JobRetryPolicies) and their
-/// bindings, applied as the chart renders them.
+/// The chart's Secret-access admission policies (one for JobRetries, one for
+/// JobRetryPolicies) and their bindings, applied as the chart renders them (the requester's
+/// policies are tests/e2e_audit.rs's).
 fn install_policy(ns: &TestNs) {
     let rendered = render("tenancy", &ns.name, &[]);
     let policy: Vec<String> = docs(&rendered)
@@ -66,6 +67,9 @@ fn install_policy(ns: &TestNs) {
             d["kind"]
                 .as_str()
                 .is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("secret-access"))
         })
         .map(|d| serde_norway::to_string(&d).unwrap())
         .collect();

@@ -21,7 +21,7 @@
     10 pc             P:Q:pc, string (priority counter)
     11 ledger         hash: job id -> "1@<owner>" for every job this run key retried
 
-  ARGV (the run's settings, ARGV[1..7] of every script built on this core; see newRun):
+  ARGV (the run's settings, ARGV[1..8] of every script built on this core; see newRun):
     1  state                 "failed" | "completed"
     2  flags                 release flags (below)
     3  resetAttemptsMade     "1" | "0"
@@ -29,6 +29,8 @@
     5  dryRun                "1" | "0"
     6  owner                 the run's owner tag, written into its ledger entries
     7  ttl                   TTL in ms of the ledger and of the calling script's run record
+    8  audit                 "" = no audit line; else the run's part of the line appended to
+                             each retried job's log (see "Audit line" below)
 
   Release flags (src/bullmq/version.rs), letters:
     m = marker, events MAXLEN and the meta default (>= 5.1.7)
@@ -45,10 +47,34 @@
                            meta opts.maxLenEvents); checked only when a job is to be retried,
                            exactly where BullMQ's own script would parse it
 
+  Audit line (spec.audit.jobLog): each job this call retries gets one line appended to its
+  BullMQ log P:Q:<id>:logs, as BullMQ's Job.log (the addLog script) appends it: RPUSH, then,
+  when the job's opts.keepLogs (stored as "kl") is set, LTRIM to its last keepLogs entries.
+  The line is ARGV 8, then `; erased`, then what the retry erased, each only if the job had
+  it (` nothing` if none), values as JSON strings:
+    ` <failedReason|returnvalue>="<text>"` the text cut to 200 bytes at a character
+        boundary; when cut, followed by ` <field>Bytes=<its length in bytes>` (a text over
+        64 KiB, or over what is left of the call's 1 MiB for such reads, is not read at
+        all: the text is then "" and the size says why)
+    ` finishedOn="<ms>"`, and ` attemptsMade="<n>"` / ` attemptsStarted="<n>"` when a reset
+        flag erases them.
+  A job whose log key is not a list, or whose keepLogs is not an integer, is refused ("E",
+  nothing written): BullMQ's own Job.log would fail on it after the retry.
+
   Guarantee: every read, type check and value check happens before the first write, so a
   refused job or call is never half-retried.
 ]]
 local rcall = redis.call
+
+-- Audit lines: at most AUDIT_TEXT_MAX bytes of the erased text are copied into a line; a text
+-- over AUDIT_READ_MAX bytes, or over what is left of the call's AUDIT_CALL_MAX, is not read at
+-- all (HSTRLEN first): the line then gives its size only. So a call reads a bounded amount.
+local AUDIT_TEXT_MAX, AUDIT_READ_MAX, AUDIT_CALL_MAX = 200, 65536, 1048576
+
+-- The job fields the retry reads: priority, parentKey, opts; with the audit line on, also
+-- the ones it reports as erased (read in the same HMGET).
+local JOB_FIELDS = { "priority", "parentKey", "opts" }
+local AUDIT_JOB_FIELDS = { "priority", "parentKey", "opts", "finishedOn", "atm", "ats" }
 
 local function keyType(key)
   return rcall("TYPE", key)["ok"]
@@ -67,7 +93,7 @@ local function chunked(cmd, key, list)
 end
 
 -- The run's settings and the queue's keys.
-local function newRun(state, flags, resetAtm, resetAts, dryRun, owner, ttl)
+local function newRun(state, flags, resetAtm, resetAts, dryRun, owner, ttl, audit)
   local function has(letter) return string.find(flags, letter, 1, true) ~= nil end
   return {
     base = KEYS[1], events = KEYS[2], stateKey = KEYS[3], wait = KEYS[4], paused = KEYS[5],
@@ -75,6 +101,9 @@ local function newRun(state, flags, resetAtm, resetAts, dryRun, owner, ttl)
     ledger = KEYS[11],
     state = state, resetAtm = resetAtm == "1", resetAts = resetAts == "1",
     dryRun = dryRun == "1", owner = owner, ttl = tonumber(ttl),
+    audit = (audit ~= nil and audit ~= "" and dryRun ~= "1") and audit or nil,
+    auditBytesLeft = AUDIT_CALL_MAX,
+    jobFields = (audit ~= nil and audit ~= "" and dryRun ~= "1") and AUDIT_JOB_FIELDS or JOB_FIELDS,
     withMarker = has("m"), withConcurrency = has("c"), withParent = has("p"),
     toWaitWhenPaused = has("w"), priorityAware = has("r"),
   }
@@ -132,17 +161,81 @@ local function checkParent(parentKey)
   return parentKey
 end
 
--- The job fields the retry reads: priority, parentKey, opts.
-local JOB_FIELDS = { "priority", "parentKey", "opts" }
+
+-- s cut to at most n bytes, never inside a UTF-8 character (a byte and the continuation
+-- bytes 0x80-0xBF after it).
+local function cut(s, n)
+  if #s <= n then return s end
+  local e = n
+  while e > 0 do
+    local c = string.byte(s, e + 1)
+    if c < 0x80 or c > 0xBF then break end
+    e = e - 1
+  end
+  -- e is now the end of a character, or 0 when the first n+1 bytes are all continuations
+  return string.sub(s, 1, e)
+end
+
+local JSON_ESCAPES = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
+-- s as a JSON string (quotes, backslashes and control characters escaped; no other change).
+local function quoted(s)
+  return '"' .. string.gsub(s, '[%c"\\]', function(c)
+    return JSON_ESCAPES[c] or string.format("\\u%04x", string.byte(c))
+  end) .. '"'
+end
+
+
+-- Plans the audit line of the job at `jobKey` (reads only); `f` holds its R.jobFields.
+-- Returns the line and the job's keepLogs (false = no trim), or nil and the refusal text.
+local function planAudit(R, jobKey, opts, f)
+  local logs = jobKey .. ":logs"
+  local t = keyType(logs)
+  if t ~= "none" and t ~= "list" then
+    return nil, "the job's log key " .. logs .. " is a " .. t .. ", expected a list"
+  end
+  -- Job.log trims when keepLogs is set (truthy, as the client reads it) to its last keepLogs
+  -- entries; the addLog script parses it as a number.
+  local kl = opts["kl"]
+  local keep = false
+  if truthy(kl) then
+    local n = tonumber(kl)
+    if not n or n ~= n or n ~= math.floor(n) or math.abs(n) > 1e15 then
+      return nil, "the job's opts.keepLogs is " .. cut(tostring(kl), 40) .. ", not an integer; BullMQ's Job.log fails on it"
+    end
+    keep = n
+  end
+  local erased = R.state == "failed" and "failedReason" or "returnvalue"
+  local parts = { R.audit, "; erased" }
+  local len = rcall("HSTRLEN", jobKey, erased)
+  if len > 0 then
+    local text = ""
+    if len <= AUDIT_READ_MAX and len <= R.auditBytesLeft then
+      R.auditBytesLeft = R.auditBytesLeft - len
+      text = cut(rcall("HGET", jobKey, erased) or "", AUDIT_TEXT_MAX)
+    end
+    parts[#parts + 1] = " " .. erased .. "=" .. quoted(text)
+    if #text < len then parts[#parts + 1] = " " .. erased .. "Bytes=" .. len end
+  end
+  if f[4] then parts[#parts + 1] = " finishedOn=" .. quoted(cut(f[4], 24)) end
+  if R.resetAtm and f[5] then parts[#parts + 1] = " attemptsMade=" .. quoted(cut(f[5], 24)) end
+  if R.resetAts and f[6] then parts[#parts + 1] = " attemptsStarted=" .. quoted(cut(f[6], 24)) end
+  if #parts == 2 then parts[3] = " nothing" end
+  return table.concat(parts), keep
+end
 
 -- Plans the retry of job `id` (reads only), known to be in the state set. `f` holds its
--- JOB_FIELDS as HMGET returned them. Returns the result code and, for "1"/"W", its move.
+-- R.jobFields as HMGET returned them. Returns the result code and, for "1"/"W", its move.
 local function planMove(R, id, f)
   local jobKey = R.base .. id
   if not (f[1] or f[2] or f[3]) and rcall("EXISTS", jobKey) == 0 then return "-1" end
   local opts = readOpts(f[3])
   if not opts then return "E" .. "the job's opts field is not valid JSON; BullMQ cannot load the job" end
   local move = { id = id, key = jobKey, lifo = truthy(opts["lifo"]) }
+  if R.audit then
+    local line, keep = planAudit(R, jobKey, opts, f)
+    if not line then return "E" .. tostring(keep) end
+    move.line, move.keepLogs = line, keep
+  end
   if R.priorityAware then
     local prio = tonumber(f[1]) or 0
     if prio ~= prio then return "E" .. "the job's priority field " .. tostring(f[1]) .. " is not a number" end
@@ -252,6 +345,15 @@ local function applyMoves(R, moves, q)
   else
     for _, id in ipairs(moved) do
       rcall("XADD", R.events, "*", "event", "waiting", "jobId", id, "prev", R.state)
+    end
+  end
+
+  -- The audit lines, as Job.log appends them (after the retry, as a client would log).
+  for _, m in ipairs(moves) do
+    if m.line then
+      local logs = m.key .. ":logs"
+      rcall("RPUSH", logs, m.line)
+      if m.keepLogs then rcall("LTRIM", logs, -m.keepLogs, -1) end
     end
   end
 

@@ -18,7 +18,7 @@ pub use engine::{JobOutcome, RetryEngine};
 pub use error::{Category, Error, UrlError, Verdict};
 pub use keys::QueueKeys;
 pub use redact::Redactor;
-pub use scripts::{BatchRequest, Cursor, Ledger, PolicyGuard};
+pub use scripts::{AuditRun, BatchRequest, Cursor, Ledger, PolicyGuard};
 pub use select::{Page, PageOutcome, PageRequest, Selector};
 pub use tls::TlsFailure;
 pub use version::{QueueVersion, VersionError};

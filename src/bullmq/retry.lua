@@ -7,23 +7,23 @@
   KEYS (after core.lua's 1-11):
     12 record        hash: the run record, where the run's position in its id list is
                      kept, per object (field "ids:<owner>"), in the same call as the batch
-  ARGV (after core.lua's 1-7):
-    8  position      the run's position after this batch (recorded unless a dry run)
-    9… ids           job ids
+  ARGV (after core.lua's 1-8):
+    9  position      the run's position after this batch (recorded unless a dry run)
+    10… ids          job ids
 
   Returns one result string per id, in order.
 ]]
-local R = newRun(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+local R = newRun(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 
 local refusedRecord = checkKeyTypes({ {KEYS[12], "hash"} })
 if refusedRecord then return refusedRecord end
 local ids = {}
-for i = 9, #ARGV do ids[#ids + 1] = ARGV[i] end
+for i = 10, #ARGV do ids[#ids + 1] = ARGV[i] end
 local results = {}
 if #ids == 0 then return results end
 local function recordPosition()
   if not R.dryRun then
-    rcall("HSET", KEYS[12], "ids:" .. R.owner, ARGV[8])
+    rcall("HSET", KEYS[12], "ids:" .. R.owner, ARGV[9])
     rcall("PEXPIRE", KEYS[12], R.ttl)
   end
 end
@@ -40,7 +40,7 @@ for i, id in ipairs(ids) do
     r = "-3"
   else
     seen[id] = true
-    local ok, f = pcall(rcall, "HMGET", R.base .. id, unpack(JOB_FIELDS))
+    local ok, f = pcall(rcall, "HMGET", R.base .. id, unpack(R.jobFields))
     if not ok then
       r = "E" .. "job key " .. R.base .. id .. " is not a hash"
     elseif not (f[1] or f[2] or f[3]) and rcall("EXISTS", R.base .. id) == 0 then

@@ -25,6 +25,48 @@ pub struct BatchRequest {
     pub record: String,
     /// Of the ledger and the record.
     pub ledger_ttl: Duration,
+    /// `spec.audit.jobLog`: the run's part of the audit line each retried job gets in its
+    /// BullMQ log ([`audit_line`]); `None`: no line.
+    pub audit: Option<String>,
+}
+
+/// Who asked for a run and why: the run's part of the audit line (`spec.audit.jobLog`) each
+/// job it retries gets in its BullMQ log. `core.lua` appends what the retry erased; the whole
+/// line reads
+///
+/// ```text
+/// jobretry: retried from failed by run="payments/incident-4711" runKey="payments/incident-4711" requester="alice" reason="db failover"; erased failedReason="read ECONNRESET" finishedOn="1764950000000" attemptsMade="3"
+/// ```
+///
+/// Values are JSON strings; `requester` and `reason` are `null` when there is none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRun<'a> {
+    pub state: SourceState,
+    /// `namespace/name` of the JobRetry.
+    pub run: &'a str,
+    pub run_key: &'a str,
+    pub requester: Option<&'a str>,
+    pub reason: Option<&'a str>,
+}
+
+impl AuditRun<'_> {
+    /// The run's part of the line.
+    pub fn line(&self) -> String {
+        let json = |s: Option<&str>| {
+            s.map_or_else(
+                || "null".to_string(),
+                |s| serde_json::Value::from(s).to_string(),
+            )
+        };
+        format!(
+            "jobretry: retried from {} by run={} runKey={} requester={} reason={}",
+            self.state.as_str(),
+            json(Some(self.run)),
+            json(Some(self.run_key)),
+            json(self.requester),
+            json(self.reason.filter(|r| !r.is_empty())),
+        )
+    }
 }
 
 /// A keyset position: the score (finishedOn, as Redis writes it) and id of the last job
@@ -116,7 +158,7 @@ impl QueueKeysArgs<'_> {
     }
 }
 
-/// A run's settings: KEYS 1-11 and ARGV 1-7 of `core.lua`.
+/// A run's settings: KEYS 1-11 and ARGV 1-8 of `core.lua`.
 pub struct RunArgs<'a> {
     pub queue: QueueKeysArgs<'a>,
     /// The release flags (`QueueVersion::script_flags`).
@@ -127,6 +169,8 @@ pub struct RunArgs<'a> {
     pub ledger: &'a Ledger,
     /// Of the ledger and the run record.
     pub ttl: Duration,
+    /// The run's part of each retried job's audit line; `None`: no line.
+    pub audit: Option<&'a str>,
 }
 
 impl<'a> RunArgs<'a> {
@@ -143,6 +187,7 @@ impl<'a> RunArgs<'a> {
             dry_run: req.dry_run,
             ledger: &req.ledger,
             ttl: req.ledger_ttl,
+            audit: req.audit.as_deref(),
         }
     }
 
@@ -155,7 +200,8 @@ impl<'a> RunArgs<'a> {
             .arg("resetAttemptsStarted", flag(self.reset_attempts_started))
             .arg("dryRun", flag(self.dry_run))
             .arg("owner", &self.ledger.owner)
-            .arg("ttl", millis(self.ttl));
+            .arg("ttl", millis(self.ttl))
+            .arg("audit", self.audit.unwrap_or_default());
     }
 }
 

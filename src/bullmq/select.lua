@@ -22,28 +22,28 @@
     13 lock          string: the queue-and-state lock
     14 retriesNow    hash: a policy's per-job retry counts, this period (job id -> count)
     15 retriesBefore hash: the same, the period before (read, never written)
-  ARGV (after core.lua's 1-7):
-    8  holder        the lock holder: the run key; "" = take no lock (dry runs)
-    9  lockTtl       lock TTL in ms
-    10 lower         finishedOn lower bound, inclusive ("-inf": none)
-    11 upper         finishedOn upper bound, exclusive: the snapshot, frozen at the run's start
-    12 maxJobs       stop after this many matches
-    13 budget        at most this many jobs examined in this call
-    14 cursorScore   dry runs only (real runs keep it in the record); "" = start
-    15 cursorId      dry runs only
-    16 matched       matches so far; dry runs only
-    17 reason        failedReason must contain this ("" = any)
-    18 scanned       real runs: what the run's status says its record had scanned; a
+  ARGV (after core.lua's 1-8):
+    9  holder        the lock holder: the run key; "" = take no lock (dry runs)
+    10 lockTtl       lock TTL in ms
+    11 lower         finishedOn lower bound, inclusive ("-inf": none)
+    12 upper         finishedOn upper bound, exclusive: the snapshot, frozen at the run's start
+    13 maxJobs       stop after this many matches
+    14 budget        at most this many jobs examined in this call
+    15 cursorScore   dry runs only (real runs keep it in the record); "" = start
+    16 cursorId      dry runs only
+    17 matched       matches so far; dry runs only
+    18 reason        failedReason must contain this ("" = any)
+    19 scanned       real runs: what the run's status says its record had scanned; a
                      record that is missing or behind it means the run's state in Redis
                      is lost (another server, or lost writes): reply "lost"
-    19 workBudget    matching work units per call
-    20 bytesBudget   bytes of names and reasons copied per call
-    21 guardMax      a policy run's per-job cap: a matched job its policy's runs retried this
+    20 workBudget    matching work units per call
+    21 bytesBudget   bytes of names and reasons copied per call
+    22 guardMax      a policy run's per-job cap: a matched job its policy's runs retried this
                      many times (the two periods' counts together) is Parked, not retried, and
                      counts neither toward maxJobs nor as refailed; "0" = counted, no cap;
                      "" = not a policy run: KEYS 14-15 are never touched
-    22 guardTtl      TTL in ms of retriesNow, set with each increment
-    23… names        name globs: `*` any run of characters, `?` one character (a byte and
+    23 guardTtl      TTL in ms of retriesNow, set with each increment
+    24… names        name globs: `*` any run of characters, `?` one character (a byte and
                      the continuation bytes 0x80-0xBF after it); a job matches if any glob
                      matches its whole name; none = any name
 
@@ -70,15 +70,15 @@
   "lost": { "lost", scanned in the record ("" if there is none), matched in the record };
           nothing was written.
 ]]
-local R = newRun(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+local R = newRun(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 local recordKey, lockKey = KEYS[12], KEYS[13]
-local holder, lockTtl = ARGV[8], ARGV[9]
-local maxJobs, budget = tonumber(ARGV[12]), tonumber(ARGV[13])
-local reasonNeedle = ARGV[17]
-local expectedScanned = tonumber(ARGV[18]) or 0
-local workBudget, bytesBudget = tonumber(ARGV[19]), tonumber(ARGV[20])
-local guarded = ARGV[21] ~= ""
-local guardMax, guardTtl = tonumber(ARGV[21]) or 0, tonumber(ARGV[22])
+local holder, lockTtl = ARGV[9], ARGV[10]
+local maxJobs, budget = tonumber(ARGV[13]), tonumber(ARGV[14])
+local reasonNeedle = ARGV[18]
+local expectedScanned = tonumber(ARGV[19]) or 0
+local workBudget, bytesBudget = tonumber(ARGV[20]), tonumber(ARGV[21])
+local guarded = ARGV[22] ~= ""
+local guardMax, guardTtl = tonumber(ARGV[22]) or 0, tonumber(ARGV[23])
 local retriesNow, retriesBefore = KEYS[14], KEYS[15]
 local byte, sub = string.byte, string.sub
 local STAR, ANY = 42, 63
@@ -115,7 +115,7 @@ local function compileGlob(g)
 end
 
 local globs = {}
-for i = 23, #ARGV do globs[#globs + 1] = compileGlob(ARGV[i]) end
+for i = 24, #ARGV do globs[#globs + 1] = compileGlob(ARGV[i]) end
 
 -- Whether glob G matches all of s: greedy, with one backtrack point (the last `*`), so at
 -- most #s * #G steps. Returns the verdict (nil: `limit` steps did not decide) and the steps.
@@ -158,19 +158,6 @@ local function globMatch(s, G, limit)
   return j > m, steps
 end
 
--- s cut to at most n bytes, never inside a UTF-8 character.
-local function cut(s, n)
-  if #s <= n then return s end
-  local e = n
-  while e > 0 do
-    local c = byte(s, e + 1)
-    if c < 0x80 or c > 0xBF then break end
-    e = e - 1
-  end
-  -- e is now the end of a character, or 0 when the first n+1 bytes are all continuations
-  return sub(s, 1, e)
-end
-
 local extraKeys = { {recordKey, "hash"}, {lockKey, "string"} }
 if guarded then
   extraKeys[3] = {retriesNow, "hash"}
@@ -193,7 +180,7 @@ local function totals()
 end
 
 -- Where the run stands.
-local cs, cid, scanned, matched, upper = ARGV[14], ARGV[15], 0, tonumber(ARGV[16]) or 0, ARGV[11]
+local cs, cid, scanned, matched, upper = ARGV[15], ARGV[16], 0, tonumber(ARGV[17]) or 0, ARGV[12]
 local unexamined, refailed, parked = 0, 0, 0
 if not R.dryRun then
   local rec = rcall("HMGET", recordKey, "cs", "cid", "scanned", "matched", "upper", "done", "unexamined",
@@ -234,7 +221,7 @@ end
 -- The rank of the first job after the cursor (ranks are read fresh: retries remove jobs).
 local start
 if cs == "" then
-  start = ARGV[10] == "-inf" and 0 or rcall("ZCOUNT", stateKey, "-inf", "(" .. ARGV[10])
+  start = ARGV[11] == "-inf" and 0 or rcall("ZCOUNT", stateKey, "-inf", "(" .. ARGV[11])
 else
   local lo = rcall("ZCOUNT", stateKey, "-inf", "(" .. cs)
   local hi = lo + rcall("ZCOUNT", stateKey, cs, cs)
@@ -327,7 +314,7 @@ for i = 1, #page, 2 do
     matched = matched + 1
     local k = (i + 1) / 2
     local prior = (tonumber(countNow[k]) or 0) + (tonumber(countBefore[k]) or 0)
-    local ok, f = pcall(rcall, "HMGET", key, unpack(JOB_FIELDS))
+    local ok, f = pcall(rcall, "HMGET", key, unpack(R.jobFields))
     local r, move
     if guarded and guardMax > 0 and prior >= guardMax then
       r, parked = "P", parked + 1
@@ -393,7 +380,7 @@ local function flat(counts)
 end
 local remaining = 0
 if not done then
-  remaining = rcall("ZCOUNT", stateKey, cs == "" and ARGV[10] or "(" .. cs, "(" .. upper)
+  remaining = rcall("ZCOUNT", stateKey, cs == "" and ARGV[11] or "(" .. cs, "(" .. upper)
 end
 return { done and "done" or "more", cs, cid, scanned, matched, remaining, results,
   flat(names), flat(reasons), oldest, newest, R.dryRun and {} or totals(), upper, unexamined,

@@ -52,6 +52,10 @@ pub struct Facts {
     pub row_limit: usize,
     /// Draws the backoff's jitter (per object); `None`: no jitter.
     pub jitter_seed: Option<u64>,
+    /// Who asked for the run (its recorded requester), frozen into status when first seen.
+    pub requester: Option<String>,
+    /// `spec.reason`, for the run's Events.
+    pub reason: Option<String>,
 }
 
 impl Facts {
@@ -62,6 +66,8 @@ impl Facts {
             jobs_per_second: spec.rate_limit.as_ref().map_or(0, |r| r.jobs_per_second),
             row_limit,
             jitter_seed: None,
+            requester: None,
+            reason: spec.reason.clone().filter(|r| !r.is_empty()),
         }
     }
 }
@@ -188,6 +194,9 @@ pub fn step(
         _ => {}
     }
     let mut status = next_status(old, &progress, now);
+    if status.requester.is_none() {
+        status.requester = facts.requester.clone();
+    }
     let batches_ran = !progress.rows.is_empty();
     let failures = if batches_ran { 0 } else { memory.failures };
     let (stage, failures, requeue) = decide(&progress.end, failures, facts);
@@ -199,7 +208,7 @@ pub fn step(
         status::set_counts(&mut status, counts);
     }
     apply_stage(&mut status, &stage, facts.generation, now);
-    let events = milestones(old, &status, &stage, requeue);
+    let events = milestones(old, &status, &stage, requeue, facts);
     if Phase::of(Some(&status)).is_some_and(Phase::is_terminal) {
         memory = Memory::default();
     }
@@ -322,19 +331,33 @@ fn milestones(
     new: &JobRetryStatus,
     stage: &Stage,
     requeue: Requeue,
+    facts: &Facts,
 ) -> Vec<Milestone> {
     let started_now = old.start_time.is_none() && new.start_time.is_some();
     let mut events = Vec::new();
     if started_now && (!matches!(stage, Stage::Running) || old.phase == new.phase) {
-        events.push(milestone(new, &Stage::Running, requeue));
+        events.push(milestone(new, &Stage::Running, requeue, facts));
     }
     if old.phase != new.phase {
-        events.push(milestone(new, stage, requeue));
+        events.push(milestone(new, stage, requeue, facts));
     }
     events
 }
 
-fn milestone(s: &JobRetryStatus, stage: &Stage, requeue: Requeue) -> Milestone {
+/// Who asked and why, for the Started event: `, requested by alice: db failover`.
+fn asked_by(s: &JobRetryStatus, facts: &Facts) -> String {
+    let who = s
+        .requester
+        .as_deref()
+        .map_or(String::new(), |r| format!(", requested by {r}"));
+    let why = facts
+        .reason
+        .as_deref()
+        .map_or(String::new(), |r| format!(": {r}"));
+    format!("{who}{why}")
+}
+
+fn milestone(s: &JobRetryStatus, stage: &Stage, requeue: Requeue, facts: &Facts) -> Milestone {
     let normal = |reason: EventReason, note| Milestone {
         warning: false,
         reason: reason.into(),
@@ -348,7 +371,11 @@ fn milestone(s: &JobRetryStatus, stage: &Stage, requeue: Requeue) -> Milestone {
     match stage {
         Stage::Running => normal(
             EventReason::Started,
-            format!("retrying {} jobs", s.matched.unwrap_or(0)),
+            format!(
+                "retrying {} jobs{}",
+                s.matched.unwrap_or(0),
+                asked_by(s, facts)
+            ),
         ),
         Stage::Done => normal(
             EventReason::Completed,

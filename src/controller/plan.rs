@@ -18,7 +18,7 @@ use super::{
     rules,
 };
 use crate::{
-    bullmq::{BatchRequest, Ledger, PageRequest, PolicyGuard},
+    bullmq::{AuditRun, BatchRequest, Ledger, PageRequest, PolicyGuard},
     config::Config,
     crd::{JobRetrySpec, SelectionStatus},
 };
@@ -184,7 +184,26 @@ fn batch_request(loaded: &Loaded, q: &OpenQueue, cfg: &Config) -> BatchRequest {
         },
         ledger_ttl: cfg.ledger_retention(),
         record: q.keys.record(&loaded.run_key),
+        audit: loaded.obj.audits().then(|| audit_line(loaded)),
     }
+}
+
+/// The run's part of each retried job's audit line.
+fn audit_line(loaded: &Loaded) -> String {
+    let obj = &loaded.obj;
+    let ns = obj.metadata.namespace.as_deref().unwrap_or_default();
+    let name = obj.metadata.name.as_deref().unwrap_or_default();
+    let run = format!("{ns}/{name}");
+    // The requester as status froze it, else as recorded on the object.
+    let status_requester = obj.status.as_ref().and_then(|s| s.requester.as_deref());
+    AuditRun {
+        state: obj.spec.state,
+        run: &run,
+        run_key: &loaded.run_key,
+        requester: status_requester.or(obj.requester()),
+        reason: obj.spec.reason.as_deref(),
+    }
+    .line()
 }
 
 fn jobs_per_second(spec: &JobRetrySpec) -> u32 {

@@ -74,6 +74,7 @@ fn facts(obj: &JobRetry, uid: &str, ctx: &Context) -> Facts {
     let row_limit = ctx.config.status_row_limit as usize;
     Facts {
         jitter_seed: Some(rules::jitter_seed(uid)),
+        requester: obj.requester().map(str::to_string),
         ..Facts::new(&obj.spec, obj.metadata.generation, row_limit)
     }
 }

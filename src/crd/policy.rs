@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{Connection, QueueRef, RateLimit, Selector, SourceState};
+use super::{Audit, Connection, QueueRef, REQUESTER_ANNOTATION, RateLimit, Selector, SourceState};
 
 /// The annotation `kubectl jobretry resume POLICY` sets: a time (RFC 3339); a guard trip older
 /// than it is cleared.
@@ -164,6 +164,18 @@ fn time_zone_rule() -> String {
     format!("self in [{list}]")
 }
 
+impl JobRetryPolicy {
+    /// Who created the policy, as recorded at admission (the `jobretry.io/requester`
+    /// annotation); its scheduled and triggered runs carry it.
+    pub fn requester(&self) -> Option<&str> {
+        let notes = self.metadata.annotations.as_ref()?;
+        notes
+            .get(REQUESTER_ANNOTATION)
+            .map(String::as_str)
+            .filter(|r| !r.is_empty())
+    }
+}
+
 /// The JobRetry each run is created from.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -212,6 +224,13 @@ pub struct RunTemplateSpec {
     /// Pace of each run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Why the policy's runs happen (at most 256 characters): in each run's spec, Events and audit lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub reason: Option<String>,
+    /// What each run records about itself where BullMQ users look (`audit.jobLog`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Audit>,
 }
 
 /// The failure-count trigger.

@@ -69,6 +69,8 @@ fn names_match_the_contract() {
             "ERRORS",
             "SCANNED",
             "REMAINING",
+            "REQUESTER",
+            "REASON",
             "AGE"
         ]
     );

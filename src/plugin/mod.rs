@@ -143,6 +143,12 @@ pub struct RunArgs {
     /// Identity of the run for exactly-once retries (default: <namespace>/<name>).
     #[arg(long)]
     pub run_key: Option<String>,
+    /// Why the run is asked for (spec.reason, at most 256 characters): in Events, `get -o wide` and audit lines.
+    #[arg(long, value_name = "TEXT")]
+    pub why: Option<String>,
+    /// Append an audit line to each retried job's BullMQ log (spec.audit.jobLog).
+    #[arg(long)]
+    pub audit_log: bool,
     /// Follow the run with a progress display until it ends, then print its counts.
     #[arg(long)]
     pub wait: bool,
@@ -263,6 +269,8 @@ pub fn jobretry(
             .map(|jobs_per_second| RateLimit { jobs_per_second }),
         suspend: false,
         run_key: run.and_then(|r| r.run_key.clone()),
+        reason: run.and_then(|r| r.why.clone()),
+        audit: audit_of(run),
     };
     let mut jr = JobRetry::new(&name, spec);
     jr.metadata.namespace = namespace.map(str::to_string);
@@ -274,6 +282,12 @@ pub fn jobretry(
         .into(),
     );
     Ok(jr)
+}
+
+/// `spec.audit` as `--audit-log` asks.
+fn audit_of(run: Option<&RunArgs>) -> Option<crate::crd::Audit> {
+    let on = run.is_some_and(|r| r.audit_log);
+    on.then_some(crate::crd::Audit { job_log: true })
 }
 
 /// The connection the flags name: the Secret (`<queue>-redis` unless given) and the mode.

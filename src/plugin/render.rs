@@ -95,6 +95,12 @@ pub fn status(jr: &JobRetry) -> String {
             sel.scanned, sel.remaining
         ));
     }
+    if let Some(who) = &st.requester {
+        out.push_str(&format!("Asked by: {who}\n"));
+    }
+    if let Some(why) = jr.spec.reason.as_deref().filter(|r| !r.is_empty()) {
+        out.push_str(&format!("Why:      {why}\n"));
+    }
     if let Some(why) = held(&st) {
         out.push_str(&format!("Reason:   {why}\n"));
     }

@@ -9,7 +9,7 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 
 use crate::crd::{
-    JobRetry, JobRetrySpec, Phase,
+    JobRetry, JobRetrySpec, Phase, REQUESTER_ANNOTATION,
     policy::{CAUSE_ANNOTATION, JobRetryPolicy, POLICY_LABEL, RunCause},
 };
 
@@ -37,6 +37,12 @@ pub fn run(policy: &JobRetryPolicy, name: &str, tick: Timestamp, cause: RunCause
     let mut labels = meta.labels;
     labels.insert(POLICY_LABEL.to_string(), policy.name_any());
     let mut annotations = meta.annotations;
+    // Who asked: the policy's recorded requester, never one the template writes. A manual
+    // run is asked for by whoever triggers it: admission records them.
+    annotations.remove(REQUESTER_ANNOTATION);
+    if let Some(who) = policy.requester().filter(|_| cause != RunCause::Manual) {
+        annotations.insert(REQUESTER_ANNOTATION.to_string(), who.to_string());
+    }
     annotations.insert(TICK_ANNOTATION.to_string(), tick.to_string());
     annotations.insert(
         CAUSE_ANNOTATION.to_string(),
@@ -53,6 +59,8 @@ pub fn run(policy: &JobRetryPolicy, name: &str, tick: Timestamp, cause: RunCause
         reset_attempts_started: t.reset_attempts_started,
         dry_run: t.dry_run,
         rate_limit: t.rate_limit.clone(),
+        reason: t.reason.clone(),
+        audit: t.audit.clone(),
         suspend: false,
         run_key: Some(format!(
             "{ns}/{}/{}",

@@ -4,6 +4,8 @@
 // that scenario.mjs made (plans marked "unavailable" are skipped).
 //
 //   node retry-plans.mjs --redis redis://127.0.0.1:6379/2 --queue diff --plans FILE [--cases A,B] [--bullmq PKG]
+//     [--log-lines FILE]   (JSON {case: {id: line}}: each such job then gets job.log(line),
+//                           BullMQ's own log append, after its retry)
 //   (--queue is required by the shared CLI but unused: each plan names its queue)
 //
 // Opening a Queue writes its meta hash (opts.maxLenEvents, version) on most releases, which
@@ -18,7 +20,7 @@ import { readFileSync } from 'node:fs';
 import IORedis from 'ioredis';
 import { UsageError, connectionOpts, loadBullmq, log, parseCli, preflight, runMain, sleep } from './lib.mjs';
 
-const USAGE = 'usage: retry-plans.mjs --redis URL --queue NAME --plans FILE [--cases A,B] [--prefix bull] [--bullmq PKG]';
+const USAGE = 'usage: retry-plans.mjs --redis URL --queue NAME --plans FILE [--cases A,B] [--log-lines FILE] [--prefix bull] [--bullmq PKG]';
 
 /** Every key of `queues` with its type and a content digest, to prove nothing moved. */
 async function snapshot(raw, prefix, queues) {
@@ -38,8 +40,9 @@ async function restoreMeta(raw, key, fields) {
 }
 
 runMain('retry-plans.mjs', async (onCleanup) => {
-  const v = parseCli({ plans: { type: 'string' }, cases: { type: 'string' } }, USAGE);
+  const v = parseCli({ plans: { type: 'string' }, cases: { type: 'string' }, 'log-lines': { type: 'string' } }, USAGE);
   if (!v.plans) throw new UsageError(`--plans FILE is required\n${USAGE}`);
+  const lines = v['log-lines'] ? JSON.parse(readFileSync(v['log-lines'], 'utf8')) : {};
   await preflight(v.redis);
   const only = v.cases ? new Set(v.cases.split(',')) : null;
   const plans = JSON.parse(readFileSync(v.plans, 'utf8')).plans.filter(
@@ -82,6 +85,8 @@ runMain('retry-plans.mjs', async (onCleanup) => {
       try {
         await job.retry(plan.state, opts);
         jobs.push({ id, result: 'ok' });
+        const line = (lines[plan.case] || {})[id];
+        if (line !== undefined) await job.log(line);
       } catch (err) {
         jobs.push({ id, result: err && err.message ? err.message : String(err) });
       }

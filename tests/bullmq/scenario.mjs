@@ -79,6 +79,8 @@ class Ctx {
     const w = new this.bullmq.Worker(
       name,
       async (job) => {
+        // data.logs: lines the job logs first, with its own Job.log (trimmed to keepLogs).
+        for (let i = 1; i <= ((job.data && job.data.logs) || 0); i++) await job.log(`line ${i}`);
         if (job.data && job.data.fail) throw new Error(job.data.reason || 'ECONNRESET');
         return { ok: true, id: job.id };
       },
@@ -152,6 +154,13 @@ async function failedWith(c, opts, field, value) {
 
 const CASES = {
   basic: async (c) => ({ ids: await c.finished([fail(), fail({ opts: { attempts: 3 } })]) }),
+  // Jobs with logs, one trimmed by keepLogs (what an audit line is appended to).
+  'kept-logs': async (c) => ({
+    ids: await c.finished([
+      { data: { fail: true, logs: 3 }, opts: { keepLogs: 2 } },
+      { data: { fail: true, logs: 1 } },
+    ]),
+  }),
   'reset-both': async (c) => ({
     ids: await c.finished([fail({ opts: { attempts: 2 } })]),
     resetAttemptsMade: true,

@@ -8,6 +8,8 @@
 //
 // spec.json: { "jobs": [ { "key": "a", "name": "charge", "data": {...},
 //                          "opts": {...JobsOptions...}, "outcome": "fail"|"complete" } ] }
+// data.reason is the failed job's error message; data.logs (a number) makes the processor
+// write that many log lines with Job.log first.
 //
 // stdout: { "jobs": [ { key, id, name, state, attemptsMade, priority,
 //                       finishedOn, failedReason, returnvalue } ] }
@@ -125,6 +127,10 @@ runMain('seed.mjs', async (onCleanup) => {
         unexpected.push(String(job.id));
         throw new Error(`seed.mjs: unexpected job ${job.id} not in the spec`);
       }
+      // data.logs: that many lines in the job's log first, through the job's own Job.log
+      // (which trims to opts.keepLogs).
+      const lines = job.data && typeof job.data === 'object' ? Number(job.data.logs) || 0 : 0;
+      for (let i = 1; i <= lines; i++) await job.log(`seed line ${i}`);
       if (entry.outcome === 'fail') {
         const reason = job.data && typeof job.data === 'object' && job.data.reason;
         throw new Error(reason || 'boom');

@@ -113,6 +113,8 @@ wait_for 30 "etcd health" curl -fsS "http://127.0.0.1:$ETCD_PORT/health" || exit
 # keep failing to publish the loopback advertise address as an Endpoint.
 # ValidatingAdmissionPolicy (the chart's tenancy policy, tests/e2e_tenancy.rs) needs no flag:
 # its admission plugin and admissionregistration.k8s.io/v1 are on by default since 1.30.
+# MutatingAdmissionPolicy (the chart's requester record, tests/e2e_audit.rs) is beta in 1.34,
+# off by default: its feature gate and admissionregistration.k8s.io/v1beta1 are turned on.
 start_bg "$STATE" kube-apiserver "$BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --bind-address 127.0.0.1 \
@@ -127,6 +129,8 @@ start_bg "$STATE" kube-apiserver "$BIN/kube-apiserver" \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-cluster-ip-range 10.0.0.0/24 \
   --authorization-mode Node,RBAC \
+  --feature-gates MutatingAdmissionPolicy=true \
+  --runtime-config admissionregistration.k8s.io/v1beta1=true \
   --disable-admission-plugins ServiceAccount \
   --endpoint-reconciler-type none \
   --profiling=false \

@@ -80,6 +80,13 @@ pub fn ensure_crd() {
                     .then_some(())
             });
         }
+        // Established is not yet served: a brand-new API server may still answer a create
+        // with "Resource kind ... not found" (ServiceUnavailable) for a moment.
+        eventually(Duration::from_secs(60), "the CRDs are served", || {
+            let kinds = "jobretries.jobretry.io,jobretrypolicies.jobretry.io";
+            let dry = kubectl(&["get", kinds, "-A", "-o", "name"]);
+            dry.ok.then_some(())
+        });
     });
 }
 

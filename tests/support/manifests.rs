@@ -64,6 +64,8 @@ fn bare(name: &str, queue: &str) -> JobRetry {
             rate_limit: None,
             suspend: false,
             run_key: None,
+            reason: None,
+            audit: None,
         },
     )
 }
@@ -158,6 +160,8 @@ pub fn policy(
         reset_attempts_started: false,
         dry_run: false,
         rate_limit: None,
+        reason: None,
+        audit: None,
     };
     let mut spec: JobRetryPolicySpec = serde_json::from_value(serde_json::json!({
         "jobRetryTemplate": {"spec": template},

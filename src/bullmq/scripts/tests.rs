@@ -123,6 +123,7 @@ fn request(keys: &QueueKeys) -> BatchRequest {
         },
         record: keys.record("ns/a"),
         ledger_ttl: Duration::from_secs(60),
+        audit: None,
     }
 }
 
@@ -147,7 +148,7 @@ fn the_retry_call_is_what_core_and_retry_lua_document() {
     assert_eq!(
         values,
         [
-            "failed", "mcpwr", "1", "0", "0", "tag", "60000", "3", "1", "2", "3"
+            "failed", "mcpwr", "1", "0", "0", "tag", "60000", "", "3", "1", "2", "3"
         ]
     );
     assert_eq!(call.keys[2].1, "bull:q:failed");
@@ -185,7 +186,7 @@ fn the_page_call_is_what_core_and_select_lua_document() {
     };
     let call = args.call();
     check(&[CORE, SELECT], &call);
-    let tail: Vec<&str> = call.args[7..].iter().map(|(_, v)| v.as_str()).collect();
+    let tail: Vec<&str> = call.args[8..].iter().map(|(_, v)| v.as_str()).collect();
     assert_eq!(
         tail,
         [
@@ -272,4 +273,57 @@ fn a_header_out_of_step_with_its_builder_is_caught() {
     .call();
     let caught = std::panic::catch_unwind(|| check(&[&swapped, RETRY], &call));
     assert!(caught.is_err());
+}
+
+#[test]
+fn the_audit_line_names_the_run_the_requester_and_the_reason_as_json_strings() {
+    let run = AuditRun {
+        state: SourceState::Failed,
+        run: "payments/incident-4711",
+        run_key: "payments/incident-4711",
+        requester: Some("alice"),
+        reason: Some("db \"failover\"\nINC-4711"),
+    };
+    assert_eq!(
+        run.line(),
+        r#"jobretry: retried from failed by run="payments/incident-4711" runKey="payments/incident-4711" requester="alice" reason="db \"failover\"\nINC-4711""#
+    );
+    let unknown = AuditRun {
+        state: SourceState::Completed,
+        requester: None,
+        reason: Some(""),
+        ..run
+    };
+    assert!(
+        unknown.line().ends_with("requester=null reason=null"),
+        "{}",
+        unknown.line()
+    );
+    assert!(
+        unknown
+            .line()
+            .starts_with("jobretry: retried from completed by")
+    );
+}
+
+#[test]
+fn the_audit_line_is_core_argv_8_and_empty_without_audit() {
+    let keys = QueueKeys::new("bull", "q");
+    let mut req = request(&keys);
+    let ids = ["1".to_string(), "2".into()];
+    let call = |req: &BatchRequest| {
+        RetryArgs {
+            run: RunArgs::of(&keys, req),
+            record: &req.record,
+            position_after: 2,
+            ids: &ids,
+        }
+        .call()
+    };
+    assert_eq!(call(&req).args[7], ("audit", String::new()));
+    req.audit = Some("jobretry: retried from failed by run=\"ns/a\"".into());
+    assert_eq!(
+        call(&req).args[7].1,
+        "jobretry: retried from failed by run=\"ns/a\""
+    );
 }

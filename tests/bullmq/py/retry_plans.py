@@ -4,6 +4,7 @@ Job.retry(state, {resetAttemptsMade, resetAttemptsStarted}) for every id of ever
 scenario.py made. The Python Queue writes nothing when it opens; the script checks that.
 
     python retry_plans.py --redis redis://127.0.0.1:6379/2 --plans FILE [--cases A,B] [--prefix bull]
+        [--log-lines FILE]  (JSON {case: {id: line}}: each such job then gets Job.log(line))
 
 Prints {"bullmq": "python:<version>", "results": {"<case>": [{"id", "result"}]}}, result being
 "ok", "missing" or the error the client raised.
@@ -34,7 +35,12 @@ async def main() -> int:
     p.add_argument("--cases")
     p.add_argument("--queue", help="unused: each plan names its queue")
     p.add_argument("--prefix", default="bull")
+    p.add_argument("--log-lines", help="JSON {case: {id: line}}: after a job's retry, job.log(line)")
     a = p.parse_args()
+    lines = {}
+    if a.log_lines:
+        with open(a.log_lines) as f:
+            lines = json.load(f)
     only = set(a.cases.split(",")) if a.cases else None
     with open(a.plans) as f:
         plans = [x for x in json.load(f)["plans"] if not x.get("unavailable") and (only is None or x["case"] in only)]
@@ -65,6 +71,9 @@ async def main() -> int:
                     pending = job.retry(plan["state"])
                 await pending
                 jobs.append({"id": job_id, "result": "ok"})
+                line = lines.get(plan["case"], {}).get(job_id)
+                if line is not None:
+                    await job.log(line)
             except Exception as e:  # noqa: BLE001 - BullMQ's own refusal is the result
                 jobs.append({"id": job_id, "result": str(e)})
         await queue.close()
