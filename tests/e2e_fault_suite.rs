@@ -886,6 +886,8 @@ fn a_kube_apiserver_restart() {
 
 /// Restarts the test platform's kube-apiserver with its own command line and environment,
 /// updating its pid file; waits until it answers again.
+// The server that answers lives on (down.sh stops it); one that exits is waited for.
+#[allow(clippy::zombie_processes)]
 fn restart_api_server() {
     let state = PathBuf::from(std::env::var("JOBRETRY_TEST_STATE_DIR").unwrap());
     let pidfile = state.join("kube-apiserver.pid");
@@ -919,25 +921,44 @@ fn restart_api_server() {
             .next();
         matches!(state, None | Some("Z") | Some("X")).then_some(())
     });
-    let log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(state.join("kube-apiserver.log"))
-        .unwrap();
-    let child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .current_dir(cwd)
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    std::fs::write(&pidfile, child.id().to_string()).unwrap();
-    std::mem::forget(child); // it lives on as the platform's API server; down.sh stops it
-    eventually(
-        Duration::from_secs(60),
-        "the API server to answer again",
-        || kubectl(&["get", "--raw", "/readyz"]).ok.then_some(()),
-    );
+    // Its port is an ephemeral one: in the moment it is free, another process's outgoing
+    // connection may take it as its local port, and the new server then exits at once
+    // ("bind: address already in use"). Such a start is tried again (that connection ends).
+    for attempt in 1.. {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(state.join("kube-apiserver.log"))
+            .unwrap();
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .current_dir(&cwd)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        std::fs::write(&pidfile, child.id().to_string()).unwrap();
+        let up = eventually(
+            Duration::from_secs(60),
+            "the API server to answer again, or to exit",
+            || {
+                if kubectl(&["get", "--raw", "/readyz"]).ok {
+                    Some(true)
+                } else {
+                    child.try_wait().unwrap().map(|_| false)
+                }
+            },
+        );
+        if up {
+            std::mem::forget(child); // it lives on as the platform's API server; down.sh stops it
+            return;
+        }
+        assert!(
+            attempt < 10,
+            "the API server did not start again: see kube-apiserver.log"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// toxiproxy between the operator and a dependency.

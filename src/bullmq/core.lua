@@ -161,7 +161,6 @@ local function checkParent(parentKey)
   return parentKey
 end
 
-
 -- s cut to at most n bytes, never inside a UTF-8 character (a byte and the continuation
 -- bytes 0x80-0xBF after it).
 local function cut(s, n)
@@ -183,7 +182,6 @@ local function quoted(s)
     return JSON_ESCAPES[c] or string.format("\\u%04x", string.byte(c))
   end) .. '"'
 end
-
 
 -- Plans the audit line of the job at `jobKey` (reads only); `f` holds its R.jobFields.
 -- Returns the line and the job's keepLogs (false = no trim), or nil and the refusal text.

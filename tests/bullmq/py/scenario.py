@@ -52,6 +52,9 @@ class Ctx:
         q = await self.queue(name)
 
         async def process(job, token):
+            # data.logs: lines the job logs first, with its own Job.log (trimmed to keepLogs).
+            for i in range(1, ((job.data or {}).get("logs") or 0) + 1):
+                await job.log(f"line {i}")
             if job.data and job.data.get("fail"):
                 raise Exception(job.data.get("reason", "ECONNRESET"))
             return {"ok": True}
@@ -114,6 +117,15 @@ def fail(opts=None):
 
 async def basic(c):
     return {"ids": await c.finished([fail(), fail({"attempts": 3})])}
+
+
+async def kept_logs(c):
+    """Jobs with logs, one trimmed by keepLogs (what an audit line is appended to)."""
+    jobs = [
+        {"data": {"fail": True, "logs": 3}, "opts": {"keepLogs": 2}},
+        {"data": {"fail": True, "logs": 1}, "opts": {}},
+    ]
+    return {"ids": await c.finished(jobs)}
 
 
 async def reset_both(c):
@@ -215,6 +227,7 @@ async def ledger_collision(c):
 
 CASES = {
     "basic": basic,
+    "kept-logs": kept_logs,
     "reset-both": reset_both,
     "completed": completed,
     "missing": missing,
