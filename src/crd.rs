@@ -41,6 +41,17 @@ const IMMUTABLE_FIELDS: &[&str] = &[
 /// otherwise checked against the requesting user by its ValidatingAdmissionPolicy; never
 /// changed after creation. A policy's runs carry their policy's.
 pub const REQUESTER_ANNOTATION: &str = "jobretry.io/requester";
+/// The requester recorded on an object ([`REQUESTER_ANNOTATION`]); `None` if none (or empty).
+pub fn recorded_requester(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<&str> {
+    let notes = meta.annotations.as_ref()?;
+    notes
+        .get(REQUESTER_ANNOTATION)
+        .map(String::as_str)
+        .filter(|r| !r.is_empty())
+}
+
 /// Upper bound of `spec.reason`, in characters.
 pub const MAX_REASON_CHARS: usize = 256;
 
@@ -432,11 +443,7 @@ pub struct JobResultRow {
 impl JobRetry {
     /// Who asked for the run: the [`REQUESTER_ANNOTATION`] recorded at admission.
     pub fn requester(&self) -> Option<&str> {
-        let notes = self.metadata.annotations.as_ref()?;
-        notes
-            .get(REQUESTER_ANNOTATION)
-            .map(String::as_str)
-            .filter(|r| !r.is_empty())
+        recorded_requester(&self.metadata)
     }
 
     /// Whether each retried job gets an audit line (`spec.audit.jobLog`).

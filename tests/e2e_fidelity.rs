@@ -624,6 +624,17 @@ fn compare(client: &Client, dir: &Path, selector: bool) -> (BTreeMap<String, Str
         .map(|p| (p["case"].as_str().unwrap().to_string(), "-".to_string()))
         .collect();
     let mut failures = Vec::new();
+    // A cell's mark: its code, or X with the failure kept.
+    let mut note = |plan: &Value, judged: Result<char, String>| {
+        let code = judged.unwrap_or_else(|e| {
+            failures.push(e);
+            'X'
+        });
+        cells
+            .entry(plan["case"].as_str().unwrap().to_string())
+            .or_default()
+            .push(code);
+    };
     for (plan, detected, got) in &ran {
         let judged = judge(
             client,
@@ -634,24 +645,10 @@ fn compare(client: &Client, dir: &Path, selector: bool) -> (BTreeMap<String, Str
             &theirs["results"],
             &fixed["results"],
         );
-        let code = judged.unwrap_or_else(|e| {
-            failures.push(e);
-            'X'
-        });
-        cells
-            .entry(plan["case"].as_str().unwrap().to_string())
-            .or_default()
-            .push(code);
+        note(plan, judged);
     }
     for (plan, got) in &audited {
-        let code = judge_audit(client, plan, got, &dumps).unwrap_or_else(|e| {
-            failures.push(e);
-            'X'
-        });
-        cells
-            .entry(plan["case"].as_str().unwrap().to_string())
-            .or_default()
-            .push(code);
+        note(plan, judge_audit(client, plan, got, &dumps));
     }
     (cells, failures)
 }

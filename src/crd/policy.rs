@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{Audit, Connection, QueueRef, REQUESTER_ANNOTATION, RateLimit, Selector, SourceState};
+use super::{Audit, Connection, QueueRef, RateLimit, Selector, SourceState};
 
 /// The annotation `kubectl jobretry resume POLICY` sets: a time (RFC 3339); a guard trip older
 /// than it is cleared.
@@ -168,11 +168,7 @@ impl JobRetryPolicy {
     /// Who created the policy, as recorded at admission (the `jobretry.io/requester`
     /// annotation); its scheduled and triggered runs carry it.
     pub fn requester(&self) -> Option<&str> {
-        let notes = self.metadata.annotations.as_ref()?;
-        notes
-            .get(REQUESTER_ANNOTATION)
-            .map(String::as_str)
-            .filter(|r| !r.is_empty())
+        super::recorded_requester(&self.metadata)
     }
 }
 
