@@ -86,14 +86,6 @@ subjects:
     impersonating_kubeconfig(ns.dir.path(), "carol.kubeconfig", "carol")
 }
 
-/// `kubectl <args>` in the namespace as the user of `kubeconfig`.
-fn as_user(ns: &TestNs, kubeconfig: &std::path::Path, args: &[&str]) -> Out {
-    run(std::process::Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .args(["-n", &ns.name])
-        .args(args))
-}
-
 /// Writes `obj` to `<file>` and creates it as the user of `kubeconfig`.
 fn create_as(
     ns: &TestNs,
@@ -103,7 +95,7 @@ fn create_as(
 ) -> Out {
     let path = ns.dir.path().join(file);
     std::fs::write(&path, manifest(obj)).unwrap();
-    as_user(ns, kubeconfig, &["create", "-f", path.to_str().unwrap()])
+    ns.kubectl_as(kubeconfig, &["create", "-f", path.to_str().unwrap()])
 }
 
 /// Waits until the mutating policy records carol on both kinds: policies take effect once
@@ -122,8 +114,7 @@ fn await_mutation(ns: &TestNs, carol: &std::path::Path) {
         std::fs::write(&path, text).unwrap();
         let path = path.to_str().unwrap().to_string();
         eventually(Duration::from_secs(60), "the requester recorded", || {
-            let out = as_user(
-                ns,
+            let out = ns.kubectl_as(
                 carol,
                 &[
                     "create",
@@ -380,8 +371,7 @@ fn without_the_mutating_policy_a_forged_requester_is_refused() {
         Duration::from_secs(30),
         "the forged requester refused",
         || {
-            let out = as_user(
-                &ns,
+            let out = ns.kubectl_as(
                 &carol,
                 &["create", "--dry-run=server", "-f", path.to_str().unwrap()],
             );
@@ -411,8 +401,7 @@ fn without_the_mutating_policy_a_forged_requester_is_refused() {
     // Nobody changes it later: not to another name, not onto an object created without one.
     for (name, from) in [("own", "carol"), ("bare", "not set")] {
         let patch = json!({"metadata": {"annotations": {REQUESTER_ANNOTATION: "root"}}});
-        let out = as_user(
-            &ns,
+        let out = ns.kubectl_as(
             &carol,
             &[
                 "patch",

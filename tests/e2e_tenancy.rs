@@ -86,10 +86,9 @@ fn install_policy(ns: &TestNs) {
 /// `kubectl create -f <file>` (with `extra` flags) in the namespace as `user`.
 fn create_as(ns: &TestNs, kubeconfig: &std::path::Path, file: &str, extra: &[&str]) -> Out {
     let path = ns.dir.path().join(file);
-    run(std::process::Command::new("kubectl")
-        .env("KUBECONFIG", kubeconfig)
-        .args(["-n", &ns.name, "create", "-f", path.to_str().unwrap()])
-        .args(extra))
+    let mut args = vec!["create", "-f", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    ns.kubectl_as(kubeconfig, &args)
 }
 
 #[test]
@@ -143,10 +142,17 @@ fn the_admission_policy_admits_a_jobretry_only_if_its_author_may_read_the_secret
 
     // alice may change JobRetries, but not one naming a Secret she may not read: an update
     // (here: suspending bob's run, the one spec change the schema allows) is checked too.
-    let patched = run(std::process::Command::new("kubectl")
-        .env("KUBECONFIG", &alice)
-        .args(["-n", &ns.name, "patch", "jobretry", "own", "--type=merge"])
-        .args(["-p", r#"{"spec":{"suspend":true}}"#]));
+    let patched = ns.kubectl_as(
+        &alice,
+        &[
+            "patch",
+            "jobretry",
+            "own",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":true}}"#,
+        ],
+    );
     assert!(
         !patched.ok && patched.stderr.contains(&expected),
         "{}",
@@ -191,17 +197,18 @@ fn the_admission_policy_admits_a_jobretry_only_if_its_author_may_read_the_secret
     );
     let out = create_as(&ns, &bob, "own-policy.yaml", &[]);
     assert!(out.ok, "{}", out.stderr);
-    let patched = run(std::process::Command::new("kubectl")
-        .env("KUBECONFIG", &alice)
-        .args([
-            "-n",
-            &ns.name,
+    let suspend = r#"{"spec":{"suspend":true}}"#;
+    let patched = ns.kubectl_as(
+        &alice,
+        &[
             "patch",
             "jobretrypolicy",
             "own-policy",
             "--type=merge",
-        ])
-        .args(["-p", r#"{"spec":{"suspend":true}}"#]));
+            "-p",
+            suspend,
+        ],
+    );
     assert!(
         !patched.ok && patched.stderr.contains(&expected),
         "{}",

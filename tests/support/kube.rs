@@ -147,6 +147,15 @@ impl TestNs {
         kubectl(&["-n", &self.name, "apply", "-f", path.to_str().unwrap()])
     }
 
+    /// `kubectl <args>` in this namespace as the user of `kubeconfig` (e.g. an
+    /// [`impersonating_kubeconfig`]).
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> Out {
+        run(std::process::Command::new("kubectl")
+            .env("KUBECONFIG", kubeconfig)
+            .args(["-n", self.name.as_str()])
+            .args(args))
+    }
+
     /// `kubectl <args>` in this namespace.
     pub fn kubectl(&self, args: &[&str]) -> Out {
         let mut all = vec!["-n", self.name.as_str()];
