@@ -14,6 +14,7 @@
 //!              apply → `Complete`
 //!   s2         the same with `failedReasonContains: ECONNRESET`, which 1 job in 100 has
 //!              (the seed makes every 100th job fail with that text in its message)
+//!   m          benches/minimal.lua, pages of 1,000 driven directly: the floor (s1) is held to
 //!   s1a        s1 with `audit.jobLog` on (and a reason): each retried job also gets its
 //!              audit line, in the same call; checked after the run on a sample of jobs
 //!   v-<name>-<B>  the Lua file benches/lua/<name>.lua, invoked exactly like retry_batch
@@ -366,6 +367,88 @@ fn engine_run(cfg: &Cfg, ids: &[String], batch: usize, variant: Option<&Script>)
     })
 }
 
+// ---------------------------------------------------------------- the floor (m)
+
+/// Pages of benches/minimal.lua driven directly, MINIMAL_PAGE jobs each, until the failed set
+/// is done: the least a faithful page can do (see that file), the floor (s1) is held to.
+const MINIMAL_PAGE: usize = 1000;
+
+fn minimal_run(cfg: &Cfg) -> Sample {
+    let text = std::fs::read_to_string(repo().join("benches/minimal.lua")).unwrap();
+    let script = Script::new(&text);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = redis::Client::open(cfg.db(RUN)).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let k = |s: &str| format!("bull:{QUEUE}:{s}");
+        let upper = jiff::Timestamp::now().as_millisecond();
+        let mut invocation = script.prepare_invoke();
+        for key in ["failed", "wait", "meta", "marker", "events"] {
+            invocation.key(k(key));
+        }
+        invocation
+            .key(k("jobretry:ledger:bench-minimal"))
+            .key(k("jobretry:record:bench-minimal"))
+            .key(k("active"))
+            .arg(k(""))
+            .arg(MINIMAL_PAGE)
+            .arg(upper)
+            .arg("1@bench-minimal")
+            .arg(LEDGER_TTL.as_millis() as u64);
+        // Load the script outside the clock, as (c1) does.
+        let _: () = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(&text)
+            .query_async(&mut c)
+            .await
+            .map(|_: String| ())
+            .unwrap();
+        let meter = Meter::start(cfg);
+        let mut retried = 0;
+        loop {
+            let (n, status): (usize, String) = invocation.invoke_async(&mut c).await.unwrap();
+            retried += n;
+            if status == "done" {
+                break;
+            }
+        }
+        let mut sample = meter.stop();
+        sample.scanned = retried;
+        sample.retried = retried;
+        sample
+    })
+}
+
+/// What a run left of the queue, to compare (m) with (s1): the whole wait list, every
+/// thousandth job's hash, the events stream's length and the meta; None for other paths.
+fn end_state(cfg: &Cfg, path: &str) -> Option<String> {
+    if !["m", "s1"].contains(&path) {
+        return None;
+    }
+    let k = |s: &str| format!("bull:{QUEUE}:{s}");
+    let mut c = conn(&cfg.db(RUN));
+    let wait: Vec<String> = redis::cmd("LRANGE")
+        .arg(k("wait"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    let mut p = redis::pipe();
+    for id in wait.iter().step_by(1000) {
+        p.cmd("HGETALL").arg(k(id));
+    }
+    let jobs: Vec<BTreeMap<String, String>> = p.query(&mut c).unwrap();
+    let (events, meta): (u64, BTreeMap<String, String>) = redis::pipe()
+        .xlen(k("events"))
+        .hgetall(k("meta"))
+        .query(&mut c)
+        .unwrap();
+    Some(format!("{wait:?}|{jobs:?}|{events}|{meta:?}"))
+}
+
 // ---------------------------------------------------------------- through the controller
 
 /// Applies `items` (server-side) in a namespace of their own with the operator running,
@@ -486,6 +569,7 @@ fn describe(path: &str) -> String {
         "s1" => "(s1) controller, selector, no filter".into(),
         "s2" => format!("(s2) selector, 1% {REASON_TEXT}"),
         "s1a" => "(s1a) s1 with audit.jobLog on".into(),
+        "m" => format!("(m) minimal faithful page, {MINIMAL_PAGE} jobs"),
         p if p.starts_with("c1-") => format!("(c1) retry_batch, batch {}", &p[3..]),
         p if p.starts_with("v-") => {
             let (name, b) = p[2..].rsplit_once('-').unwrap();
@@ -503,7 +587,7 @@ fn main() {
             .trim_end_matches('/')
             .to_string(),
         jobs: env_or("JR_BENCH_JOBS", "100000").parse().unwrap(),
-        runs: env_or("JR_BENCH_RUNS", "3").parse().unwrap(),
+        runs: env_or("JR_BENCH_RUNS", "5").parse().unwrap(),
         paths: env_or("JR_BENCH_PATHS", "a,b,c1-500,c1-1000,c1-2000,c2,s1,s2")
             .split(',')
             .map(|s| s.trim().to_string())
@@ -563,6 +647,7 @@ fn main() {
     }
 
     let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    let mut end_states: BTreeMap<String, String> = BTreeMap::new();
     for run in 0..cfg.runs {
         for path in &cfg.paths {
             if ["c2", "s1", "s2", "s1a"].contains(&path.as_str()) && cfg.kubeconfig.is_none() {
@@ -576,6 +661,7 @@ fn main() {
                 "b" => node_timed(&cfg, "bench-job-retry.mjs", &["--inflight", "50"]),
                 "c2" => controller_run(&cfg, &ids, run),
                 "s1" | "s2" | "s1a" => selector_run(&cfg, path, run),
+                "m" => minimal_run(&cfg),
                 p if p.starts_with("c1-") => engine_run(&cfg, &ids, p[3..].parse().unwrap(), None),
                 p if p.starts_with("v-") => {
                     let (name, b) = p[2..].rsplit_once('-').unwrap();
@@ -584,6 +670,11 @@ fn main() {
                 p => panic!("unknown path {p}"),
             };
             verify(&cfg, path);
+            if run == 0
+                && let Some(state) = end_state(&cfg, path)
+            {
+                end_states.insert(path.clone(), state);
+            }
             if s.retried == 0 {
                 (s.retried, s.scanned) = (cfg.jobs, cfg.jobs);
             }
@@ -600,6 +691,10 @@ fn main() {
             );
             samples.entry(path.clone()).or_default().push(s);
         }
+    }
+    if let (Some(m), Some(s1)) = (end_states.get("m"), end_states.get("s1")) {
+        assert!(m == s1, "(m) and (s1) left the queue differently");
+        eprintln!("[bench] (m) and (s1) left the same wait list, job hashes, events and meta");
     }
     report(&cfg, &samples);
 }
@@ -626,15 +721,20 @@ fn report(cfg: &Cfg, samples: &BTreeMap<String, Vec<Sample>>) {
     let rate = |p: &str| Some(median(samples.get(p)?.iter().map(jobs_per_s).collect()));
     let (ra, rb) = (rate("a"), rate("b"));
     let runs = cfg.paths.iter().filter_map(|p| Some((p, samples.get(p)?)));
+    let setting = setting(cfg);
     let mut out = format!(
-        "\nRetry benchmark: {} failed jobs (BullMQ 6.7.0), medians of {} runs, redis {}\n",
+        "\nRetry benchmark: {} failed jobs, medians of {} runs (spread: least-most of the runs)\n{}\n",
         cfg.jobs,
         cfg.runs,
-        redis_version(cfg)
+        setting
+            .iter()
+            .map(|(k, v)| format!("  {k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
-    let widths = [9, 10, 12, 7, 7, 8];
+    let widths = [9, 10, 15, 12, 11, 7, 7, 8];
     out.push_str(&header(
-        "wall s,jobs/s,Redis us/job,vs (a),vs (b),runs",
+        "wall s,jobs/s,jobs/s spread,Redis us/job,us spread,vs (a),vs (b),runs",
         &widths,
     ));
     let mut json_rows = Vec::new();
@@ -647,7 +747,18 @@ fn report(cfg: &Cfg, samples: &BTreeMap<String, Vec<Sample>>) {
             median(per_job.clone()),
         );
         let vs = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.2}x", r / x));
-        let cells = [format!("{wall:.3}"), format!("{r:.0}"), format!("{cpu:.2}")];
+        let spread = |v: Vec<f64>, prec: usize| {
+            let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{lo:.prec$}-{hi:.prec$}")
+        };
+        let cells = [
+            format!("{wall:.3}"),
+            format!("{r:.0}"),
+            spread(all(&jobs_per_s), 0),
+            format!("{cpu:.2}"),
+            spread(per_job.clone(), 2),
+        ];
         let cells = [&cells[..], &[vs(ra), vs(rb), v.len().to_string()]].concat();
         out.push_str(&row(&describe(path), &cells, &widths));
         let probe = |k: &'static str| v.iter().filter_map(move |s| s.probe.as_ref()?[k].as_f64());
@@ -728,8 +839,67 @@ fn report(cfg: &Cfg, samples: &BTreeMap<String, Vec<Sample>>) {
     print!("{out}");
     let json_path = var("JR_BENCH_JSON").map(PathBuf::from);
     let json_path = json_path.unwrap_or_else(|| repo().join("target/bench-retry.json"));
-    let results = json!({"jobs": cfg.jobs, "runs": cfg.runs, "rows": json_rows, "table": out});
+    let results = json!({"jobs": cfg.jobs, "runs": cfg.runs, "setting": setting,
+        "rows": json_rows, "table": out});
     let _ = std::fs::write(json_path, serde_json::to_string_pretty(&results).unwrap());
+}
+
+/// What the results depend on besides the code: the commit, the versions, the machine, and
+/// the priority Redis really ran at (`benches/run.sh` asks for nice -20 and says when the
+/// machine refused it).
+fn setting(cfg: &Cfg) -> BTreeMap<&'static str, String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(repo())
+            .output()
+            .map_or_else(
+                |_| "?".into(),
+                |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            )
+    };
+    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let package = repo().join("tests/bullmq/node_modules/bullmq/package.json");
+    let bullmq = std::fs::read_to_string(package)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
+    // Field 19 of /proc/<pid>/stat is the nice value the process really has.
+    let nice_now = var("JR_BENCH_REDIS_PID")
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .and_then(|stat| {
+            let after = stat.rsplit_once(')')?.1;
+            after.split_whitespace().nth(16).map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into());
+    let nice = format!(
+        "asked {}, has {nice_now}{}",
+        env_or("JR_BENCH_REDIS_NICE", "-20"),
+        match var("JR_BENCH_REDIS_NICE_FELL_BACK").as_deref() {
+            Some("1") => " (the machine refused the priority: nice fell back to 0)",
+            _ => "",
+        }
+    );
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    BTreeMap::from([
+        (
+            "commit",
+            format!(
+                "{}{}",
+                git(&["rev-parse", "HEAD"]),
+                if dirty {
+                    " (with uncommitted changes)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        ("redis", redis_version(cfg)),
+        ("bullmq (npm, seed, a, b, probe)", bullmq),
+        ("cores", cores.to_string()),
+        ("redis-server nice", nice),
+    ])
 }
 
 fn redis_version(cfg: &Cfg) -> String {

@@ -322,19 +322,20 @@ impl Metrics {
         self.families.secret_errors.get_or_create(&label).inc();
     }
 
-    /// One call of `script` that took `seconds` and produced these results.
+    /// One call of `script` that took `seconds` and produced these results (each with its
+    /// number of jobs).
     pub fn batch_done(
         &self,
         script: Script,
         seconds: f64,
-        results: impl Iterator<Item = JobResult>,
+        results: impl Iterator<Item = (JobResult, u64)>,
     ) {
         let f = &self.families;
         f.script_seconds
             .get_or_create(&ScriptLabel { script })
             .observe(seconds);
-        for result in results {
-            f.jobs.get_or_create(&ResultLabel { result }).inc();
+        for (result, n) in results {
+            f.jobs.get_or_create(&ResultLabel { result }).inc_by(n);
         }
     }
 
@@ -405,7 +406,7 @@ mod tests {
         m.batch_done(
             Script::Retry,
             0.002,
-            [JobResult::Retried, JobResult::Retried, JobResult::NotFound].into_iter(),
+            [(JobResult::Retried, 2), (JobResult::NotFound, 1)].into_iter(),
         );
         m.batch_done(Script::Select, 0.02, std::iter::empty());
         m.run_finished(Phase::Succeeded);

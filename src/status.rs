@@ -88,6 +88,14 @@ pub fn add_rows(status: &mut JobRetryStatus, rows: Vec<JobResultRow>, row_limit:
     }
     status.processed = Some(processed);
     set_totals(status);
+    keep_rows(status, rows, row_limit);
+}
+
+/// Keeps `rows` in `status` under the size rule of [`add_rows`], for a status whose
+/// `processed` already counts them (a selector run's exact totals from its record, whose
+/// pages reply with success rows only while the run is within the row limit).
+pub fn keep_rows(status: &mut JobRetryStatus, rows: Vec<JobResultRow>, row_limit: usize) {
+    let processed = status.processed.unwrap_or(0);
     status.jobs.extend(rows);
     let before = status.jobs.len();
     if processed as usize > row_limit || status.jobs_truncated {

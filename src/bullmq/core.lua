@@ -130,11 +130,17 @@ local function checkKeyTypes(extra)
 end
 
 -- The job's stored opts, as BullMQ's client parses them before retrying; nil if unreadable.
+-- Jobs of one producer mostly store the same opts text: each distinct text is decoded once
+-- per call (the decoded table is only read), which is exact, since the text decides.
+local decodedOpts = {}
 local function readOpts(raw)
   if not raw then return {} end
+  local known = decodedOpts[raw]
+  if known ~= nil then return known or nil end
   local ok, decoded = pcall(cjson.decode, raw)
-  if not ok or type(decoded) ~= "table" then return nil end
-  return decoded
+  if not ok or type(decoded) ~= "table" then decoded = false end
+  decodedOpts[raw] = decoded
+  return decoded or nil
 end
 
 local function truthy(v)
@@ -222,9 +228,10 @@ local function planAudit(R, jobKey, opts, f)
 end
 
 -- Plans the retry of job `id` (reads only), known to be in the state set. `f` holds its
--- R.jobFields as HMGET returned them. Returns the result code and, for "1"/"W", its move.
-local function planMove(R, id, f)
-  local jobKey = R.base .. id
+-- R.jobFields as HMGET returned them; `jobKey` its key if the caller has it. Returns the
+-- result code and, for "1"/"W", its move.
+local function planMove(R, id, f, jobKey)
+  jobKey = jobKey or R.base .. id
   if not (f[1] or f[2] or f[3]) and rcall("EXISTS", jobKey) == 0 then return "-1" end
   local opts = readOpts(f[3])
   if not opts then return "E" .. "the job's opts field is not valid JSON; BullMQ cannot load the job" end

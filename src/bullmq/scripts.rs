@@ -259,6 +259,10 @@ pub struct PageArgs<'a> {
     pub upper: i64,
     pub max_jobs: u64,
     pub budget: u32,
+    pub retry_budget: u32,
+    /// Success rows to reply with (None: all).
+    pub success_rows: Option<u64>,
+    pub want_totals: bool,
     /// A dry run's position and matches so far (real runs keep theirs in the record).
     pub cursor: &'a Cursor,
     pub matched: u64,
@@ -334,7 +338,14 @@ impl PageArgs<'_> {
                 self.guard
                     .map_or(String::new(), |g| g.max_per_job.to_string()),
             )
-            .arg("guardTtl", self.guard.map_or(1, |g| millis(g.ttl)));
+            .arg("guardTtl", self.guard.map_or(1, |g| millis(g.ttl)))
+            .arg("retryBudget", self.retry_budget.max(1))
+            .arg(
+                "rowsLeft",
+                self.success_rows
+                    .map_or(-1, |n| n.min(i64::MAX as u64) as i64),
+            )
+            .arg("wantTotals", if self.want_totals { "1" } else { "0" });
         for glob in self.names {
             call.arg("names", glob);
         }

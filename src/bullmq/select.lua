@@ -43,7 +43,14 @@
                      counts neither toward maxJobs nor as refailed; "0" = counted, no cap;
                      "" = not a policy run: KEYS 14-15 are never touched
     23 guardTtl      TTL in ms of retriesNow, set with each increment
-    24… names        name globs: `*` any run of characters, `?` one character (a byte and
+    24 retryBudget   at most this many matches in this call (the page ends before the next
+                     job once it is reached): `budget` bounds the jobs a call examines, this
+                     bounds the ones it retries, which cost more
+    25 rowsLeft      success rows ("1", "W") to reply with: a status keeps them only while
+                     its run is within its row limit; "-1" = every row; other rows always
+    26 wantTotals    "1": reply with the run's results by code from the record (real runs);
+                     else that element is empty (the caller adds the calls' counts)
+    27… names        name globs: `*` any run of characters, `?` one character (a byte and
                      the continuation bytes 0x80-0xBF after it); a job matches if any glob
                      matches its whole name; none = any name
 
@@ -56,7 +63,8 @@
 
   Reply: { status ("more" | "done" | "busy" | "lost"), cursor score, cursor id, scanned
            (total), matched (total), remaining (estimate: jobs left in the window after the
-           cursor), { id, result, id, result, ... } for this call's matches,
+           cursor), { id, result, id, result, ... } for this call's matches (success rows
+           only within rowsLeft),
            { name, count, ... }, { reason, count, ... } of this call's matches (dry runs
              only, for the preview, each cut to 200 bytes at a character boundary; empty for
              real runs, which would pay for them per job),
@@ -64,7 +72,8 @@
            { code, count, ... } of the whole run (real runs; empty for dry runs),
            the upper bound the run uses (the record's), unexamined (real runs: total; dry
            runs: this call's), refailed (matched jobs its policy's runs had retried before;
-           real runs: total; dry runs: this call's) }
+           real runs: total; dry runs: this call's), this call's scanned, this call's
+           matched, { code, count, ... } of this call's matches (codes as in the record) }
   Per-job result "P": Parked (guardMax reached); nothing was written for the job.
   "busy": another run holds the lock; element 2 names it; nothing was written.
   "lost": { "lost", scanned in the record ("" if there is none), matched in the record };
@@ -80,6 +89,7 @@ local workBudget, bytesBudget = tonumber(ARGV[20]), tonumber(ARGV[21])
 local guarded = ARGV[22] ~= ""
 local guardMax, guardTtl = tonumber(ARGV[22]) or 0, tonumber(ARGV[23])
 local retriesNow, retriesBefore = KEYS[14], KEYS[15]
+local retryBudget, rowsLeft, wantTotals = tonumber(ARGV[24]), tonumber(ARGV[25]), ARGV[26] == "1"
 local byte, sub = string.byte, string.sub
 local STAR, ANY = 42, 63
 
@@ -115,7 +125,7 @@ local function compileGlob(g)
 end
 
 local globs = {}
-for i = 24, #ARGV do globs[#globs + 1] = compileGlob(ARGV[i]) end
+for i = 27, #ARGV do globs[#globs + 1] = compileGlob(ARGV[i]) end
 
 -- Whether glob G matches all of s: greedy, with one backtrack point (the last `*`), so at
 -- most #s * #G steps. Returns the verdict (nil: `limit` steps did not decide) and the steps.
@@ -196,7 +206,8 @@ if not R.dryRun then
     if scanned < expectedScanned then return { "lost", rec[3], rec[4] } end
   end
   if rec[6] == "1" then
-    return { "done", cs, cid, scanned, matched, 0, {}, {}, {}, "", "", totals(), upper, unexamined, refailed }
+    return { "done", cs, cid, scanned, matched, 0, {}, {}, {}, "", "", totals(), upper, unexamined, refailed,
+      0, 0, {} }
   end
 end
 
@@ -286,52 +297,93 @@ local results, moves, names, reasons = {}, {}, {}, {}
 local oldest, newest = "", ""
 local done = #page < 2 * budget
 local callUnexamined = 0
--- The ledger entries of the whole page in one read (a job this run key retried before is
--- skipped: it failed again, behind the cursor, stamped by a worker whose clock runs behind).
-local seenBefore, countNow, countBefore = {}, {}, {}
-if #page > 0 then
-  local pageIds = {}
-  for i = 1, #page, 2 do pageIds[#pageIds + 1] = page[i] end
-  seenBefore = chunked("HMGET", R.ledger, pageIds)
-  -- A policy run: how often its policy's runs retried each job of the page, in one read a period.
-  if guarded then
-    countNow = chunked("HMGET", retriesNow, pageIds)
-    countBefore = chunked("HMGET", retriesBefore, pageIds)
-  end
-end
-local counted = {}
+-- Without a filter, a real run reads nothing of a job before its retry.
+local mustExamine = filterName or filterReason or R.dryRun
+-- Matches this call may still make (the page ends before the job after them).
+local wanted = math.max(1, math.min(retryBudget, maxJobs - (matched - parked)))
+
+-- First the filter: the page's jobs in order, until one does not fit in what is left of the
+-- call, or enough have passed it. `verdicts[k]` for the k-th job examined: true, false or
+-- "unexamined"; the ids that passed in `passed`.
+local verdicts, shownNames, shownReasons, passed = {}, {}, {}, {}
+local examined = 0
 for i = 1, #page, 2 do
   local id, score = page[i], page[i + 1]
   if tonumber(score) >= upperN then done = true break end
-  local key = R.base .. id
-  local take, name, reason = examine(key, i == 1)
+  if #passed >= wanted then done = false break end
+  local take, name, reason = true, nil, nil
+  if mustExamine then take, name, reason = examine(R.base .. id, i == 1) end
   if take == nil then done = false break end
-  scanned = scanned + 1
+  examined = examined + 1
+  verdicts[examined] = take
+  if take == true then passed[#passed + 1] = id end
+  if R.dryRun then shownNames[examined], shownReasons[examined] = name, reason end
+end
+
+-- The ledger entries of the jobs that passed, in one read (a job this run key retried before
+-- is skipped: it failed again, behind the cursor, stamped by a worker whose clock runs
+-- behind); for a policy run, how often its policy's runs retried each, one read a period.
+local seenBefore, countNow, countBefore = {}, {}, {}
+if #passed > 0 then
+  seenBefore = chunked("HMGET", R.ledger, passed)
+  if guarded then
+    countNow = chunked("HMGET", retriesNow, passed)
+    countBefore = chunked("HMGET", retriesBefore, passed)
+  end
+end
+
+-- Then the matches, in order: planned (reads only; nothing is written before every read).
+local counted = {}
+-- This call's counts by code ("E" for every error), in the order codes first occur.
+local codes, callCounts = {}, {}
+local callScanned, callMatched = 0, 0
+local jobFields = R.jobFields
+local nth = 0 -- of the jobs that passed
+for k = 1, examined do
+  local id, score = page[2 * k - 1], page[2 * k]
+  scanned, callScanned = scanned + 1, callScanned + 1
   cs, cid = score, id
+  local take = verdicts[k]
   if take == "unexamined" then
     callUnexamined = callUnexamined + 1
-  elseif take and not seenBefore[(i + 1) / 2] then
-    matched = matched + 1
-    local k = (i + 1) / 2
-    local prior = (tonumber(countNow[k]) or 0) + (tonumber(countBefore[k]) or 0)
-    local ok, f = pcall(rcall, "HMGET", key, unpack(R.jobFields))
+  elseif take == true then
+    nth = nth + 1
+  end
+  if take == true and not seenBefore[nth] then
+    matched, callMatched = matched + 1, callMatched + 1
+    local prior = guarded and (tonumber(countNow[nth]) or 0) + (tonumber(countBefore[nth]) or 0) or 0
     local r, move
     if guarded and guardMax > 0 and prior >= guardMax then
       r, parked = "P", parked + 1
-    elseif not ok then
-      r = "E" .. "job key " .. key .. " is not a hash"
     else
-      r, move = planMove(R, id, f)
+      local key = R.base .. id
+      local ok, f = pcall(rcall, "HMGET", key, unpack(jobFields))
+      if not ok then
+        r = "E" .. "job key " .. key .. " is not a hash"
+      else
+        r, move = planMove(R, id, f, key)
+      end
     end
-    results[#results + 1] = id
-    results[#results + 1] = r
+    local code = byte(r, 1) == 69 and "E" or r
+    if not callCounts[code] then codes[#codes + 1] = code; callCounts[code] = 0 end
+    callCounts[code] = callCounts[code] + 1
     if move then moves[#moves + 1] = move end
+    if code == "1" or code == "W" then
+      if rowsLeft ~= 0 then
+        results[#results + 1] = id
+        results[#results + 1] = r
+        if rowsLeft > 0 then rowsLeft = rowsLeft - 1 end
+      end
+    else
+      results[#results + 1] = id
+      results[#results + 1] = r
+    end
     if guarded and r ~= "P" then
       if prior >= 1 then refailed = refailed + 1 end
       if r == "1" then counted[#counted + 1] = id end
     end
     if R.dryRun then
-      local n, why = cut(name or "", 200), cut(reason or "", 200)
+      local n, why = cut(shownNames[k] or "", 200), cut(shownReasons[k] or "", 200)
       names[n] = (names[n] or 0) + 1
       reasons[why] = (reasons[why] or 0) + 1
     end
@@ -353,15 +405,8 @@ if not R.dryRun then
     for _, id in ipairs(counted) do rcall("HINCRBY", retriesNow, id, 1) end
     rcall("PEXPIRE", retriesNow, guardTtl)
   end
-  -- Results by code: one HINCRBY per code (in the order codes first occur), not per job.
-  local codes, counts = {}, {}
-  for i = 2, #results, 2 do
-    local r = results[i]
-    local code = sub(r, 1, 1) == "E" and "E" or r
-    if not counts[code] then codes[#codes + 1] = code; counts[code] = 0 end
-    counts[code] = counts[code] + 1
-  end
-  for _, code in ipairs(codes) do rcall("HINCRBY", recordKey, "n:" .. code, counts[code]) end
+  -- Results by code: one HINCRBY per code, not per job.
+  for _, code in ipairs(codes) do rcall("HINCRBY", recordKey, "n:" .. code, callCounts[code]) end
   unexamined = unexamined + callUnexamined
   rcall("HSET", recordKey, "cs", cs, "cid", cid, "scanned", scanned, "matched", matched,
     "upper", upper, "done", done and "1" or "0", "unexamined", unexamined, "refailed", refailed)
@@ -378,10 +423,15 @@ local function flat(counts)
   for k, v in pairs(counts) do out[#out + 1] = k; out[#out + 1] = v end
   return out
 end
+local callFlat = {}
+for _, code in ipairs(codes) do
+  callFlat[#callFlat + 1] = code
+  callFlat[#callFlat + 1] = callCounts[code]
+end
 local remaining = 0
 if not done then
   remaining = rcall("ZCOUNT", stateKey, cs == "" and ARGV[11] or "(" .. cs, "(" .. upper)
 end
 return { done and "done" or "more", cs, cid, scanned, matched, remaining, results,
-  flat(names), flat(reasons), oldest, newest, R.dryRun and {} or totals(), upper, unexamined,
-  refailed }
+  flat(names), flat(reasons), oldest, newest, (wantTotals and not R.dryRun) and totals() or {},
+  upper, unexamined, refailed, callScanned, callMatched, callFlat }

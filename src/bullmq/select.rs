@@ -32,6 +32,14 @@ pub struct PageRequest {
     pub max_jobs: u64,
     /// At most this many jobs examined in the call.
     pub budget: u32,
+    /// At most this many of them matched (retried, or planned in a dry run) in the call.
+    pub retry_budget: u32,
+    /// Success rows the reply carries (the status keeps them only while the run is within
+    /// its row limit); None: every row. Other rows always come.
+    pub success_rows: Option<u64>,
+    /// Real runs: whether the reply carries the run's totals from its record (else the
+    /// caller adds up [`Page::counts`] of the calls since the last totals).
+    pub want_totals: bool,
     /// Dry runs keep their position in status (nothing is written to Redis).
     pub dry_cursor: Option<Cursor>,
     pub dry_matched: u64,
@@ -64,7 +72,8 @@ pub struct Page {
     pub matched: u64,
     /// Jobs left in the window after the cursor (an estimate: ties at its score excluded).
     pub remaining: u64,
-    /// This call's matches, in scan order.
+    /// This call's matches, in scan order: every one that is not a success, and success
+    /// rows within the request's `success_rows`.
     pub rows: Vec<(String, JobOutcome)>,
     /// This call's matches by name and by failed reason (first 200 bytes); dry runs only
     /// (the preview), empty for real runs.
@@ -73,7 +82,8 @@ pub struct Page {
     /// finishedOn of this call's first and last match.
     pub oldest: Option<i64>,
     pub newest: Option<i64>,
-    /// A real run's results so far by outcome, from its record (exact across crashes).
+    /// A real run's results so far by outcome, from its record (exact across crashes);
+    /// empty unless the request asked for them.
     pub totals: Vec<(JobOutcome, u64)>,
     /// The upper bound the run really uses (a real run's record keeps the first one).
     pub upper: i64,
@@ -84,6 +94,11 @@ pub struct Page {
     /// Matched jobs the run's policy had retried before (policy runs: the run's total; dry
     /// runs: this call's).
     pub refailed: u64,
+    /// What this call examined and matched, and its matches by outcome (every one, rows or
+    /// not).
+    pub call_scanned: u64,
+    pub call_matched: u64,
+    pub counts: Vec<(JobOutcome, u64)>,
 }
 
 /// The answer of a page call.
@@ -136,6 +151,9 @@ impl Selector {
             upper: req.upper,
             max_jobs: req.max_jobs,
             budget: req.budget,
+            retry_budget: req.retry_budget,
+            success_rows: req.success_rows,
+            want_totals: req.want_totals,
             cursor: req.dry_cursor.as_ref().unwrap_or(&start),
             matched: req.dry_matched,
             reason_contains: req.reason_contains.as_deref().unwrap_or(""),
@@ -215,7 +233,7 @@ fn decode_page(reply: Vec<Value>, own: &str) -> Result<PageOutcome, Error> {
             scanned: text(scanned)?.parse().ok(),
             matched: number(matched)?,
         }),
-        (Some(s @ ("more" | "done")), [_, fields @ ..]) if fields.len() == 14 => {
+        (Some(s @ ("more" | "done")), [_, fields @ ..]) if fields.len() == 17 => {
             decode_fields(s == "done", fields, own).map(|p| PageOutcome::Page(Box::new(p)))
         }
         _ => Err(Error::Protocol(format!(
@@ -234,7 +252,19 @@ fn counted(v: &Value) -> Result<Vec<(String, u64)>, Error> {
         .collect()
 }
 
-/// The 14 elements after the status of a "more" or "done" reply (see `select.lua`).
+/// `{ code, count, ... }` of a page reply by outcome (code "E": every error).
+fn by_outcome(v: &Value, own: &str) -> Result<Vec<(JobOutcome, u64)>, Error> {
+    let total = |(code, n): (String, u64)| -> Result<(JobOutcome, u64), Error> {
+        let outcome = match code.as_str() {
+            "E" => JobOutcome::Error(String::new()),
+            c => decode(c, own)?,
+        };
+        Ok((outcome, n))
+    };
+    counted(v)?.into_iter().map(total).collect()
+}
+
+/// The 17 elements after the status of a "more" or "done" reply (see `select.lua`).
 fn decode_fields(done: bool, fields: &[Value], own: &str) -> Result<Page, Error> {
     let [
         cs,
@@ -251,6 +281,9 @@ fn decode_fields(done: bool, fields: &[Value], own: &str) -> Result<Page, Error>
         upper,
         unexamined,
         refailed,
+        call_scanned,
+        call_matched,
+        counts,
     ] = fields
     else {
         return Err(Error::Protocol(format!(
@@ -260,13 +293,6 @@ fn decode_fields(done: bool, fields: &[Value], own: &str) -> Result<Page, Error>
     };
     let (score, id) = (text(cs)?, text(cid)?);
     let when = |v: &Value| text(v).map(|t| t.parse::<f64>().ok().map(|f| f as i64));
-    let total = |(code, n): (String, u64)| -> Result<(JobOutcome, u64), Error> {
-        let outcome = match code.as_str() {
-            "E" => JobOutcome::Error(String::new()),
-            c => decode(c, own)?,
-        };
-        Ok((outcome, n))
-    };
     Ok(Page {
         done,
         cursor: (!score.is_empty()).then_some(Cursor { score, id }),
@@ -281,10 +307,10 @@ fn decode_fields(done: bool, fields: &[Value], own: &str) -> Result<Page, Error>
         reasons: counted(reasons)?,
         oldest: when(oldest)?,
         newest: when(newest)?,
-        totals: counted(totals)?
-            .into_iter()
-            .map(total)
-            .collect::<Result<_, Error>>()?,
+        totals: by_outcome(totals, own)?,
+        counts: by_outcome(counts, own)?,
+        call_scanned: number(call_scanned)?,
+        call_matched: number(call_matched)?,
         upper: number_i64(upper)?,
         unexamined: number(unexamined)?,
         refailed: number(refailed)?,

@@ -1,6 +1,6 @@
 //! Execute step (IO): runs what the plan says, batches of ids or selector pages, each one
 //! atomic Redis call, for at most one status interval, and reports what happened as
-//! [`Progress`]. Between calls it asks the pure rules (`rules`: the next page's budget) and
+//! [`Progress`]. Between calls it asks the pure rules (`rules::PageCost`: the next page's size) and
 //! checks that it may go on: this replica still leads, the object was not suspended,
 //! deleted or replaced (the watch cache, no API call per batch), and a Sentinel's master did
 //! not move.
@@ -9,7 +9,7 @@
 //! a real selector run that stops (suspended, deleted) gives the queue's lock back at once;
 //! nothing here builds a status or changes the object's memory (that is `machine::step`).
 
-use std::time::Instant;
+use std::{collections::BTreeMap, time::Instant};
 
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 use tracing::{info, warn};
@@ -20,7 +20,6 @@ use super::{
     load::{Loaded, OpenQueue},
     machine::{End, PagesProgress, Progress},
     plan::{self, IdRun, PageRun, Plan, Step},
-    rules,
 };
 use crate::{
     bullmq::{self, JobOutcome, Page, PageOutcome},
@@ -74,7 +73,7 @@ async fn run_ids(mut run: Box<IdRun>, loaded: &Loaded, ctx: &Context, p: &mut Pr
             Err(e) => return End::Error(call_failed(ctx, q, e)),
         };
         let rows = batch.iter().zip(&outcomes).map(|(id, o)| (id.as_str(), o));
-        add_rows(ctx, p, Script::Retry, started, rows, state);
+        add_rows(ctx, p, Script::Retry, started, rows, None, state);
         if run.jobs_per_second > 0 || Instant::now() >= deadline || stopped_meanwhile(ctx, loaded) {
             return End::Batches {
                 last_batch: batch.len(),
@@ -84,19 +83,28 @@ async fn run_ids(mut run: Box<IdRun>, loaded: &Loaded, ctx: &Context, p: &mut Pr
 }
 
 /// Runs selector pages until the run is done, the status interval is used up, the rate
-/// limit asks for a pause, or the run must stop; each page's budget follows how long the
-/// last one took (`rules::budget_after`).
+/// limit asks for a pause, or the run must stop; each page is sized by what the recent ones
+/// cost (`rules::PageCost`). A real run's pages reply with success rows only while the run
+/// is within the status's row limit, and with the run's totals only on the slice's first
+/// page (the later ones add their calls' counts to them).
 async fn run_pages(mut run: Box<PageRun>, loaded: &Loaded, ctx: &Context, p: &mut Progress) -> End {
     let deadline = Instant::now() + ctx.config.status_interval();
     let old = loaded.obj.status.clone().unwrap_or_default();
+    let dry_run = run.req.run.dry_run;
+    let mut processed = old.processed.unwrap_or(0);
     let mut pages = PagesProgress {
         restart: run.restart,
-        budget: run.budget,
+        cost: std::mem::take(&mut run.cost),
         dry: run.dry.take(),
         ..PagesProgress::default()
     };
     let end = loop {
-        run.req.budget = rules::page_size(pages.budget, run.jobs_per_second);
+        (run.req.budget, run.req.retry_budget) = pages.cost.budgets(run.jobs_per_second);
+        if !dry_run {
+            let row_limit = ctx.config.status_row_limit;
+            run.req.success_rows = Some(row_limit.saturating_sub(processed));
+            run.req.want_totals = pages.counts.is_none();
+        }
         if let Some(d) = &pages.dry {
             (run.req.dry_cursor, run.req.dry_matched) = (d.cursor.clone(), d.matched);
         }
@@ -116,8 +124,12 @@ async fn run_pages(mut run: Box<PageRun>, loaded: &Loaded, ctx: &Context, p: &mu
             }
             Err(e) => break End::Error(call_failed(ctx, q, e)),
         };
-        pages.budget = rules::budget_after(pages.budget, started.elapsed());
-        let in_page = page.rows.len();
+        pages
+            .cost
+            .observe(page.call_scanned, page.call_matched, started.elapsed());
+        pages.calls += 1;
+        processed = page.matched;
+        let in_page = page.call_matched as usize;
         if take_page(ctx, p, &mut pages, &run, started, page) {
             break End::Done;
         }
@@ -147,19 +159,35 @@ fn take_page(
 ) -> bool {
     let dry_run = run.req.run.dry_run;
     if p.processed_before.is_none() {
-        let first = page.matched.saturating_sub(page.rows.len() as u64);
+        let first = page.matched.saturating_sub(page.call_matched);
         let restarted = dry_run && pages.restart;
         p.processed_before = Some(if restarted { 0 } else { first });
     }
     let state = run.req.run.state;
     let rows = page.rows.iter().map(|(id, o)| (id.as_str(), o));
-    add_rows(ctx, p, Script::Select, started, rows, state);
+    add_rows(
+        ctx,
+        p,
+        Script::Select,
+        started,
+        rows,
+        Some(&page.counts),
+        state,
+    );
     if !dry_run {
-        let counts = page.totals.iter().map(|(o, n)| {
-            let row = status::job_row("", o, state.as_str());
-            (row.result, *n)
-        });
-        pages.counts = Some(counts.collect());
+        // The record's totals, or the last ones plus this call's counts (exact: the script
+        // adds exactly these to the record, under the run's lock).
+        let (base, add) = match run.req.want_totals {
+            true => (BTreeMap::new(), &page.totals),
+            false => (pages.counts.take().unwrap_or_default(), &page.counts),
+        };
+        let mut counts = base;
+        for (o, n) in add {
+            *counts
+                .entry(status::job_row("", o, state.as_str()).result)
+                .or_insert(0) += n;
+        }
+        pages.counts = Some(counts);
     }
     p.scope.matched = Some(page.matched);
     if run.req.guard.is_some() && !dry_run {
@@ -181,21 +209,30 @@ fn take_page(
     page.done
 }
 
-/// Adds the rows of one call to the progress and counts them in the metrics.
+/// Adds the rows of one call to the progress and counts the call's results in the metrics:
+/// `counts` (a page's, whose rows may leave successes out), else the rows.
 fn add_rows<'a>(
     ctx: &Context,
     p: &mut Progress,
     script: Script,
     started: Instant,
     outcomes: impl Iterator<Item = (&'a str, &'a JobOutcome)>,
+    counts: Option<&[(JobOutcome, u64)]>,
     state: SourceState,
 ) {
     let rows: Vec<JobResultRow> = outcomes
         .map(|(id, o)| status::job_row(id, o, state.as_str()))
         .collect();
     let seconds = started.elapsed().as_secs_f64();
-    let results = rows.iter().filter_map(|r| r.result.parse().ok());
-    ctx.metrics.batch_done(script, seconds, results);
+    let result = |r: &JobResultRow| r.result.parse().ok();
+    let results: Vec<_> = match counts {
+        Some(counts) => counts
+            .iter()
+            .filter_map(|(o, n)| Some((result(&status::job_row("", o, state.as_str()))?, *n)))
+            .collect(),
+        None => rows.iter().filter_map(|r| Some((result(r)?, 1))).collect(),
+    };
+    ctx.metrics.batch_done(script, seconds, results.into_iter());
     p.rows.extend(rows);
     p.last_batch_started = Some(started);
 }

@@ -203,6 +203,7 @@ async fn open_queue(loaded: &Loaded, ctx: &Context) -> Result<Queue, Error> {
         &loaded.ns,
         &spec.connection,
         label,
+        !loaded.started(),
     );
     let target = match read.await {
         Ok(t) => t,

@@ -101,8 +101,10 @@ pub struct PagesProgress {
     pub counts: Option<BTreeMap<String, u64>>,
     /// A dry run's preview.
     pub preview: Option<Preview>,
-    /// The page budget after the last page.
-    pub budget: u32,
+    /// What the recent pages cost, after the last page.
+    pub cost: rules::PageCost,
+    /// Page calls that returned a page.
+    pub calls: u32,
     /// A dry run's scan after the last page.
     pub dry: Option<DryScan>,
 }
@@ -197,15 +199,20 @@ pub fn step(
     if status.requester.is_none() {
         status.requester = facts.requester.clone();
     }
-    let batches_ran = !progress.rows.is_empty();
+    let pages_ran = progress.pages.as_ref().is_some_and(|p| p.calls > 0);
+    let batches_ran = !progress.rows.is_empty() || pages_ran;
     let failures = if batches_ran { 0 } else { memory.failures };
     let (stage, failures, requeue) = decide(&progress.end, failures, facts);
     let mut memory = next_memory(memory, failures, requeue, &progress);
-    if batches_ran {
-        status::add_rows(&mut status, progress.rows.clone(), facts.row_limit);
-    }
-    if let Some(counts) = progress.pages.as_ref().and_then(|p| p.counts.clone()) {
-        status::set_counts(&mut status, counts);
+    match progress.pages.as_ref().and_then(|p| p.counts.clone()) {
+        Some(counts) => {
+            status::set_counts(&mut status, counts);
+            status::keep_rows(&mut status, progress.rows.clone(), facts.row_limit);
+        }
+        None if batches_ran => {
+            status::add_rows(&mut status, progress.rows.clone(), facts.row_limit)
+        }
+        None => {}
     }
     apply_stage(&mut status, &stage, facts.generation, now);
     let events = milestones(old, &status, &stage, requeue, facts);
@@ -274,7 +281,7 @@ fn next_memory(old: &Memory, failures: u32, requeue: Requeue, progress: &Progres
     Memory {
         failures,
         not_before,
-        budget: pages.map_or(old.budget, |p| p.budget),
+        pages: pages.map_or_else(|| old.pages.clone(), |p| p.cost.clone()),
         dry,
     }
 }

@@ -12,6 +12,7 @@ use std::{collections::HashMap, sync::Mutex, time::Instant};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, runtime::reflector::Store};
 
+use super::rules;
 use crate::{
     bullmq::{Cursor, Page},
     crd::{JobRetry, Preview, ValueCount},
@@ -24,8 +25,8 @@ pub struct Memory {
     pub failures: u32,
     /// The earliest start of its next batch (rate limit).
     pub not_before: Option<Instant>,
-    /// Jobs a selector page examines (adapted to how long the last page took); 0: not yet.
-    pub budget: u32,
+    /// What a selector run's recent pages cost, which sizes its next page.
+    pub pages: rules::PageCost,
     /// What a selector dry run found so far.
     pub dry: Option<DryScan>,
 }

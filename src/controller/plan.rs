@@ -77,8 +77,8 @@ pub struct PageRun {
     pub queue: OpenQueue,
     /// The page call; its budget and a dry run's cursor are set per page.
     pub req: PageRequest,
-    /// The page budget the run had reached (0: none yet).
-    pub budget: u32,
+    /// What the run's recent pages cost (sizes the next ones).
+    pub cost: rules::PageCost,
     /// A dry run's scan so far (dry runs only).
     pub dry: Option<DryScan>,
     /// A dry run starts over: what status counted is dropped first.
@@ -265,6 +265,9 @@ fn plan_pages(loaded: &Loaded, q: OpenQueue, scope: &Scope, cfg: &Config, now: T
         upper: upper.map_or(0, |t| t.0.as_millisecond()),
         max_jobs: sel.max_jobs,
         budget: 0,
+        retry_budget: 0,
+        success_rows: None,
+        want_totals: true,
         dry_cursor: None,
         dry_matched: 0,
         reason_contains: sel.failed_reason_contains.clone(),
@@ -275,7 +278,7 @@ fn plan_pages(loaded: &Loaded, q: OpenQueue, scope: &Scope, cfg: &Config, now: T
     Step::Pages(Box::new(PageRun {
         queue: q,
         req,
-        budget: loaded.memory.budget,
+        cost: loaded.memory.pages.clone(),
         dry: spec.dry_run.then(|| remembered.unwrap_or_default()),
         restart,
         jobs_per_second: jobs_per_second(spec),

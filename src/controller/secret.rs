@@ -4,7 +4,9 @@
 //! Guarantees: error messages name the Secret and key to fix and never quote the URL; a
 //! Secret the operator may not read is a condition for the user (what to grant), not an API
 //! failure to retry; a Secret is read at most once per [`SecretCache::TTL`] (many JobRetries
-//! name the same one), so a changed Secret is seen within that time.
+//! name the same one), so a changed Secret is seen within that time, except by a run that has
+//! not started, which reads it afresh: its first call never goes to a target the Secret no
+//! longer names (from then on, the run's record in Redis pins it to its data).
 
 use std::{
     collections::HashMap,
@@ -86,15 +88,16 @@ impl SecretCache {
         map.insert(key, (now, secret));
     }
 
-    /// Secret `name` in `namespace`: a recent read, or a GET.
+    /// Secret `name` in `namespace`: a recent read (unless `fresh`), or a GET.
     async fn get(
         &self,
         client: &Client,
         namespace: &str,
         name: &str,
+        fresh: bool,
     ) -> Result<Option<Arc<Secret>>, kube::Error> {
         let key = (namespace.to_string(), name.to_string());
-        if let Some(known) = self.recent(&key, Instant::now()) {
+        if let Some(known) = self.recent(&key, Instant::now()).filter(|_| !fresh) {
             return Ok(known);
         }
         let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
@@ -105,16 +108,18 @@ impl SecretCache {
 }
 
 /// Reads the Redis URL (and the optional `ca.crt`) from the Secret in `namespace` and
-/// validates it; with `required_label`, a Secret without that label is refused.
+/// validates it; with `required_label`, a Secret without that label is refused. `fresh`:
+/// not from the cache (a run that has not started).
 pub async fn redis_target(
     secrets: &SecretCache,
     client: &Client,
     namespace: &str,
     conn: &Connection,
     required_label: Option<&SecretLabel>,
+    fresh: bool,
 ) -> Result<RedisTarget, LoadError> {
     let r = &conn.secret_ref;
-    let secret = match secrets.get(client, namespace, &r.name).await {
+    let secret = match secrets.get(client, namespace, &r.name, fresh).await {
         Err(kube::Error::Api(s)) if s.is_forbidden() => {
             let why = forbidden(namespace, &r.name, &s.message);
             return Err(SecretError::Forbidden(why).into());

@@ -76,7 +76,14 @@ pub async fn failures_since(
     let spec = &loaded.policy.spec.job_retry_template.spec;
     let ns = loaded.policy.namespace().unwrap_or_default();
     let label = ctx.config.secret_label.as_ref();
-    let read = secret::redis_target(&ctx.secrets, &ctx.client, &ns, &spec.connection, label);
+    let read = secret::redis_target(
+        &ctx.secrets,
+        &ctx.client,
+        &ns,
+        &spec.connection,
+        label,
+        false,
+    );
     let target = match read.await {
         Ok(t) => t,
         Err(LoadError::Secret(e)) => return Ok(Count::Failed(e.into())),

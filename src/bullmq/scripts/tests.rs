@@ -175,6 +175,9 @@ fn the_page_call_is_what_core_and_select_lua_document() {
         upper: 99,
         max_jobs: 10,
         budget: 0,
+        retry_budget: 7,
+        success_rows: Some(3),
+        want_totals: false,
         cursor: &cursor,
         matched: 4,
         reason_contains: "",
@@ -191,7 +194,7 @@ fn the_page_call_is_what_core_and_select_lua_document() {
         tail,
         [
             "ns/a", "1000", "-inf", "99", "10", "1", "5", "7", "4", "", "8", "100", "200", "", "1",
-            "a*", "b?"
+            "7", "3", "0", "a*", "b?"
         ]
     );
     // A policy's run: its cap, its counts' TTL (two periods) and the keys of two periods.

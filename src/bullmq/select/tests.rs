@@ -42,6 +42,9 @@ fn decodes_a_page_and_a_busy_reply() {
         s("1700000009000"),
         Value::Int(2),
         Value::Int(5),
+        Value::Int(4),
+        Value::Int(3),
+        Value::Array(vec![s("1"), s("1"), s("-1"), s("1"), s("W"), s("1")]),
     ];
     let PageOutcome::Page(p) = decode_page(reply, "me").unwrap() else {
         panic!("not a page")
@@ -55,6 +58,8 @@ fn decodes_a_page_and_a_busy_reply() {
         })
     );
     assert_eq!((p.scanned, p.matched, p.remaining), (10, 3, 90));
+    assert_eq!((p.call_scanned, p.call_matched), (4, 3));
+    assert_eq!(p.counts[1], (JobOutcome::NotFound, 1));
     assert_eq!(p.rows[1], ("41".to_string(), JobOutcome::NotFound));
     assert_eq!(p.rows[2].1, JobOutcome::WouldRetry);
     assert_eq!(
