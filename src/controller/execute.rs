@@ -48,14 +48,23 @@ pub async fn execute(plan: Plan, loaded: &Loaded, ctx: &Context) -> Progress {
 }
 
 /// Runs batches until the run is done, the status interval is used up, the rate limit asks
-/// for a pause, or the run must stop.
+/// for a pause, or the run must stop; each batch is sized by what the recent ones cost
+/// (`rules::PageCost`, every id counted as examined and matched), within `--batch-size`.
 async fn run_ids(mut run: Box<IdRun>, loaded: &Loaded, ctx: &Context, p: &mut Progress) -> End {
+    let end = id_batches(&mut run, loaded, ctx, p).await;
+    p.cost = Some(std::mem::take(&mut run.cost));
+    end
+}
+
+async fn id_batches(run: &mut IdRun, loaded: &Loaded, ctx: &Context, p: &mut Progress) -> End {
     let deadline = Instant::now() + ctx.config.status_interval();
     let state = run.req.state;
     p.processed_before = Some(run.from);
     loop {
         let done = run.from + p.rows.len() as u64;
-        let batch = plan::next_batch(&run.ids, done, run.batch_size);
+        let (_, fits) = run.cost.budgets(run.jobs_per_second);
+        let size = run.batch_size.min(fits as usize).max(1);
+        let batch = plan::next_batch(&run.ids, done, size);
         if batch.is_empty() {
             return End::Done;
         }
@@ -72,6 +81,8 @@ async fn run_ids(mut run: Box<IdRun>, loaded: &Loaded, ctx: &Context, p: &mut Pr
             Ok(o) => o,
             Err(e) => return End::Error(call_failed(ctx, q, e)),
         };
+        let n = batch.len() as u64;
+        run.cost.observe(n, n, started.elapsed());
         let rows = batch.iter().zip(&outcomes).map(|(id, o)| (id.as_str(), o));
         add_rows(ctx, p, Script::Retry, started, rows, None, state);
         if run.jobs_per_second > 0 || Instant::now() >= deadline || stopped_meanwhile(ctx, loaded) {

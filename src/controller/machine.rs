@@ -86,6 +86,8 @@ pub struct Progress {
     pub last_batch_started: Option<Instant>,
     /// What a selector run's pages found.
     pub pages: Option<PagesProgress>,
+    /// What an id run's recent batches cost, after the last one.
+    pub cost: Option<rules::PageCost>,
     /// How the slice ended.
     pub end: End,
 }
@@ -118,6 +120,7 @@ impl Progress {
             rows: Vec::new(),
             last_batch_started: None,
             pages: None,
+            cost: None,
             end: End::Idle,
         }
     }
@@ -281,7 +284,9 @@ fn next_memory(old: &Memory, failures: u32, requeue: Requeue, progress: &Progres
     Memory {
         failures,
         not_before,
-        pages: pages.map_or_else(|| old.pages.clone(), |p| p.cost.clone()),
+        pages: (progress.cost.clone())
+            .or_else(|| pages.map(|p| p.cost.clone()))
+            .unwrap_or_else(|| old.pages.clone()),
         dry,
     }
 }

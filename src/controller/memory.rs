@@ -25,7 +25,7 @@ pub struct Memory {
     pub failures: u32,
     /// The earliest start of its next batch (rate limit).
     pub not_before: Option<Instant>,
-    /// What a selector run's recent pages cost, which sizes its next page.
+    /// What a run's recent calls (selector pages, id batches) cost, which sizes the next.
     pub pages: rules::PageCost,
     /// What a selector dry run found so far.
     pub dry: Option<DryScan>,

@@ -68,7 +68,10 @@ pub struct IdRun {
     pub req: BatchRequest,
     pub ids: Vec<String>,
     pub from: u64,
+    /// At most this many ids per call (`--batch-size`, within the rate limit).
     pub batch_size: usize,
+    /// What the run's recent batches cost: sizes the next ones, within `batch_size`.
+    pub cost: rules::PageCost,
     pub jobs_per_second: u32,
 }
 
@@ -237,6 +240,7 @@ fn plan_ids(loaded: &Loaded, q: OpenQueue, ids: Vec<String>, cfg: &Config) -> St
         ids,
         from,
         batch_size: batch_size(cfg.batch_size, rate),
+        cost: loaded.memory.pages.clone(),
         jobs_per_second: rate,
     }))
 }
