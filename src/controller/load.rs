@@ -146,7 +146,7 @@ pub async fn deleted(obj: JobRetry, ctx: &Context) -> Result<Option<(Loaded, Que
         at: Instant::now(),
         policy: None,
     };
-    let queue = match holds_lock(&loaded) && ctx.gate.holds() {
+    let queue = match may_hold_lock(&loaded) && ctx.gate.holds() {
         true => open_queue(&loaded, ctx).await?,
         false => Queue::Closed,
     };
@@ -189,8 +189,15 @@ fn may_run(loaded: &Loaded, ctx: &Context) -> bool {
 
 /// Whether the object's run may hold its queue's lock: a real selector run that started.
 pub fn holds_lock(loaded: &Loaded) -> bool {
+    loaded.started() && may_hold_lock(loaded)
+}
+
+/// Whether the object's run may hold its queue's lock, even if its status does not show it
+/// started: its first slice takes the lock with its first page, before that status is
+/// written (and an object deleted meanwhile never gets it written).
+fn may_hold_lock(loaded: &Loaded) -> bool {
     let spec = &loaded.obj.spec;
-    spec.selector.is_some() && !spec.dry_run && loaded.started() && !finished(&loaded.obj)
+    spec.selector.is_some() && !spec.dry_run && !finished(&loaded.obj)
 }
 
 /// The Secret, a connection, the queue's version, and a real id run's recorded position.

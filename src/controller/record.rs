@@ -14,7 +14,8 @@ use tracing::{info, warn};
 use super::{
     context::Context,
     error::Error,
-    load::Loaded,
+    execute,
+    load::{self, Loaded, Queue},
     machine::{Milestone, Requeue, Transition},
 };
 use crate::{crd::Phase, status};
@@ -31,6 +32,7 @@ pub async fn record(loaded: &Loaded, t: Transition, ctx: &Context) -> Result<Act
     if written == status::Written::Gone {
         info!("object deleted or replaced during the slice; its status is not written");
         ctx.memory.forget(&loaded.uid);
+        give_back_lock(loaded, ctx).await;
         return Ok(Action::await_change());
     }
     ctx.memory.remember(&loaded.uid, t.memory.clone());
@@ -46,6 +48,16 @@ pub async fn record(loaded: &Loaded, t: Transition, ctx: &Context) -> Result<Act
         Requeue::AwaitChange => Action::await_change(),
         Requeue::After(d) | Requeue::Pause(d) => Action::requeue(d),
     })
+}
+
+/// Gives back the queue's lock of an object that was deleted during its slice, if its run
+/// holds it: the watch gave it back when it saw the delete, but a page of the slice may have
+/// taken it again since (it would otherwise hold the queue until it expires).
+async fn give_back_lock(loaded: &Loaded, ctx: &Context) {
+    if let Ok(Some((gone, Queue::Open(mut q)))) = load::deleted(loaded.obj.clone(), ctx).await {
+        let state = gone.obj.spec.state;
+        execute::release_lock(ctx, &mut q, state, &gone.run_key).await;
+    }
 }
 
 /// Logs and publishes event `m` of the run, now in `phase`.
