@@ -11,9 +11,13 @@
   In an unfiltered run every scanned job leaves the failed set, so the page starts at the
   first job not before the cursor's score.
 
+  The ledger is the product's for BullMQ's integer ids (src/bullmq/core.lua, "Ledger
+  buckets"): field n % 128 of the bucket hash <ledger>:b:<floor(n / 128)>.
+
   KEYS: 1 failed (zset), 2 wait, 3 meta, 4 marker, 5 events, 6 ledger, 7 record, 8 active
   ARGV: 1 job key base (P:Q:), 2 page size, 3 upper bound of finishedOn (exclusive),
-        4 the ledger entry, 5 TTL in ms of the ledger and the record
+        4 the ledger hash's entry (unused: integer ids go to buckets), 5 TTL in ms of the
+        ledger and the record
   Reply: { jobs retried by this call, "more" | "done" }
 ]]
 local rcall = redis.call
@@ -30,8 +34,24 @@ for i = 1, #page, 2 do
 end
 if #ids == 0 then return { 0, "done" } end
 
--- Reads: the ledger of the page, then per job what the retry needs.
-local seen = rcall("HMGET", KEYS[6], unpack(ids))
+-- Reads: the ledger of the page (one HMGET per bucket), then per job what the retry needs.
+local seen, groups, order = {}, {}, {}
+for k, id in ipairs(ids) do
+  if not string.find(id, "^[1-9]%d*$") or #id > 15 then
+    return redis.error_reply("minimal.lua serves integer job ids only; " .. id .. " is not one")
+  end
+  local n = tonumber(id)
+  local b = math.floor(n / 128)
+  local g = groups[b]
+  if not g then g = { idx = {}, fields = {} }; groups[b] = g; order[#order + 1] = b end
+  g.idx[#g.idx + 1] = k
+  g.fields[#g.fields + 1] = n % 128
+end
+for _, b in ipairs(order) do
+  local g = groups[b]
+  local v = rcall("HMGET", KEYS[6] .. ":b:" .. b, unpack(g.fields))
+  for j, x in ipairs(v) do if x then seen[g.idx[j]] = x end end
+end
 local moved = {}
 for k, id in ipairs(ids) do
   if not seen[k] then
@@ -62,13 +82,20 @@ if #moved > 0 then
   for _, id in ipairs(moved) do
     rcall("XADD", KEYS[5], "MAXLEN", "~", maxLen, "*", "event", "waiting", "jobId", id, "prev", "failed")
   end
-  local fields = {}
+  local wg, worder = {}, {}
   for _, id in ipairs(moved) do
-    fields[#fields + 1] = id
-    fields[#fields + 1] = ARGV[4]
+    local n = tonumber(id)
+    local b = math.floor(n / 128)
+    local a = wg[b]
+    if not a then a = {}; wg[b] = a; worder[#worder + 1] = b end
+    a[#a + 1] = n % 128
+    a[#a + 1] = "1"
   end
-  rcall("HSET", KEYS[6], unpack(fields))
-  rcall("PEXPIRE", KEYS[6], ARGV[5])
+  for _, b in ipairs(worder) do
+    local key = KEYS[6] .. ":b:" .. b
+    rcall("HSET", key, unpack(wg[b]))
+    rcall("PEXPIRE", key, ARGV[5])
+  end
 end
 rcall("HSET", KEYS[7], "cs", last)
 rcall("PEXPIRE", KEYS[7], ARGV[5])

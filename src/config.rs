@@ -17,7 +17,8 @@ pub struct Config {
     /// How long the exactly-once ledger of a run key is kept in Redis after its last write.
     #[arg(long, env = "JOBRETRY_LEDGER_RETENTION_SECONDS", default_value_t = 7 * 24 * 3600)]
     pub ledger_retention_seconds: u64,
-    /// Jobs per script call (one atomic Redis call); bounds how long Redis is busy at once.
+    /// Most job ids per script call (one atomic Redis call) of an id run; within it, each
+    /// call is sized by what the run's recent calls cost Redis (a few ms, never 10 ms).
     #[arg(long, env = "JOBRETRY_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=5000))]
     pub batch_size: u64,
     /// Runs with at most this many jobs keep a status row for every job; larger runs keep only

@@ -27,34 +27,33 @@ use crate::{
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "jobretry-operator";
 
-/// The status row of one job retried from `state`. A ledger hit written by this same run
-/// (`RetriedEarlier`) is the job's own earlier result, seen again after a crash: `Retried`.
+/// The result of one job's outcome. A ledger hit written by this same run (`RetriedEarlier`)
+/// is the job's own earlier result, seen again after a crash: `Retried`.
+pub fn result_of(outcome: &JobOutcome) -> JobResult {
+    match outcome {
+        JobOutcome::Retried | JobOutcome::RetriedEarlier => JobResult::Retried,
+        JobOutcome::WouldRetry => JobResult::WouldRetry,
+        JobOutcome::NotFound => JobResult::NotFound,
+        JobOutcome::NotInState => JobResult::NotInState,
+        JobOutcome::AlreadyProcessed { .. } => JobResult::AlreadyProcessed,
+        JobOutcome::Error(_) => JobResult::Error,
+        JobOutcome::Parked => JobResult::Parked,
+    }
+}
+
+/// The status row of one job retried from `state`: its [`result_of`], BullMQ's code where
+/// BullMQ defines one, and what the result means.
 pub fn job_row(id: &str, outcome: &JobOutcome, state: &str) -> JobResultRow {
-    let (res, code, message): (JobResult, Option<i64>, Option<String>) = match outcome {
-        JobOutcome::Retried | JobOutcome::RetriedEarlier => (JobResult::Retried, Some(1), None),
-        JobOutcome::WouldRetry => (JobResult::WouldRetry, None, None),
-        JobOutcome::NotFound => (
-            JobResult::NotFound,
-            Some(-1),
-            Some("job does not exist".into()),
-        ),
-        JobOutcome::NotInState => (
-            JobResult::NotInState,
-            Some(-3),
-            Some(format!("job is not in the {state} state")),
-        ),
-        JobOutcome::AlreadyProcessed { .. } => (
-            JobResult::AlreadyProcessed,
-            None,
-            Some("this run key retried the job before".into()),
-        ),
-        JobOutcome::Error(msg) => (
-            JobResult::Error,
-            None,
-            Some(cut(msg, MESSAGE_BYTES).to_string()),
-        ),
+    let (code, message): (Option<i64>, Option<String>) = match outcome {
+        JobOutcome::Retried | JobOutcome::RetriedEarlier => (Some(1), None),
+        JobOutcome::WouldRetry => (None, None),
+        JobOutcome::NotFound => (Some(-1), Some("job does not exist".into())),
+        JobOutcome::NotInState => (Some(-3), Some(format!("job is not in the {state} state"))),
+        JobOutcome::AlreadyProcessed { .. } => {
+            (None, Some("this run key retried the job before".into()))
+        }
+        JobOutcome::Error(msg) => (None, Some(cut(msg, MESSAGE_BYTES).to_string())),
         JobOutcome::Parked => (
-            JobResult::Parked,
             None,
             Some(
                 "the policy's runs retried the job maxRetriesPerJob times; left where it is".into(),
@@ -63,7 +62,7 @@ pub fn job_row(id: &str, outcome: &JobOutcome, state: &str) -> JobResultRow {
     };
     JobResultRow {
         id: id.to_string(),
-        result: res.as_str().to_string(),
+        result: result_of(outcome).as_str().to_string(),
         code,
         message,
     }

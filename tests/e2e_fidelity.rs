@@ -482,10 +482,16 @@ fn judge(
     let case = plan["case"].as_str().unwrap();
     let want = expect(client, detected, plan);
     let retried = matches!(got, Ours::Results(r) if r.contains(&"Retried"));
-    let ledger: bool = redis::cmd("EXISTS")
+    // The ledger hash, or (a selector run's integer ids) its buckets `<ledger>:b:<n>`.
+    let ledger_keys: Vec<String> = redis::cmd("KEYS")
         .arg(ledger_key(plan))
         .query(&mut fdb_conn(db))
         .unwrap();
+    let bucket_keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:b:*", ledger_key(plan)))
+        .query(&mut fdb_conn(db))
+        .unwrap();
+    let ledger = !ledger_keys.is_empty() || !bucket_keys.is_empty();
     let (reference, reference_db) = match want {
         Expect::EqualFixed => (&fixed[case], FIXED),
         Expect::Equal => (&theirs[case], THEIRS),

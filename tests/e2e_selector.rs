@@ -15,8 +15,8 @@ use std::{
 
 use jobretry_operator::{
     bullmq::{
-        BatchRequest, JobOutcome, Ledger, Page, PageOutcome, PageRequest, QueueKeys, QueueVersion,
-        Selector, select::glob_matches,
+        BatchRequest, Error, JobOutcome, Ledger, Page, PageOutcome, PageRequest, QueueKeys,
+        QueueVersion, RetryEngine, Selector, select::glob_matches,
     },
     crd::{JobRetryStatus, SourceState},
 };
@@ -582,6 +582,113 @@ fn the_snapshot_holds_and_a_job_that_fails_again_is_never_taken_twice() {
         5,
         "jobs that failed after the snapshot stay failed"
     );
+}
+
+/// A selector run over BullMQ's own integer ids keeps its ledger in bucket hashes of 128
+/// jobs (`<ledger>:b:<n>`), a few bytes per job where one hash of every retried id took ~60,
+/// each bucket with the run's retention. An id run of the same run key reads the buckets: a
+/// job the selector retried, failed again, is AlreadyProcessed and stays where it is. A bucket
+/// key that holds anything else refuses the page, which then writes nothing.
+#[test]
+fn a_selector_runs_ledger_takes_a_few_bytes_a_job_and_binds_its_run_key() {
+    let (db, queue) = (9, "sel-ledger");
+    let upper = seed_plain(db, queue, 500);
+    let keys = QueueKeys::new("bull", queue);
+    let req = Filter::default().request(queue, "ns/ledger", false, upper, 200);
+    let ids = retried(&drain(db, queue, req.clone()));
+    assert_eq!(ids.len(), 500);
+    let mut con = db_conn(db);
+    let ledger = keys.ledger("ns/ledger");
+    let buckets: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{ledger}:b:*"))
+        .query(&mut con)
+        .unwrap();
+    let hash: bool = redis::cmd("EXISTS").arg(&ledger).query(&mut con).unwrap();
+    assert!(!hash, "integer ids went to the ledger hash");
+    let (mut entries, mut bytes) = (0, 0);
+    for b in &buckets {
+        entries += redis::cmd("HLEN").arg(b).query::<i64>(&mut con).unwrap();
+        bytes += redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(b)
+            .arg("SAMPLES")
+            .arg(0)
+            .query::<i64>(&mut con)
+            .unwrap();
+        let ttl: i64 = redis::cmd("PTTL").arg(b).query(&mut con).unwrap();
+        assert!(ttl > 0 && ttl <= 600_000, "bucket {b} expires in {ttl} ms");
+    }
+    assert_eq!(entries, 500, "{buckets:?}");
+    println!(
+        "ledger of 500 jobs: {} buckets, {bytes} bytes (MEMORY USAGE)",
+        buckets.len()
+    );
+    assert!(
+        bytes < 500 * 16,
+        "the ledger of 500 jobs takes {bytes} bytes"
+    );
+
+    // Two of them fail again, as a worker leaves a job it failed.
+    let again = &ids[..2];
+    for id in again {
+        let _: () = redis::cmd("LREM")
+            .arg(keys.key("wait"))
+            .arg(0)
+            .arg(id)
+            .query(&mut con)
+            .unwrap();
+        let _: () = redis::cmd("ZADD")
+            .arg(keys.key("failed"))
+            .arg(now_ms())
+            .arg(id)
+            .query(&mut con)
+            .unwrap();
+    }
+    let mut by_ids = req.run.clone();
+    by_ids.ledger.owner = "id-run".into();
+    let outcomes = rt().block_on(async {
+        let client = redis::Client::open(db_url(db)).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        RetryEngine::default()
+            .retry_batch(&mut c, &keys, &by_ids, again, 0)
+            .await
+            .unwrap()
+    });
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, JobOutcome::AlreadyProcessed { .. })),
+        "{outcomes:?}"
+    );
+    let still: usize = redis::cmd("ZCARD")
+        .arg(keys.key("failed"))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(still, 2, "the id run retried what the selector had");
+
+    // Another run key whose bucket of those jobs holds a string.
+    let other = Filter::default().request(queue, "ns/ledger-2", false, now_ms() + 1, 200);
+    let n: u64 = again[0].parse().unwrap();
+    let bucket = format!("{}:b:{}", keys.ledger("ns/ledger-2"), n / 128);
+    let _: () = redis::cmd("SET")
+        .arg(&bucket)
+        .arg("x")
+        .query(&mut con)
+        .unwrap();
+    let before = stable_dump(&db_url(db));
+    let err = rt().block_on(async {
+        let client = redis::Client::open(db_url(db)).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        Selector::default()
+            .page(&mut c, &keys, &other)
+            .await
+            .unwrap_err()
+    });
+    assert!(
+        matches!(&err, Error::IncompatibleQueue(m) if m.contains(&bucket)),
+        "{err}"
+    );
+    assert_eq!(stable_dump(&db_url(db)), before, "the refused page wrote");
 }
 
 // ---- Through the operator: what a user applies and reads. ----

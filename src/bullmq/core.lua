@@ -19,7 +19,8 @@
     8  marker         P:Q:marker, zset
     9  prioritized    P:Q:prioritized, zset
     10 pc             P:Q:pc, string (priority counter)
-    11 ledger         hash: job id -> "1@<owner>" for every job this run key retried
+    11 ledger         hash: job id -> "1@<owner>" for the jobs this run key retried; with
+                      its buckets (see "Ledger buckets") the run key's exactly-once ledger
 
   ARGV (the run's settings, ARGV[1..8] of every script built on this core; see newRun):
     1  state                 "failed" | "completed"
@@ -38,6 +39,15 @@
     p = flow parent update, in its fixed form (>= 5.58.2 / 5.79.2)
     w = a paused queue's jobs go to wait, not paused (>= 6.0.0)
     r = priority-aware: priority ~= 0 goes to prioritized (>= 6.3.15)
+
+  Ledger buckets: a selector run (R.ledgerBuckets) records a job whose id is a canonical
+  integer n (BullMQ's own ids; at most 15 digits) not in the ledger hash but as field
+  n % 128 = "1" of the bucket hash <ledger>:b:<floor(n / 128)>. A bucket of at most 128
+  small fields stays in Redis's compact hash encoding: a few bytes per job where a field of
+  one hash of every retried id costs ~60, and its writes cost Redis less CPU (benches/README.md). Id runs write the ledger hash (their entries
+  carry the owner tag, which tells a run's own earlier retry from another's); every run reads
+  both, so a job is retried at most once per run key whichever kind of run retried it. A
+  bucket entry reads as "1" (no owner).
 
   Per-job results: "1" retried, "W" would be retried (dry run), "-1" job hash missing,
   "-3" not in the state set, "L<v>" in the ledger already, "E<msg>" refused for this job.
@@ -127,6 +137,93 @@ local function checkKeyTypes(extra)
     return redis.error_reply("JOBRETRY the ledger key " .. KEYS[11] .. " holds a BullMQ job, not a ledger")
   end
   return nil
+end
+
+-- The bucket and field of a job id in the ledger's buckets, or nil: only canonical integers
+-- of at most 15 digits (exact in Lua's numbers) go there.
+local LEDGER_BUCKET = 128
+local function ledgerBucket(id)
+  if #id > 15 or not (id == "0" or string.find(id, "^[1-9]%d*$")) then return nil end
+  local n = tonumber(id)
+  return math.floor(n / LEDGER_BUCKET), n % LEDGER_BUCKET
+end
+
+local function bucketKey(R, b) return R.ledger .. ":b:" .. b end
+
+-- The ledger entries of `ids` (a list; false where there is none), from the ledger hash and
+-- the buckets. Checks every bucket it reads (a bucket a write may go to is always read
+-- first): absent, or a hash that holds no job. Returns the list, or nil and an error reply.
+local function ledgerRead(R, ids)
+  local seen = chunked("HMGET", R.ledger, ids)
+  local groups, order = {}, {}
+  for i, id in ipairs(ids) do
+    if not seen[i] then
+      local b, f = ledgerBucket(id)
+      if b then
+        local g = groups[b]
+        if not g then
+          g = { idx = {}, fields = {} }
+          groups[b] = g
+          order[#order + 1] = b
+        end
+        g.idx[#g.idx + 1] = i
+        g.fields[#g.fields + 1] = f
+      end
+    end
+  end
+  for _, b in ipairs(order) do
+    local key = bucketKey(R, b)
+    local t = keyType(key)
+    if t ~= "none" then
+      if t ~= "hash" or rcall("HEXISTS", key, "opts") == 1 then
+        return nil, redis.error_reply("JOBRETRY the ledger bucket " .. key .. " is a " .. t ..
+          (t == "hash" and " that holds a BullMQ job" or "") .. ", expected a ledger bucket")
+      end
+      local g = groups[b]
+      local v = chunked("HMGET", key, g.fields)
+      for j, x in ipairs(v) do
+        if x then seen[g.idx[j]] = x end
+      end
+    end
+  end
+  return seen
+end
+
+-- Records `moved` in the ledger: buckets for a selector run's integer ids (read, so checked,
+-- by ledgerRead in the same call), the ledger hash for the rest; refreshes their TTL.
+local function ledgerWrite(R, moved)
+  local entry = "1@" .. R.owner
+  local fields, nfld = {}, 0
+  local groups, order = {}, {}
+  for _, id in ipairs(moved) do
+    local b, f
+    if R.ledgerBuckets then b, f = ledgerBucket(id) end
+    if b then
+      local g = groups[b]
+      if not g then
+        g = {}
+        groups[b] = g
+        order[#order + 1] = b
+      end
+      g[#g + 1] = f
+      g[#g + 1] = "1"
+    else
+      fields[nfld + 1] = id
+      fields[nfld + 2] = entry
+      nfld = nfld + 2
+      if nfld >= 5000 then
+        rcall("HSET", R.ledger, unpack(fields, 1, nfld))
+        nfld = 0
+      end
+    end
+  end
+  if nfld > 0 then rcall("HSET", R.ledger, unpack(fields, 1, nfld)) end
+  rcall("PEXPIRE", R.ledger, R.ttl)
+  for _, b in ipairs(order) do
+    local key, g = bucketKey(R, b), groups[b]
+    for i = 1, #g, 5000 do rcall("HSET", key, unpack(g, i, math.min(i + 4999, #g))) end
+    rcall("PEXPIRE", key, R.ttl)
+  end
 end
 
 -- The job's stored opts, as BullMQ's client parses them before retrying; nil if unreadable.
@@ -362,17 +459,5 @@ local function applyMoves(R, moves, q)
     end
   end
 
-  local entry = "1@" .. R.owner
-  local fields, nfld = {}, 0
-  for _, id in ipairs(moved) do
-    fields[nfld + 1] = id
-    fields[nfld + 2] = entry
-    nfld = nfld + 2
-    if nfld >= 5000 then
-      rcall("HSET", R.ledger, unpack(fields, 1, nfld))
-      nfld = 0
-    end
-  end
-  if nfld > 0 then rcall("HSET", R.ledger, unpack(fields, 1, nfld)) end
-  rcall("PEXPIRE", R.ledger, R.ttl)
+  ledgerWrite(R, moved)
 end

@@ -28,7 +28,8 @@ local function recordPosition()
   end
 end
 
-local ledger = chunked("HMGET", R.ledger, ids)
+local ledger, ledgerError = ledgerRead(R, ids)
+if not ledger then return ledgerError end
 
 -- Plan every job; nothing is written yet.
 local moves, seen = {}, {}

@@ -80,6 +80,7 @@
           nothing was written.
 ]]
 local R = newRun(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+R.ledgerBuckets = true
 local recordKey, lockKey = KEYS[12], KEYS[13]
 local holder, lockTtl = ARGV[9], ARGV[10]
 local maxJobs, budget = tonumber(ARGV[13]), tonumber(ARGV[14])
@@ -325,7 +326,9 @@ end
 -- behind); for a policy run, how often its policy's runs retried each, one read a period.
 local seenBefore, countNow, countBefore = {}, {}, {}
 if #passed > 0 then
-  seenBefore = chunked("HMGET", R.ledger, passed)
+  local ledgerError
+  seenBefore, ledgerError = ledgerRead(R, passed)
+  if not seenBefore then return ledgerError end
   if guarded then
     countNow = chunked("HMGET", retriesNow, passed)
     countBefore = chunked("HMGET", retriesBefore, passed)

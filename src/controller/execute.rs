@@ -195,7 +195,7 @@ fn take_page(
         let mut counts = base;
         for (o, n) in add {
             *counts
-                .entry(status::job_row("", o, state.as_str()).result)
+                .entry(status::result_of(o).as_str().to_string())
                 .or_insert(0) += n;
         }
         pages.counts = Some(counts);
@@ -231,17 +231,21 @@ fn add_rows<'a>(
     counts: Option<&[(JobOutcome, u64)]>,
     state: SourceState,
 ) {
+    let outcomes: Vec<_> = outcomes.collect();
     let rows: Vec<JobResultRow> = outcomes
+        .iter()
         .map(|(id, o)| status::job_row(id, o, state.as_str()))
         .collect();
     let seconds = started.elapsed().as_secs_f64();
-    let result = |r: &JobResultRow| r.result.parse().ok();
     let results: Vec<_> = match counts {
         Some(counts) => counts
             .iter()
-            .filter_map(|(o, n)| Some((result(&status::job_row("", o, state.as_str()))?, *n)))
+            .map(|(o, n)| (status::result_of(o), *n))
             .collect(),
-        None => rows.iter().filter_map(|r| Some((result(r)?, 1))).collect(),
+        None => outcomes
+            .iter()
+            .map(|(_, o)| (status::result_of(o), 1))
+            .collect(),
     };
     ctx.metrics.batch_done(script, seconds, results.into_iter());
     p.rows.extend(rows);
