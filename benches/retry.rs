@@ -117,6 +117,8 @@ struct Sample {
     /// The operator's peak RSS (VmHWM, KiB) and the largest JobRetry as `kubectl get -o json`.
     rss_kib: Option<u64>,
     object_bytes: Option<usize>,
+    /// What the run's ledger keys take in Redis after it (MEMORY USAGE), for our paths.
+    ledger_bytes: Option<u64>,
 }
 
 /// Redis over the span of a run ([`RedisSpan`]), with the probe Worker (tests/bullmq/
@@ -422,6 +424,25 @@ fn minimal_run(cfg: &Cfg) -> Sample {
     })
 }
 
+/// What the ledger keys our paths write take in Redis after a run (MEMORY USAGE of each, all
+/// its fields); None for BullMQ's own paths, which keep none.
+fn ledger_bytes(cfg: &Cfg, path: &str) -> Option<u64> {
+    if ["a", "b"].contains(&path) {
+        return None;
+    }
+    let mut c = conn(&cfg.db(RUN));
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("bull:{QUEUE}:jobretry:ledger*"))
+        .query(&mut c)
+        .unwrap();
+    let mut p = redis::pipe();
+    for k in &keys {
+        p.cmd("MEMORY").arg("USAGE").arg(k).arg("SAMPLES").arg(0);
+    }
+    let sizes: Vec<u64> = p.query(&mut c).unwrap();
+    Some(sizes.iter().sum())
+}
+
 /// What a run left of the queue, to compare (m) with (s1): the whole wait list, every
 /// thousandth job's hash, the events stream's length and the meta; None for other paths.
 fn end_state(cfg: &Cfg, path: &str) -> Option<String> {
@@ -670,6 +691,7 @@ fn main() {
                 p => panic!("unknown path {p}"),
             };
             verify(&cfg, path);
+            s.ledger_bytes = ledger_bytes(&cfg, path);
             if run == 0
                 && let Some(state) = end_state(&cfg, path)
             {
@@ -773,15 +795,16 @@ fn report(cfg: &Cfg, samples: &BTreeMap<String, Vec<Sample>>) {
             "probe_p99_ms": probe("p99").collect::<Vec<_>>(),
             "probe_max_ms": probe("max").collect::<Vec<_>>(),
             "rss_kib": v.iter().map(|s| s.rss_kib).collect::<Vec<_>>(),
-            "object_bytes": v.iter().map(|s| s.object_bytes).collect::<Vec<_>>()}));
+            "object_bytes": v.iter().map(|s| s.object_bytes).collect::<Vec<_>>(),
+            "ledger_bytes": v.iter().map(|s| s.ledger_bytes).collect::<Vec<_>>()}));
     }
     // Latency and footprint: the worst run of each path (max over runs), not the median.
     out.push_str(&format!(
-        "\nLatency and footprint (worst of the {} runs; calls >= 10 ms and the longest call from SLOWLOG,\nthe probe Worker's own command latency, operator VmHWM, largest JobRetry as kubectl get -o json)\n",
+        "\nLatency and footprint (worst of the {} runs; calls >= 10 ms and the longest call from SLOWLOG,\nthe probe Worker's own command latency, operator VmHWM, largest JobRetry as kubectl get -o json,\nthe run's ledger keys in Redis as MEMORY USAGE sums them)\n",
         cfg.runs
     ));
-    let widths = [9, 10, 7, 15, 9, 9, 6, 7, 7];
-    let names = "scanned,us/scanned,>=10ms,longest ms,probe p99,probe max,probe n,RSS MiB,obj KiB";
+    let widths = [9, 10, 7, 15, 9, 9, 6, 7, 7, 10];
+    let names = "scanned,us/scanned,>=10ms,longest ms,probe p99,probe max,probe n,RSS MiB,obj KiB,ledger MiB";
     out.push_str(&header(names, &widths));
     for (path, v) in runs.clone() {
         // The largest value of `f` over the runs, shown with `prec` decimals ("-" for none).
@@ -810,6 +833,7 @@ fn report(cfg: &Cfg, samples: &BTreeMap<String, Vec<Sample>>) {
             worst(&probe("commands"), 0),
             worst(&|s| s.rss_kib.map(|k| k as f64 / 1024.0), 1),
             worst(&|s| s.object_bytes.map(|b| b as f64 / 1024.0), 1),
+            worst(&|s| s.ledger_bytes.map(|b| b as f64 / 1048576.0), 2),
         ];
         out.push_str(&row(&describe(path), &cells, &widths));
     }
