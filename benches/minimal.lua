@@ -21,18 +21,30 @@
   Reply: { jobs retried by this call, "more" | "done" }
 ]]
 local rcall = redis.call
-local base, size, upper = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local base, size = ARGV[1], tonumber(ARGV[2])
+-- Bucket field names "0" to "127", as the product writes them.
+local FIELDS = { [0] = "0",
+  "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+  "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32",
+  "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47", "48",
+  "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61", "62", "63", "64",
+  "65", "66", "67", "68", "69", "70", "71", "72", "73", "74", "75", "76", "77", "78", "79", "80",
+  "81", "82", "83", "84", "85", "86", "87", "88", "89", "90", "91", "92", "93", "94", "95", "96",
+  "97", "98", "99", "100", "101", "102", "103", "104", "105", "106", "107", "108", "109", "110", "111", "112",
+  "113", "114", "115", "116", "117", "118", "119", "120", "121", "122", "123", "124", "125", "126", "127" }
 
 local cs = rcall("HGET", KEYS[7], "cs")
 local start = cs and rcall("ZCOUNT", KEYS[1], "-inf", "(" .. cs) or 0
-local page = rcall("ZRANGE", KEYS[1], start, start + size - 1, "WITHSCORES")
+-- The window ends at the first job at or after `upper` (as src/bullmq/select.lua cuts it).
+local windowEnd = rcall("ZCOUNT", KEYS[1], "-inf", "(" .. ARGV[3])
+local stop = math.min(start + size, windowEnd) - 1
+if stop < start then return { 0, "done" } end
+local page = rcall("ZRANGE", KEYS[1], start, stop, "WITHSCORES")
 local ids, last = {}, nil
 for i = 1, #page, 2 do
-  if tonumber(page[i + 1]) >= upper then break end
   ids[#ids + 1] = page[i]
   last = page[i + 1]
 end
-if #ids == 0 then return { 0, "done" } end
 
 -- Reads: the ledger of the page (one HMGET per bucket), then per job what the retry needs.
 local seen, groups, order = {}, {}, {}
@@ -45,7 +57,7 @@ for k, id in ipairs(ids) do
   local g = groups[b]
   if not g then g = { idx = {}, fields = {} }; groups[b] = g; order[#order + 1] = b end
   g.idx[#g.idx + 1] = k
-  g.fields[#g.fields + 1] = n % 128
+  g.fields[#g.fields + 1] = FIELDS[n % 128]
 end
 for _, b in ipairs(order) do
   local g = groups[b]
@@ -88,7 +100,7 @@ if #moved > 0 then
     local b = math.floor(n / 128)
     local a = wg[b]
     if not a then a = {}; wg[b] = a; worder[#worder + 1] = b end
-    a[#a + 1] = n % 128
+    a[#a + 1] = FIELDS[n % 128]
     a[#a + 1] = "1"
   end
   for _, b in ipairs(worder) do

@@ -142,10 +142,21 @@ end
 -- The bucket and field of a job id in the ledger's buckets, or nil: only canonical integers
 -- of at most 15 digits (exact in Lua's numbers) go there.
 local LEDGER_BUCKET = 128
+-- A bucket's field names, "0" to "127" (a literal: formatting numbers costs more per job).
+local BUCKET_FIELDS = { [0] = "0",
+  "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+  "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32",
+  "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47", "48",
+  "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61", "62", "63", "64",
+  "65", "66", "67", "68", "69", "70", "71", "72", "73", "74", "75", "76", "77", "78", "79", "80",
+  "81", "82", "83", "84", "85", "86", "87", "88", "89", "90", "91", "92", "93", "94", "95", "96",
+  "97", "98", "99", "100", "101", "102", "103", "104", "105", "106", "107", "108", "109", "110", "111", "112",
+  "113", "114", "115", "116", "117", "118", "119", "120", "121", "122", "123", "124", "125", "126", "127" }
 local function ledgerBucket(id)
   if #id > 15 or not (id == "0" or string.find(id, "^[1-9]%d*$")) then return nil end
   local n = tonumber(id)
-  return math.floor(n / LEDGER_BUCKET), n % LEDGER_BUCKET
+  local f = n % LEDGER_BUCKET
+  return (n - f) / LEDGER_BUCKET, BUCKET_FIELDS[f]
 end
 
 local function bucketKey(R, b) return R.ledger .. ":b:" .. b end
@@ -154,7 +165,7 @@ local function bucketKey(R, b) return R.ledger .. ":b:" .. b end
 -- the buckets. Checks every bucket it reads (a bucket a write may go to is always read
 -- first): absent, or a hash that holds no job. Returns the list, or nil and an error reply.
 local function ledgerRead(R, ids)
-  local seen = chunked("HMGET", R.ledger, ids)
+  local seen = rcall("EXISTS", R.ledger) == 1 and chunked("HMGET", R.ledger, ids) or {}
   local groups, order = {}, {}
   for i, id in ipairs(ids) do
     if not seen[i] then

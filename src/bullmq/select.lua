@@ -292,11 +292,14 @@ local function examine(key, first)
   return false
 end
 
-local page = rcall("ZRANGE", stateKey, start, start + budget - 1, "WITHSCORES")
-local upperN = tonumber(upper)
+-- The window's jobs are the ranks before the first job at or after `upper`; this call's page
+-- is the next `budget` of them (so no score needs parsing per job).
+local windowEnd = rcall("ZCOUNT", stateKey, "-inf", "(" .. upper)
+local last = math.min(start + budget, windowEnd) - 1
+local page = last >= start and rcall("ZRANGE", stateKey, start, last, "WITHSCORES") or {}
 local results, moves, names, reasons = {}, {}, {}, {}
 local oldest, newest = "", ""
-local done = #page < 2 * budget
+local done = start + budget >= windowEnd
 local callUnexamined = 0
 -- Without a filter, a real run reads nothing of a job before its retry.
 local mustExamine = filterName or filterReason or R.dryRun
@@ -307,17 +310,19 @@ local wanted = math.max(1, math.min(retryBudget, maxJobs - (matched - parked)))
 -- call, or enough have passed it. `verdicts[k]` for the k-th job examined: true, false or
 -- "unexamined"; the ids that passed in `passed`.
 local verdicts, shownNames, shownReasons, passed = {}, {}, {}, {}
-local examined = 0
+local examined, npassed = 0, 0
 for i = 1, #page, 2 do
-  local id, score = page[i], page[i + 1]
-  if tonumber(score) >= upperN then done = true break end
-  if #passed >= wanted then done = false break end
+  local id = page[i]
+  if npassed >= wanted then done = false break end
   local take, name, reason = true, nil, nil
   if mustExamine then take, name, reason = examine(R.base .. id, i == 1) end
   if take == nil then done = false break end
   examined = examined + 1
   verdicts[examined] = take
-  if take == true then passed[#passed + 1] = id end
+  if take == true then
+    npassed = npassed + 1
+    passed[npassed] = id
+  end
   if R.dryRun then shownNames[examined], shownReasons[examined] = name, reason end
 end
 
@@ -325,7 +330,7 @@ end
 -- is skipped: it failed again, behind the cursor, stamped by a worker whose clock runs
 -- behind); for a policy run, how often its policy's runs retried each, one read a period.
 local seenBefore, countNow, countBefore = {}, {}, {}
-if #passed > 0 then
+if npassed > 0 then
   local ledgerError
   seenBefore, ledgerError = ledgerRead(R, passed)
   if not seenBefore then return ledgerError end
