@@ -689,6 +689,29 @@ fn a_selector_runs_ledger_takes_a_few_bytes_a_job_and_binds_its_run_key() {
         "{err}"
     );
     assert_eq!(stable_dump(&db_url(db)), before, "the refused page wrote");
+
+    // A sparse selection (one job in fifty) stays in the ledger hash: a bucket key costs more
+    // than the few entries it would hold.
+    let rare: Vec<(&str, &str)> = (1..=300)
+        .map(|i| ("a", if i % 50 == 0 { "rare" } else { "x" }))
+        .collect();
+    flush(db);
+    let dir = tempfile::tempdir().unwrap();
+    seed_failed(db, queue, &rare, dir.path());
+    let sparse = Filter {
+        reason: Some("rare".into()),
+        ..Filter::default()
+    }
+    .request(queue, "ns/sparse", false, now_ms(), 200);
+    assert_eq!(retried(&drain(db, queue, sparse)).len(), 6);
+    let mut con = db_conn(db);
+    let ledger = keys.ledger("ns/sparse");
+    let entries: i64 = redis::cmd("HLEN").arg(&ledger).query(&mut con).unwrap();
+    let buckets: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{ledger}:b:*"))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((entries, buckets), (6, vec![]));
 }
 
 // ---- Through the operator: what a user applies and reads. ----

@@ -42,7 +42,8 @@
 
   Ledger buckets: a selector run (R.ledgerBuckets) records a job whose id is a canonical
   integer n (BullMQ's own ids; at most 15 digits) not in the ledger hash but as field
-  n % 128 = "1" of the bucket hash <ledger>:b:<floor(n / 128)>. A bucket of at most 128
+  n % 128 = "1" of the bucket hash <ledger>:b:<floor(n / 128)>, when that bucket exists or
+  the call records at least BUCKET_MIN (8) jobs in it (a sparse selection stays in the hash). A bucket of at most 128
   small fields stays in Redis's compact hash encoding: a few bytes per job where a field of
   one hash of every retried id costs ~60, and its writes cost Redis less CPU (benches/README.md). Id runs write the ledger hash (their entries
   carry the owner tag, which tells a run's own earlier retry from another's); every run reads
@@ -182,10 +183,12 @@ local function ledgerRead(R, ids)
       end
     end
   end
+  R.bucketExists = {}
   for _, b in ipairs(order) do
     local key = bucketKey(R, b)
     local t = keyType(key)
     if t ~= "none" then
+      R.bucketExists[b] = true
       if t ~= "hash" or rcall("HEXISTS", key, "opts") == 1 then
         return nil, redis.error_reply("JOBRETRY the ledger bucket " .. key .. " is a " .. t ..
           (t == "hash" and " that holds a BullMQ job" or "") .. ", expected a ledger bucket")
@@ -200,11 +203,26 @@ local function ledgerRead(R, ids)
   return seen
 end
 
--- Records `moved` in the ledger: buckets for a selector run's integer ids (read, so checked,
--- by ledgerRead in the same call), the ledger hash for the rest; refreshes their TTL.
+-- A bucket is started only for at least this many jobs of one call: a bucket key costs about
+-- 100 bytes before its first entry, so a sparse selection (a filter that matches one job in a
+-- hundred) stays in the ledger hash, where each entry costs about 60.
+local BUCKET_MIN = 8
+
+-- Records `moved` in the ledger: a selector run's integer ids in buckets (read, so checked, by
+-- ledgerRead in the same call) that exist or that this call gives at least BUCKET_MIN jobs,
+-- the rest in the ledger hash; refreshes their TTL.
 local function ledgerWrite(R, moved)
   local entry = "1@" .. R.owner
   local fields, nfld = {}, 0
+  local function toHash(id)
+    fields[nfld + 1] = id
+    fields[nfld + 2] = entry
+    nfld = nfld + 2
+    if nfld >= 5000 then
+      rcall("HSET", R.ledger, unpack(fields, 1, nfld))
+      nfld = 0
+    end
+  end
   local groups, order = {}, {}
   for _, id in ipairs(moved) do
     local b, f
@@ -212,27 +230,31 @@ local function ledgerWrite(R, moved)
     if b then
       local g = groups[b]
       if not g then
-        g = {}
+        g = { ids = {}, kv = {} }
         groups[b] = g
         order[#order + 1] = b
       end
-      g[#g + 1] = f
-      g[#g + 1] = "1"
+      g.ids[#g.ids + 1] = id
+      g.kv[#g.kv + 1] = f
+      g.kv[#g.kv + 1] = "1"
     else
-      fields[nfld + 1] = id
-      fields[nfld + 2] = entry
-      nfld = nfld + 2
-      if nfld >= 5000 then
-        rcall("HSET", R.ledger, unpack(fields, 1, nfld))
-        nfld = 0
-      end
+      toHash(id)
+    end
+  end
+  local buckets = {}
+  for _, b in ipairs(order) do
+    local g = groups[b]
+    if R.bucketExists[b] or #g.ids >= BUCKET_MIN then
+      buckets[#buckets + 1] = b
+    else
+      for _, id in ipairs(g.ids) do toHash(id) end
     end
   end
   if nfld > 0 then rcall("HSET", R.ledger, unpack(fields, 1, nfld)) end
   rcall("PEXPIRE", R.ledger, R.ttl)
-  for _, b in ipairs(order) do
-    local key, g = bucketKey(R, b), groups[b]
-    for i = 1, #g, 5000 do rcall("HSET", key, unpack(g, i, math.min(i + 4999, #g))) end
+  for _, b in ipairs(buckets) do
+    local key, kv = bucketKey(R, b), groups[b].kv
+    for i = 1, #kv, 5000 do rcall("HSET", key, unpack(kv, i, math.min(i + 4999, #kv))) end
     rcall("PEXPIRE", key, R.ttl)
   end
 end
