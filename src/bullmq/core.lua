@@ -162,14 +162,13 @@ end
 
 local function bucketKey(R, b) return R.ledger .. ":b:" .. b end
 
--- The ledger entries of `ids` (a list; false where there is none), from the ledger hash and
--- the buckets. Checks every bucket it reads (a bucket a write may go to is always read
--- first): absent, or a hash that holds no job. Returns the list, or nil and an error reply.
-local function ledgerRead(R, ids)
-  local seen = rcall("EXISTS", R.ledger) == 1 and chunked("HMGET", R.ledger, ids) or {}
-  local groups, order = {}, {}
+-- The ledger buckets of `ids`: per bucket, in first-seen order, the positions in `ids` and the
+-- field names of its ids (`skip[i]` true: left out); and the positions of the ids that are
+-- not canonical integers.
+local function bucketGroups(ids, skip)
+  local groups, order, rest = {}, {}, {}
   for i, id in ipairs(ids) do
-    if not seen[i] then
+    if not (skip and skip[i]) then
       local b, f = ledgerBucket(id)
       if b then
         local g = groups[b]
@@ -180,9 +179,20 @@ local function ledgerRead(R, ids)
         end
         g.idx[#g.idx + 1] = i
         g.fields[#g.fields + 1] = f
+      else
+        rest[#rest + 1] = i
       end
     end
   end
+  return groups, order, rest
+end
+
+-- The ledger entries of `ids` (a list; false where there is none), from the ledger hash and
+-- the buckets. Checks every bucket it reads (a bucket a write may go to is always read
+-- first): absent, or a hash that holds no job. Returns the list, or nil and an error reply.
+local function ledgerRead(R, ids)
+  local seen = rcall("EXISTS", R.ledger) == 1 and chunked("HMGET", R.ledger, ids) or {}
+  local groups, order = bucketGroups(ids, seen)
   R.bucketExists = {}
   for _, b in ipairs(order) do
     local key = bucketKey(R, b)
@@ -223,37 +233,31 @@ local function ledgerWrite(R, moved)
       nfld = 0
     end
   end
-  local groups, order = {}, {}
-  for _, id in ipairs(moved) do
-    local b, f
-    if R.ledgerBuckets then b, f = ledgerBucket(id) end
-    if b then
-      local g = groups[b]
-      if not g then
-        g = { ids = {}, kv = {} }
-        groups[b] = g
-        order[#order + 1] = b
-      end
-      g.ids[#g.ids + 1] = id
-      g.kv[#g.kv + 1] = f
-      g.kv[#g.kv + 1] = "1"
-    else
-      toHash(id)
-    end
+  local groups, order, buckets = {}, {}, {}
+  if R.ledgerBuckets then
+    local rest
+    groups, order, rest = bucketGroups(moved)
+    for _, i in ipairs(rest) do toHash(moved[i]) end
+  else
+    for _, id in ipairs(moved) do toHash(id) end
   end
-  local buckets = {}
   for _, b in ipairs(order) do
     local g = groups[b]
-    if R.bucketExists[b] or #g.ids >= BUCKET_MIN then
+    if R.bucketExists[b] or #g.idx >= BUCKET_MIN then
       buckets[#buckets + 1] = b
     else
-      for _, id in ipairs(g.ids) do toHash(id) end
+      for _, i in ipairs(g.idx) do toHash(moved[i]) end
     end
   end
   if nfld > 0 then rcall("HSET", R.ledger, unpack(fields, 1, nfld)) end
   rcall("PEXPIRE", R.ledger, R.ttl)
   for _, b in ipairs(buckets) do
-    local key, kv = bucketKey(R, b), groups[b].kv
+    local key, f = bucketKey(R, b), groups[b].fields
+    local kv = {}
+    for j = 1, #f do
+      kv[2 * j - 1] = f[j]
+      kv[2 * j] = "1"
+    end
     for i = 1, #kv, 5000 do rcall("HSET", key, unpack(kv, i, math.min(i + 4999, #kv))) end
     rcall("PEXPIRE", key, R.ttl)
   end
