@@ -258,10 +258,12 @@ fn output_yaml_is_a_manifest_the_api_server_accepts_as_is() {
 fn in_a_terminal_the_progress_bar_moves_until_a_final_line() {
     let ns = TestNs::new("e2e-plugin-tty");
     let queue = ns.name.as_str();
-    seed_failed(ns.dir.path(), queue, 60);
+    seed_failed(ns.dir.path(), queue, 100);
     let _op = Operator::start(&ns, &["--status-interval-ms", "200"]);
-    // 60 jobs at 20 per second: about 3 s of progress. `script` gives the plugin a
-    // pseudo-terminal as stdout and copies everything drawn on it to the typescript file.
+    // 100 jobs at 20 per second: about 5 s of progress, a page of 20 a second, so the bar
+    // is drawn at 20, 40, 60 and 80 before the final line (the page that reaches the end of
+    // the window ends the run). `script` gives the plugin a pseudo-terminal as stdout and
+    // copies everything drawn on it to the typescript file.
     let typescript = ns.dir.path().join("typescript");
     let cmd = format!(
         "stty cols 160; '{}' run incident --wait --rate 20 -n {} --queue {queue} --secret redis",
@@ -308,7 +310,8 @@ fn in_a_terminal_the_progress_bar_moves_until_a_final_line() {
         "the bar's fill did not grow: {bars:?}\n{frames:?}"
     );
     assert!(
-        screen.contains("jobretry/incident Succeeded: matched 60, retried 60, skipped 0, errors 0"),
+        screen
+            .contains("jobretry/incident Succeeded: matched 100, retried 100, skipped 0, errors 0"),
         "{screen:?}"
     );
 }
